@@ -1,0 +1,106 @@
+"""Typed errors. Every bad input ends in one of these, with a message that names the cause and what to do.
+
+The hierarchy is flat on purpose: catch `EdgeLLMError` for "anything edgellm refused", or one subclass for a
+specific cause. Subclasses of ValueError / FileNotFoundError also derive from those built-ins so that callers who
+already catch the built-in keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeLLMError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "FormatVersionError",
+    "IntegrityError",
+    "OutputExistsError",
+    "ExportError",
+    "ExportMismatchError",
+    "UnsupportedTargetError",
+    "InputError",
+    "PruningError",
+    "QuantizationError",
+    "TrainingError",
+    "GenerationError",
+    "BackendError",
+]
+
+
+class EdgeLLMError(Exception):
+    """Base class of every error edgellm raises on purpose."""
+
+
+class ConfigError(EdgeLLMError, ValueError):
+    """A recipe, profile or option has a wrong key, type or value."""
+
+
+class DataError(EdgeLLMError, ValueError):
+    """A data set is missing, empty, or lacks the columns / labels the task needs."""
+
+
+class ModelError(EdgeLLMError, ValueError):
+    """A model folder is not a model, or its architecture is not supported by the stage asked for."""
+
+
+class ArtifactError(EdgeLLMError):
+    """An artifact folder is missing, incomplete or malformed."""
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """The artifact folder or its manifest does not exist."""
+
+
+class FormatVersionError(ArtifactError):
+    """The manifest was written by a format version this edgellm cannot read."""
+
+
+class IntegrityError(ArtifactError):
+    """A file in the artifact does not match the sha256 recorded in its manifest, or points outside it."""
+
+
+class OutputExistsError(EdgeLLMError, FileExistsError):
+    """The output folder exists and overwriting was not asked for."""
+
+
+class ExportError(EdgeLLMError):
+    """Exporting a model to ONNX / OpenVINO failed."""
+
+
+class ExportMismatchError(ExportError):
+    """The exported model's outputs differ from torch's by more than the tolerance."""
+
+    def __init__(self, message: str, *, max_abs_diff: float, tolerance: float) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.tolerance = tolerance
+
+
+class UnsupportedTargetError(EdgeLLMError, ValueError):
+    """An unknown backend, device or target profile, or one this machine does not have."""
+
+
+class InputError(EdgeLLMError, ValueError):
+    """Bad input to the runtime: a non-string text, a batch or length over the bounds, a bad generation option."""
+
+
+class PruningError(EdgeLLMError, ValueError):
+    """A pruning target cannot be met (ratio out of range, every head of a layer, unsupported architecture)."""
+
+
+class QuantizationError(EdgeLLMError, ValueError):
+    """Quantization cannot run as asked (no calibration data, already quantized, tolerance not reachable)."""
+
+
+class TrainingError(EdgeLLMError):
+    """Fine-tuning or distillation cannot run as configured."""
+
+
+class GenerationError(EdgeLLMError, ValueError):
+    """Text generation cannot run as asked (no chat template, context exhausted)."""
+
+
+class BackendError(EdgeLLMError, RuntimeError):
+    """ONNX Runtime or OpenVINO failed while loading or running a model; the message carries their reason."""

@@ -1,0 +1,114 @@
+"""Encoder -> ONNX (dynamic batch and sequence, or static shapes for NPU-style targets)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgellm.errors import ExportError
+
+__all__ = ["ENCODER_OUTPUTS", "encoder_input_names", "export_encoder_onnx", "EncoderWrapper"]
+
+log = logging.getLogger(__name__)
+
+ENCODER_OUTPUTS = {"text-classification": "logits", "feature-extraction": "last_hidden_state"}
+OPSET = 17
+
+
+def encoder_input_names(model: Any) -> list[str]:
+    """input_ids, attention_mask, and token_type_ids when the model takes them and has a segment embedding."""
+    names = ["input_ids", "attention_mask"]
+    params = inspect.signature(model.forward).parameters
+    if "token_type_ids" in params and int(getattr(model.config, "type_vocab_size", 0) or 0) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+class EncoderWrapper:
+    """Turns a HF encoder into a module with positional int64 inputs and one tensor output."""
+
+    def __new__(cls, model: Any, task: str, input_names: list[str]) -> Any:
+        import torch
+
+        output = ENCODER_OUTPUTS[task]
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *args: Any) -> Any:
+                kwargs = dict(zip(input_names, args))
+                out = self.model(**kwargs, return_dict=True)
+                return out[output]
+
+        return _Wrapped().eval()
+
+
+def export_encoder_onnx(
+    model: Any,
+    path: Path,
+    *,
+    task: str,
+    sample: dict[str, Any],
+    static_shape: tuple[int, int] | None = None,
+) -> list[str]:
+    """Export `model` to `path` (single file, weights inside). Returns the input names in graph order.
+
+    Args:
+        sample: tokenized example inputs (torch int64 tensors), used for tracing.
+        static_shape: (batch, seq) to fix every input's shape; None keeps batch and sequence dynamic.
+    """
+    import torch
+
+    if task not in ENCODER_OUTPUTS:
+        raise ExportError(f"encoder export supports {sorted(ENCODER_OUTPUTS)}, not {task!r}")
+    names = encoder_input_names(model)
+    args = []
+    for name in names:
+        tensor = sample.get(name)
+        if tensor is None:
+            tensor = torch.zeros_like(sample["input_ids"])
+        if static_shape is not None:
+            tensor = _fit(tensor, static_shape)
+        args.append(tensor.to(torch.int64))
+    output = ENCODER_OUTPUTS[task]
+    dynamic = None
+    if static_shape is None:
+        dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+        dynamic[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+    wrapped = EncoderWrapper(model, task, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                tuple(args),
+                str(path),
+                input_names=names,
+                output_names=[output],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    return names
+
+
+def _fit(tensor: Any, shape: tuple[int, int]) -> Any:
+    """Pad or cut a (B, T) tensor to `shape` (pad rows by repeating the last, columns with zeros)."""
+    import torch
+
+    batch, seq = shape
+    t = tensor[:, :seq]
+    if t.shape[1] < seq:
+        t = torch.cat([t, torch.zeros(t.shape[0], seq - t.shape[1], dtype=t.dtype)], dim=1)
+    if t.shape[0] < batch:
+        t = torch.cat([t, t[-1:].repeat(batch - t.shape[0], 1)], dim=0)
+    return t[:batch]

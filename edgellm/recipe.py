@@ -1,0 +1,216 @@
+"""Recipes: one YAML file describing the whole pipeline, as validated dataclasses.
+
+Each stage's options live in one dataclass here, and each default is written once, in its field. Stage modules
+take these dataclasses (``distill(..., config: DistillConfig)``); the CLI and the pipeline only build them.
+
+    recipe = load_recipe("export/sentiment-minilm.yaml")
+    recipe.distill.temperature      # 2.0
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgellm.config import check_range, from_dict, to_dict
+from edgellm.errors import ConfigError
+
+__all__ = [
+    "Task",
+    "SplitConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "DistillConfig",
+    "PruneConfig",
+    "QuantizeConfig",
+    "ExportConfig",
+    "EvaluateConfig",
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+]
+
+Task = Literal["text-classification", "feature-extraction", "text-generation"]
+
+
+@dataclass
+class SplitConfig:
+    """Seeded train / validation / test split, recorded in the artifact."""
+
+    validation: float = 0.1  # fraction of rows held out for model selection
+    test: float = 0.1  # fraction held out for the final report only
+    seed: int = 13  # shuffling seed
+
+    def validate(self, where: str) -> None:
+        check_range(f"{where}.validation", self.validation, low=0.0, high=1.0, high_open=True)
+        check_range(f"{where}.test", self.test, low=0.0, high=1.0, high_open=True)
+        if self.validation + self.test >= 1.0:
+            raise ConfigError(f"{where}: validation + test = {self.validation + self.test} leaves no training data")
+
+
+@dataclass
+class DataConfig:
+    """Where the task's text comes from: a built-in set, a file, or a Hugging Face dataset."""
+
+    name: str | None = None  # built-in: movie-reviews, tweets, nyt-editorials, amazon-reviews
+    path: str | None = None  # CSV / TSV / JSONL / text file, or a `datasets` save_to_disk folder
+    hf_dataset: str | None = None  # Hugging Face `datasets` name (needs the datasets package)
+    text_column: str = "text"
+    label_column: str = "label"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_rows: int | None = None  # cap on rows read (after shuffling), for quick runs
+
+    def validate(self, where: str) -> None:
+        given = [k for k in ("name", "path", "hf_dataset") if getattr(self, k)]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: give one of name / path / hf_dataset, not {given}")
+        check_range(f"{where}.max_rows", self.max_rows, low=1)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.name or self.path or self.hf_dataset)
+
+
+@dataclass
+class FinetuneConfig:
+    """Teacher fine-tuning (a task head on a teacher that has none)."""
+
+    enabled: bool = True  # skipped anyway when the teacher's head already matches the labels
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_every: int = 200  # optimizer steps between validation runs (best checkpoint kept)
+    seed: int = 42
+
+
+@dataclass
+class DistillConfig:
+    """Student built from the teacher's layers, trained on the teacher's outputs."""
+
+    layers: list[int] | None = None  # teacher layer indices to keep, e.g. [0, 2, 4]; None -> num_layers evenly
+    num_layers: int | None = 3  # used when `layers` is None
+    ffn_size: int | None = None  # narrower FFN for the student (neurons kept by importance); None keeps it
+    temperature: float = 2.0
+    alpha_kd: float = 1.0  # weight of KL(teacher || student) at `temperature` (scaled by T^2)
+    alpha_ce: float = 0.5  # weight of cross-entropy on hard labels
+    alpha_hidden: float = 0.0  # weight of hidden-state MSE (TinyBERT); needs matching widths
+    alpha_attention: float = 0.0  # weight of attention-map KL (MiniLM)
+    augment_with: list[str] = field(default_factory=list)  # extra unlabelled text (built-in names / files) for KD
+    epochs: float = 3.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_every: int = 200
+    seed: int = 42
+
+    def validate(self, where: str) -> None:
+        check_range(f"{where}.temperature", self.temperature, low=0.0, low_open=True)
+        check_range(f"{where}.num_layers", self.num_layers, low=1)
+        for name in ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention"):
+            check_range(f"{where}.{name}", getattr(self, name), low=0.0)
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning (matrices physically sliced) and/or unstructured magnitude sparsity."""
+
+    heads: float = 0.0  # fraction of attention heads (KV groups for GQA) to remove, in [0, 1)
+    ffn: float = 0.0  # fraction of FFN intermediate neurons to remove, in [0, 1)
+    layers: float = 0.0  # fraction of whole layers to remove, in [0, 1)
+    importance: Literal["taylor", "magnitude"] = "taylor"  # how units are scored
+    importance_batches: int = 16  # batches of task data used to score units
+    sparsity: float = 0.0  # unstructured magnitude sparsity, in [0, 1)
+    sparsity_scope: Literal["global", "layer"] = "global"
+    recovery_epochs: float = 1.0  # short distillation from the unpruned model afterwards (0 = none)
+
+    def validate(self, where: str) -> None:
+        for name in ("heads", "ffn", "layers", "sparsity"):
+            check_range(f"{where}.{name}", getattr(self, name), low=0.0, high=1.0, high_open=True)
+
+
+@dataclass
+class QuantizeConfig:
+    """INT8 quantization per backend, with optional accuracy control."""
+
+    mode: Literal["dynamic", "static", "weight-only", "none"] = "dynamic"
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime", "openvino"])
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = 300
+    per_channel: bool = True
+    reduce_range: bool = False
+    preset: str | None = None  # CPU family preset (avx512-vnni, avx2, arm64); None -> from the target
+    tolerance: float | None = None  # max accuracy drop in points vs FP32 on validation; None = no control
+
+    def validate(self, where: str) -> None:
+        check_range(f"{where}.calibration_samples", self.calibration_samples, low=1)
+        check_range(f"{where}.tolerance", self.tolerance, low=0.0)
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["onnx", "openvino"]] = field(default_factory=lambda: ["onnx", "openvino"])
+    max_length: int | None = 128  # tokens; None -> the model's own limit
+    trim_vocab: bool = False  # keep only tokens the task's data uses (+ specials); others map to [UNK]
+    atol: float = 1e-4  # FP32 export vs torch, max abs difference on real text
+
+
+@dataclass
+class EvaluateConfig:
+    latency: bool = True  # measure p50 latency per stage (batch 1)
+    latency_length: int = 128  # tokens for the padded latency measurement
+    threads: int | None = 2
+
+
+@dataclass
+class Recipe:
+    """The whole pipeline. `teacher` and `task` are required; a stage set to null is skipped."""
+
+    teacher: str  # Hugging Face folder, hub id, .gguf file, or embedded:all-MiniLM-L6-v2
+    task: Task
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
+    distill: DistillConfig | None = field(default_factory=DistillConfig)
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    targets: list[str] = field(default_factory=list)  # device profiles from targets/; [] = generic CPU
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self, where: str) -> None:
+        needs_data = [n for n in ("finetune", "distill", "prune") if getattr(self, n) is not None]
+        if self.quantize is not None and self.quantize.mode == "static":
+            needs_data.append("quantize (static calibration)")
+        if needs_data and self.data.empty and self.task != "text-generation":
+            raise ConfigError(
+                f"{where}: stage(s) {needs_data} need data, but the recipe has no data "
+                "(set data.name, data.path or data.hf_dataset, or set those stages to null)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
+    return from_dict(Recipe, data, where)
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a YAML recipe; errors name the file and the field."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"recipe file {str(file)!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    return recipe_from_dict(data, where=file.name)

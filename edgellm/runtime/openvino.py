@@ -1,0 +1,113 @@
+"""OpenVINO backend (optional extra: `pip install edgellm[openvino]`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgellm.errors import BackendError, UnsupportedTargetError
+from edgellm.runtime.base import Backend, InputSpec
+
+__all__ = ["OpenVINOBackend", "openvino_devices", "DEVICES"]
+
+log = logging.getLogger(__name__)
+
+# edgellm device name -> OpenVINO device name
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+
+
+def _core() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise UnsupportedTargetError(
+            "the OpenVINO backend needs the openvino package: pip install 'edgellm[openvino]'"
+        ) from exc
+    return ov.Core()
+
+
+def openvino_devices() -> list[str]:
+    """edgellm device names OpenVINO reports on this machine (CPU, GPU, NPU), lower-case."""
+    try:
+        core = _core()
+    except UnsupportedTargetError:
+        return []
+    return sorted({d.split(".")[0].lower() for d in core.available_devices})
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, path: Path, *, device: str, threads: int | None, options: Mapping[str, Any]) -> None:
+        super().__init__(path, device=device, threads=threads, options=options)
+        core = _core()
+        ov_device = DEVICES.get(device.lower(), device)
+        available = list(core.available_devices)
+        if ov_device.split(".")[0] not in {d.split(".")[0] for d in available}:
+            raise UnsupportedTargetError(
+                f"OpenVINO device {device!r} is not available here; available: {available}"
+            )
+        config: dict[str, Any] = {}
+        precision = self.options.get("inference_precision")
+        if precision and ov_device.startswith("CPU"):
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads and ov_device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config["PERFORMANCE_HINT"] = self.options.get("performance_hint", "LATENCY")
+        try:
+            model = core.read_model(str(path))
+            self._compiled = core.compile_model(model, ov_device, config)
+        except Exception as exc:
+            raise BackendError(f"OpenVINO could not compile {path.name} for {ov_device}: {exc}") from exc
+        self._device = ov_device
+        self._config = config
+        self._local = threading.local()  # one infer request per thread: requests are not thread-safe
+        self._inputs = [
+            InputSpec(p.get_any_name(), _ov_dtype(p.get_element_type()), _ov_shape(p.get_partial_shape()))
+            for p in self._compiled.inputs
+        ]
+        self._outputs = {p.get_any_name(): _ov_shape(p.get_partial_shape()) for p in self._compiled.outputs}
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def inputs(self) -> list[InputSpec]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def output_shape(self, name: str) -> tuple[int | None, ...]:
+        return self._outputs[name]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        try:
+            result = request.infer(dict(feeds))
+        except Exception as exc:
+            raise BackendError(f"OpenVINO failed running {self.path.name}: {exc}") from exc
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return [np.array(by_name[n], copy=True) for n in (outputs or self.output_names)]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "config": self._config}
+
+
+def _ov_shape(shape: Any) -> tuple[int | None, ...]:
+    return tuple(d.get_length() if d.is_static else None for d in shape)
+
+
+def _ov_dtype(element_type: Any) -> np.dtype:
+    try:
+        return np.dtype(element_type.to_dtype())
+    except Exception:
+        return np.dtype(np.float32)

@@ -1,0 +1,92 @@
+"""Text input checks and tokenization to numpy, with the `tokenizers` library only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgellm.errors import ArtifactError, InputError
+
+__all__ = ["MAX_TEXT_CHARS", "MAX_BATCH", "as_texts", "TextEncoder"]
+
+MAX_TEXT_CHARS = 1_000_000  # longer texts are refused (InputError); shorter ones are truncated to max_length tokens
+MAX_BATCH = 100_000  # texts per call; the runtime still runs them in batches of `batch_size`
+
+
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    """Check a text or a sequence of texts; return a list. Lone surrogates become U+FFFD."""
+    if isinstance(texts, str):
+        items = [texts]
+    elif isinstance(texts, (bytes, bytearray)):
+        raise InputError("texts must be str, not bytes: decode them first (e.g. data.decode('utf-8'))")
+    else:
+        try:
+            items = list(texts)
+        except TypeError as exc:
+            raise InputError(f"texts must be a string or a sequence of strings, not {type(texts).__name__}") from exc
+    if len(items) > MAX_BATCH:
+        raise InputError(f"{len(items)} texts in one call; the limit is {MAX_BATCH}: split the input")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InputError(f"text {i} is a {type(item).__name__}, not a str: {item!r:.60}")
+        if len(item) > MAX_TEXT_CHARS:
+            raise InputError(
+                f"text {i} has {len(item):,} characters; the limit is {MAX_TEXT_CHARS:,} "
+                "(texts are truncated to the model's max_length tokens anyway: cut it before calling)"
+            )
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates cannot cross into the tokenizer
+            item = item.encode("utf-8", "replace").decode("utf-8")
+        out.append(item)
+    return out
+
+
+class TextEncoder:
+    """Tokenize to padded numpy arrays. Thread-safe: the tokenizer's state is set once, padding is done here."""
+
+    def __init__(self, path: Path, *, max_length: int, pad_id: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ArtifactError(f"tokenizer file {path.name} cannot be read: {exc}") from exc
+        self.max_length = int(max_length)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length)
+        self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
+
+    def _find_pad_id(self) -> int:
+        padding: Any = self.tokenizer.padding
+        if padding and padding.get("pad_id") is not None:
+            return int(padding["pad_id"])
+        for token in ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>"):
+            tid = self.tokenizer.token_to_id(token)
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    def encode(self, texts: list[str], *, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Encode to int64 arrays `input_ids`, `attention_mask`, `token_type_ids`, shape (B, T).
+
+        T is the longest text in the batch, or `pad_to` for static-shape models.
+        """
+        encodings = self.tokenizer.encode_batch(texts)
+        width = pad_to or max((len(e.ids) for e in encodings), default=1)
+        batch = len(encodings)
+        ids = np.full((batch, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((batch, width), dtype=np.int64)
+        types = np.zeros((batch, width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = min(len(enc.ids), width)
+            ids[row, :n] = enc.ids[:n]
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids[:n]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
