@@ -1,0 +1,85 @@
+"""Task metrics, computed the same way for torch models, artifacts and benchmarks (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgellm.errors import DataError
+
+__all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement"]
+
+
+def classification_metrics(predicted: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> dict[str, Any]:
+    """Accuracy (in percent points) and macro-F1 of integer predictions."""
+    pred = np.asarray(predicted, dtype=np.int64)
+    gold = np.asarray(labels, dtype=np.int64)
+    if pred.shape != gold.shape:
+        raise DataError(f"{pred.size} predictions for {gold.size} labels")
+    if gold.size == 0:
+        raise DataError("no examples to evaluate on")
+    k = int(num_labels or max(int(pred.max()), int(gold.max())) + 1)
+    f1s = []
+    for c in range(k):
+        tp = int(((pred == c) & (gold == c)).sum())
+        fp = int(((pred == c) & (gold != c)).sum())
+        fn = int(((pred != c) & (gold == c)).sum())
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": float((pred == gold).mean() * 100.0),
+        "macro_f1": float(np.mean(f1s) * 100.0),
+        "examples": int(gold.size),
+    }
+
+
+def evaluate_classifier(model: Any, texts: Sequence[str], labels: Sequence[int]) -> dict[str, Any]:
+    """Metrics of a runtime Classifier (anything with `.scores(texts)` -> (N, K)) on labelled texts."""
+    probs = model.scores(list(texts))
+    return classification_metrics(probs.argmax(axis=1).tolist(), labels, probs.shape[1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), 1-based."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation with tie correction (Pearson on average ranks)."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.size < 2:
+        raise DataError(f"spearman needs two equal-length sequences of >= 2 values, got {x.size} and {y.size}")
+    rx, ry = _ranks(x), _ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    denom = float(np.sqrt((rx**2).sum() * (ry**2).sum()))
+    return float((rx * ry).sum() / denom) if denom else 0.0
+
+
+def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
+    """How well `candidate` embeddings rank sentence-pair similarities like `reference` does.
+
+    pairs: (P, 2) row indices. Returns Spearman of the cosine similarities, and the mean cosine between each
+    sentence's reference and candidate vector (when the widths match).
+    """
+    def cos(e: np.ndarray) -> np.ndarray:
+        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(1)
+
+    out = {"spearman": spearman(cos(reference), cos(candidate)), "pairs": int(len(pairs))}
+    if reference.shape == candidate.shape:
+        ru = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+        cu = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
+        out["mean_cosine_to_reference"] = float((ru * cu).sum(1).mean())
+    return out

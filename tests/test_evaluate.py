@@ -1,0 +1,42 @@
+"""Metrics on known samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgellm.errors import DataError
+from edgellm.evaluate import classification_metrics, embedding_agreement, spearman
+
+
+def test_accuracy_and_macro_f1_by_hand() -> None:
+    # class 0: tp=2 fp=1 fn=0 -> f1 = 4/5; class 1: tp=1 fp=0 fn=1 -> f1 = 2/3
+    m = classification_metrics([0, 0, 1, 0], [0, 0, 1, 1])
+    assert m["accuracy"] == 75.0
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2 * 100)
+    assert m["examples"] == 4
+
+
+def test_spearman_known_values() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties: ranks x = [1.5, 1.5, 3], y = [1, 2, 3] -> pearson of ranks = 0.8660254
+    assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-7)
+
+
+def test_embedding_agreement_identical_is_perfect() -> None:
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(10, 8))
+    pairs = np.array([[i, j] for i in range(10) for j in range(i + 1, 10)])
+    out = embedding_agreement(e, e * 3.0, pairs)
+    assert out["spearman"] == pytest.approx(1.0) and out["mean_cosine_to_reference"] == pytest.approx(1.0)
+    assert out["pairs"] == 45
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(DataError, match="3 predictions for 2 labels"):
+        classification_metrics([0, 1, 1], [0, 1])
+    with pytest.raises(DataError, match="no examples"):
+        classification_metrics([], [])
+    with pytest.raises(DataError, match=">= 2 values"):
+        spearman([1], [1])
