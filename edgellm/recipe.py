@@ -119,20 +119,35 @@ class DistillConfig:
 
 @dataclass
 class PruneConfig:
-    """Structured pruning (matrices physically sliced) and/or unstructured magnitude sparsity."""
+    """Structured pruning (matrices physically sliced, config updated) and/or unstructured magnitude sparsity.
 
-    heads: float = 0.0  # fraction of attention heads (KV groups for GQA) to remove, in [0, 1)
-    ffn: float = 0.0  # fraction of FFN intermediate neurons to remove, in [0, 1)
+    Order: layers, then heads and FFN neurons (scored once on the unpruned model), recovery, then sparsity (so that
+    recovery training does not refill the zeros). See edgellm/prune/.
+    """
+
+    heads: float = 0.0  # fraction of attention heads (KV groups for GQA decoders) to remove, in [0, 1)
+    ffn: float = 0.0  # fraction of FFN intermediate neurons to remove (the same number in every layer), in [0, 1)
     layers: float = 0.0  # fraction of whole layers to remove, in [0, 1)
-    importance: Literal["taylor", "magnitude"] = "taylor"  # how units are scored
+    target_params: int | None = None  # parameter budget: one heads + FFN ratio is searched (heads/ffn must be 0)
+    importance: Literal["taylor", "magnitude"] = "taylor"  # taylor: |grad x weight| on task data; magnitude: no data
     importance_batches: int = 16  # batches of task data used to score units
-    sparsity: float = 0.0  # unstructured magnitude sparsity, in [0, 1)
-    sparsity_scope: Literal["global", "layer"] = "global"
+    batch_size: int = 16  # texts per importance batch
+    max_length: int = 128  # tokens per text when scoring
+    sparsity: float = 0.0  # unstructured magnitude sparsity of the block matrices, in [0, 1)
+    sparsity_scope: Literal["global", "layer"] = "global"  # rank weights across all matrices, or within each
     recovery_epochs: float = 1.0  # short distillation from the unpruned model afterwards (0 = none)
 
     def validate(self, where: str) -> None:
         for name in ("heads", "ffn", "layers", "sparsity"):
             check_range(f"{where}.{name}", getattr(self, name), low=0.0, high=1.0, high_open=True)
+        check_range(f"{where}.target_params", self.target_params, low=1)
+        check_range(f"{where}.importance_batches", self.importance_batches, low=1)
+        check_range(f"{where}.batch_size", self.batch_size, low=1)
+        check_range(f"{where}.max_length", self.max_length, low=2)
+        check_range(f"{where}.recovery_epochs", self.recovery_epochs, low=0.0)
+        if self.target_params is not None and (self.heads or self.ffn):
+            raise ConfigError(f"{where}: give either target_params or heads / ffn ratios, not both "
+                              f"(target_params={self.target_params}, heads={self.heads}, ffn={self.ffn})")
 
 
 @dataclass
@@ -157,7 +172,7 @@ class QuantizeConfig:
 class ExportConfig:
     formats: list[Literal["onnx", "openvino"]] = field(default_factory=lambda: ["onnx", "openvino"])
     max_length: int | None = 128  # tokens; None -> the model's own limit
-    trim_vocab: bool = False  # keep only tokens the task's data uses (+ specials); others map to [UNK]
+    trim_vocab: bool = False  # WordPiece only: keep tokens the training texts use + specials + their characters (edgellm.vocab)
     atol: float = 1e-4  # FP32 export vs torch, max abs difference on real text
 
 
