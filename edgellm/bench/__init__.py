@@ -1,0 +1,60 @@
+"""Device benchmarks: timing statistics, machine facts, and every stage measured side by side.
+
+Every latency number in edgellm comes from `time_calls`:
+
+    stats = time_calls(lambda: model.classify(["text"]), warmup=10, repeat=100)
+    stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]
+
+Encoders (classification, embeddings): `run_benchmark(artifact, compare=[...])` measures every model entry of the
+artifacts plus two baselines built from the teacher in the same run (FP32 PyTorch through transformers, and
+Optimum's export + `ORTQuantizer` avx512_vnni dynamic INT8), and writes NAME.json / NAME.md / NAME.png:
+
+    result = run_benchmark("artifacts/sentiment-minilm", settings=BenchSettings(threads=2), name="reference")
+
+Generation: `measure_generation(stream, prompt_ids, ...)` times any token stream (time to first token, prompt and
+decode tokens/s); `perplexity(score, sequences)` takes any next-token log-probability function.
+
+Modules: stats (timers), machine (machine facts), subjects (engines and models), inputs (texts of exact token
+lengths, the test split), process (cold start, peak memory), encoders (the run), report (JSON / Markdown / PNG),
+generation. Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+from edgellm.bench.encoders import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
+from edgellm.bench.generation import TokenScorer, TokenStream, measure_generation, perplexity
+from edgellm.bench.inputs import centroid_accuracy, load_test_split, texts_of_length
+from edgellm.bench.machine import machine_info, parse_cpuinfo
+from edgellm.bench.process import cold_start
+from edgellm.bench.report import plot_results, render_markdown, write_results
+from edgellm.bench.stats import percentile, summarize_ms, time_calls
+from edgellm.bench.subjects import Subject, artifact_subjects, open_subject, optimum_subject, teacher_subject
+
+__all__ = [
+    "percentile",
+    "summarize_ms",
+    "time_calls",
+    "machine_info",
+    "parse_cpuinfo",
+    "BenchSettings",
+    "Subject",
+    "artifact_subjects",
+    "teacher_subject",
+    "optimum_subject",
+    "open_subject",
+    "texts_of_length",
+    "load_test_split",
+    "centroid_accuracy",
+    "measure_subject",
+    "cold_start",
+    "run_benchmark",
+    "write_results",
+    "render_markdown",
+    "plot_results",
+    "TokenStream",
+    "TokenScorer",
+    "measure_generation",
+    "perplexity",
+    "RESULT_SCHEMA",
+    "UNITS",
+]

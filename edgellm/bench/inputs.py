@@ -1,0 +1,140 @@
+"""Benchmark inputs and quality metrics: texts of an exact token length, the labelled test split, centroid
+accuracy for embeddings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgellm.bench.stats import percentile
+from edgellm.errors import ConfigError, DataError
+
+__all__ = ["texts_of_length", "load_test_split", "centroid_accuracy", "token_stats", "plain_tokenizer"]
+
+log = logging.getLogger(__name__)
+
+
+def plain_tokenizer(tokenizer: Any) -> Any:
+    """A copy of a `tokenizers.Tokenizer` (or of a transformers fast tokenizer's) without truncation or padding."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def texts_of_length(tokenizer: Any, source: Sequence[str], length: int, count: int) -> list[str]:
+    """`count` texts made of real sentences from `source` (joined, repeated if short, cut at a token boundary)
+    that `tokenizer` turns into exactly `length` tokens, special tokens included."""
+    tok = plain_tokenizer(tokenizer)
+    sentences = [s.strip() for s in source if s and s.strip()]
+    if not sentences:
+        raise DataError("no source sentences to build benchmark inputs from")
+    specials = len(tok.encode("").ids)
+    want = length - specials  # content tokens
+    if want < 1:
+        raise ConfigError(f"length {length} leaves no room for text after {specials} special tokens")
+    found: list[str] = []
+    seen: set[str] = set()
+    for start in range(min(len(sentences), max(count * 20, 200))):
+        parts: list[str] = []
+        i = start
+        while True:
+            parts.append(sentences[i % len(sentences)])
+            i += 1
+            text = " ".join(parts)
+            enc = tok.encode(text)
+            content = [k for k, special in enumerate(enc.special_tokens_mask) if not special]
+            if len(content) > want or i - start > 10 * length:
+                break
+        if len(content) <= want:
+            continue
+        cut = text[: enc.offsets[content[want - 1]][1]].rstrip()
+        if cut in seen or len(tok.encode(cut).ids) != length:
+            continue  # cut inside a word: the prefix tokenizes differently; try the next start
+        seen.add(cut)
+        found.append(cut)
+        if len(found) == count:
+            return found
+    if not found:
+        raise DataError(f"could not build any text of exactly {length} tokens from {len(sentences)} sentences")
+    log.info("only %d distinct texts of %d tokens; repeating them", len(found), length)
+    return [found[k % len(found)] for k in range(count)]
+
+
+def _binary_sentiment(rows: Sequence[tuple[str, float]], threshold: float = 0.5) -> tuple[list[str], list[int]]:
+    texts, labels = [], []
+    for text, score in rows:
+        if abs(score) > threshold:
+            texts.append(text)
+            labels.append(int(score > 0))
+    return texts, labels
+
+
+def load_test_split(manifest: Any = None, *, max_examples: int | None = None) -> dict[str, Any]:
+    """The labelled test sentences: movie-reviews, binary by |score| > 0.5 (negative / positive).
+
+    Returns {"texts", "labels", "label_names", "info"}. The split is seeded (seed 13, the last 10 % of a shuffled
+    order) so that every benchmark run and every stage sees the same sentences.
+    """
+    from edgellm.data import load_vader
+
+    texts, labels = _binary_sentiment(load_vader("movie-reviews"))
+    order = np.random.default_rng(13).permutation(len(texts))
+    test = order[len(order) - len(order) // 10 :]
+    info: dict[str, Any] = {"corpus": "movie-reviews", "labels": "binary, |score| > 0.5", "split": "test",
+                            "seed": 13, "fraction": 0.1, "source": "edgellm.bench seeded split"}
+    if max_examples:
+        test = test[:max_examples]
+    info["examples"] = int(len(test))
+    return {"texts": [texts[i] for i in test], "labels": [labels[i] for i in test],
+            "label_names": ["negative", "positive"], "info": info}
+
+
+def label_ids(data: dict[str, Any], labels: Sequence[str] | None) -> list[int]:
+    """Data labels re-indexed to the model's label order (matched by name; by index when the names differ)."""
+    names = data["label_names"]
+    if not labels or set(names) - set(labels):
+        return list(data["labels"])
+    return [list(labels).index(names[y]) for y in data["labels"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def centroid_accuracy(vectors: np.ndarray, labels: Sequence[int]) -> float:
+    """Leave-one-out nearest-class-centroid accuracy (cosine), in percent: how well embeddings separate the classes.
+
+    Each vector is compared with every class centroid, its own class's centroid computed without it.
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if v.ndim != 2 or len(v) != len(y) or len(y) < 2:
+        raise DataError(f"centroid_accuracy needs (N, D) vectors and N labels, got {v.shape} and {len(y)}")
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    classes = np.unique(y)
+    scores = np.empty((len(v), len(classes)))
+    for j, c in enumerate(classes):
+        own = (y == c).astype(np.float64)
+        total = v[y == c].sum(0)  # (D,)
+        dot = v @ total - own  # v . (S_c - v) for members, v . S_c otherwise (unit vectors)
+        norm2 = total @ total - 2 * own * (v @ total) + own  # |S_c - v|^2 or |S_c|^2
+        if (y == c).sum() < 2:
+            dot = np.where(own > 0, -np.inf, dot)
+        scores[:, j] = dot / np.sqrt(np.maximum(norm2, 1e-24))
+    predicted = classes[scores.argmax(1)]
+    return float((predicted == y).mean() * 100.0)
+
+
+def token_stats(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, float]:
+    tok = plain_tokenizer(tokenizer)
+    counts = np.minimum([len(e.ids) for e in tok.encode_batch(texts)], max_length)
+    return {"tokens_mean": float(np.mean(counts)), "tokens_p50": percentile(counts, 50),
+            "tokens_p90": percentile(counts, 90), "tokens_max": int(np.max(counts))}
+
+

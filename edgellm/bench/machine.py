@@ -1,0 +1,106 @@
+"""Machine facts recorded with every result: CPU model and INT8-relevant flags, cores, memory, load, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores"]
+
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp")
+_VERSIONS = ("numpy", "onnxruntime", "openvino", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",
+             "nncf", "matplotlib")
+
+
+def parse_cpuinfo(text: str) -> tuple[str, list[str]]:
+    """CPU model name and the INT8-relevant flags from /proc/cpuinfo text (x86 `model name` / `flags`, Arm
+    `Hardware` or `Model` / `Features`); ("", []) when it names neither."""
+    model = ""
+    flags: list[str] = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if not model and key in ("model name", "Hardware", "Model", "cpu model") and value.strip():
+            model = value.strip()
+        if not flags and key in ("flags", "Features"):
+            present = set(value.split())
+            flags = [f for f in _CPU_FLAGS if f in present]
+    return model, flags
+
+
+def _cpu_model_fallback() -> str:
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int | None:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False)
+    except ImportError:
+        return None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        return None
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "?"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, flags that matter for INT8 (VNNI, AVX-512, AVX2, AMX, NEON), cores, memory, load, versions."""
+    model, flags = "", []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model, flags = parse_cpuinfo(handle.read())
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_model": model or _cpu_model_fallback(),
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "memory_bytes": _memory_bytes(),
+    }
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in _VERSIONS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    info["versions"] = versions
+    return info
+
+

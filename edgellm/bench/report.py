@@ -1,0 +1,142 @@
+"""Reports: NAME.json, NAME.md (tables) and NAME.png (latency vs accuracy, marker area = size on disk)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import os
+from typing import Any
+
+import numpy as np
+
+from edgellm.errors import ConfigError
+
+__all__ = ["write_results", "render_markdown", "plot_results"]
+
+
+def write_results(result: dict[str, Any], output_dir: str | os.PathLike[str], name: str) -> dict[str, str]:
+    """Write NAME.json, NAME.md and NAME.png into `output_dir`; return their paths."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"result name {name!r} must be a plain file name such as 'reference'")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(out / f"{name}.json"), "md": str(out / f"{name}.md"), "png": str(out / f"{name}.png")}
+    body = {k: v for k, v in result.items() if k != "paths"}
+    Path(paths["json"]).write_text(json.dumps({**body, "paths": paths}, indent=2, default=_jsonable) + "\n",
+                                   encoding="utf-8")
+    Path(paths["md"]).write_text(render_markdown(result), encoding="utf-8")
+    plot_results(result, paths["png"])
+    return paths
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The result as Markdown: machine, settings, one row per subject; latency, throughput and ratio tables."""
+    s = result["settings"]
+    m = result["machine"]
+    rows = result["subjects"]
+    head = str(max(s["lengths"]))
+    lines = [
+        f"### {result['name']}: {result['task']}",
+        "",
+        f"{m['cpu_model']} ({m.get('cpu_count')} logical CPUs; {', '.join(m.get('cpu_flags') or []) or 'no INT8 flags'}), "
+        f"{s['threads']} threads per engine; {result['created']}. "
+        f"Test split: {result['data'].get('corpus', '?')} ({result['data'].get('examples')} sentences).",
+        "",
+        f"| stage | model | engine | precision | size MB | accuracy % | p50 ms @{head} | p90 | p99 | p50 real "
+        "| cold start s | peak RSS MB | × teacher p50 | × Optimum p50 | × smaller than teacher |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lat = r["latency"][head]
+        real = r["latency"].get("real", {}).get("p50_ms")
+        vt = r.get("vs_teacher") or {}
+        vo = r.get("vs_optimum") or {}
+        lines.append(
+            f"| {r['stage']} | {r['name']} | {r['engine']} | {r['precision']} | {r['size_mb']:.1f} | "
+            f"{r['accuracy_pct']:.2f} | {lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
+            f"{_fmt(real)} | {_fmt(r.get('cold_start_s'))} | {_fmt(r.get('peak_rss_mb'), 0)} | "
+            f"{_fmt(vt.get('p50_speedup'))} | {_fmt(vo.get('p50_speedup'))} | {_fmt(vt.get('size_ratio'), 1)} |"
+        )
+    lines += ["", f"Batch-1 latency, ms (p50 / p99) by input length; `real` = the test sentences one by one "
+              f"(mean {_fmt(rows[0]['latency'].get('real', {}).get('tokens_mean'), 1)} tokens):", ""]
+    keys = [str(n) for n in s["lengths"]] + (["real"] if s["real_sample"] else [])
+    lines.append("| model | " + " | ".join(f"{k} tokens" if k != "real" else "real" for k in keys) + " |")
+    lines.append("|---|" + "---:|" * len(keys))
+    for r in rows:
+        cells = [f"{r['latency'][k]['p50_ms']:.2f} / {r['latency'][k]['p99_ms']:.2f}" for k in keys]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    if s["batch_sizes"]:
+        combos = [(str(b), str(n)) for b in s["batch_sizes"] for n in s["lengths"]]
+        lines += ["", "Throughput, texts/s (batch × tokens):", "",
+                  "| model | " + " | ".join(f"{b} × {n}" for b, n in combos) + " |",
+                  "|---|" + "---:|" * len(combos)]
+        for r in rows:
+            lines.append(f"| {r['name']} | " + " | ".join(f"{r['throughput'][b][n]['texts_per_s']:.1f}"
+                                                           for b, n in combos) + " |")
+    if any("agreement" in r for r in rows):
+        lines += ["", "Embedding agreement with the reference (mean cosine; Spearman of pair similarities):", "",
+                  "| model | mean cosine | Spearman |", "|---|---:|---:|"]
+        for r in rows:
+            a = r["agreement"]
+            lines.append(f"| {r['name']} | {_fmt(a.get('mean_cosine_to_reference'), 6)} | {a['spearman']:.6f} |")
+    metric = rows[0].get("accuracy_metric", "accuracy")
+    lines += [
+        "",
+        f"Accuracy: {metric}. Latency: batch 1, inputs of exactly N tokens built from real test sentences, "
+        f"{s['warmup']} warm-up + {s['repeat']} timed calls, text in → result out (tokenization included). "
+        f"Cold start: a fresh process, start to first result (median of {s['cold_runs']}); peak RSS of that process "
+        "after one batch at the longest length. Size: model files (tokenizer excluded).",
+    ]
+    if result.get("command"):
+        lines += ["", f"Reproduce: `{result['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Latency vs accuracy per subject, marker area proportional to size on disk (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["subjects"]
+    head = str(max(result["settings"]["lengths"]))
+    x = [r["latency"][head]["p50_ms"] for r in rows]
+    y = [r["accuracy_pct"] for r in rows]
+    sizes = np.array([r["size_mb"] for r in rows])
+    area = 40 + 1400 * sizes / max(float(sizes.max()), 1e-9)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colors = plt.get_cmap("tab10")(np.arange(len(rows)) % 10)
+    ax.scatter(x, y, s=area, c=colors, alpha=0.6, edgecolors="black", linewidths=0.6)
+    for xi, yi, r in zip(x, y, rows):
+        ax.annotate(f"{r['name']}\n{r['size_mb']:.1f} MB", (xi, yi), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8)
+    if max(x) / max(min(x), 1e-9) > 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency, ms (batch 1, {head} tokens, {result['settings']['threads']} threads)")
+    ax.set_ylabel(rows[0].get("accuracy_metric", "accuracy") if len(rows[0].get("accuracy_metric", "")) < 40
+                  else "accuracy %")
+    ax.set_title(f"{result['name']}: latency vs accuracy (marker area = size on disk)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.15)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+

@@ -1,0 +1,45 @@
+"""Timing statistics: the one place latency is measured."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["percentile", "summarize_ms", "time_calls"]
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    if not len(samples):
+        raise ValueError("no samples")
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """Per-call durations in seconds -> milliseconds statistics."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "repeat": int(ms.size),
+    }
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> dict[str, float]:
+    """Call `fn` warmup times untimed, then `repeat` times timed with perf_counter; ms statistics."""
+    for _ in range(warmup):
+        fn()
+    durations = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        durations.append(time.perf_counter() - start)
+    return summarize_ms(durations)
+
+

@@ -1,0 +1,303 @@
+"""What is measured: subjects (an engine + a model, JSON-serialisable) and runners (a loaded subject)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from edgellm.bench.machine import package_version
+from edgellm.errors import ConfigError, ModelError
+
+__all__ = ["Subject", "artifact_subjects", "teacher_subject", "optimum_subject", "open_subject", "Runner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subject:
+    """One engine + model to measure; JSON-serialisable, so a fresh process can load it for the cold start."""
+
+    name: str  # row label, unique in a run
+    kind: Literal["edgellm", "pytorch", "optimum"]
+    path: str  # artifact folder (edgellm), Hugging Face folder (pytorch), exported folder (optimum)
+    task: str  # text-classification or feature-extraction
+    stage: str  # teacher, student, pruned, int8 ... (from the manifest when it says)
+    backend: str  # onnxruntime, openvino, pytorch
+    precision: str  # fp32, int8 ...
+    size_bytes: int  # model files on disk (weights and graph; the tokenizer is not counted)
+    max_length: int  # longest input, tokens
+    model: str | None = None  # manifest model name (edgellm) or ONNX file name (optimum)
+    labels: list[str] | None = None  # class names (text-classification)
+    pooling: str | None = None  # mean / cls (feature-extraction, pytorch and optimum)
+    normalize: bool = False  # L2-normalise embeddings (feature-extraction, pytorch and optimum)
+    engine: str = ""  # human-readable engine and version
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Subject:
+        return cls(**data)
+
+
+def _entry_stage(manifest: Any, entry: Any) -> str:
+    stage = entry.metrics.get("stage") if isinstance(entry.metrics, dict) else None
+    if stage:
+        return str(stage)
+    if entry.quantization or entry.precision != "fp32":
+        return entry.precision
+    return "export" if not manifest.metrics or list(manifest.metrics) == ["export"] else "student"
+
+
+def artifact_subjects(artifact: str | os.PathLike[str], models: Sequence[str] | None = None, *,
+                      prefix: str = "") -> list[Subject]:
+    """One subject per model entry of the artifact (or per name in `models`), in manifest order."""
+    from edgellm.artifact import read_manifest
+
+    folder = Path(artifact)
+    manifest = read_manifest(folder)
+    if manifest.task not in ("text-classification", "feature-extraction"):
+        raise ConfigError(
+            f"{folder} is a {manifest.task} artifact; the encoder benchmark measures text-classification and "
+            "feature-extraction artifacts (generators are measured with measure_generation)"
+        )
+    entries = [manifest.model(name) for name in models] if models else list(manifest.models)
+    out = []
+    for entry in entries:
+        engine = {"onnxruntime": f"ONNX Runtime {package_version('onnxruntime')}",
+                  "openvino": f"OpenVINO {package_version('openvino')}"}[entry.backend]
+        if entry.backend == "openvino":
+            engine += f" ({entry.inference_precision or 'f32'} inference)"
+        out.append(Subject(
+            name=f"{prefix}{entry.name}",
+            kind="edgellm",
+            path=str(folder),
+            task=manifest.task,
+            stage=_entry_stage(manifest, entry),
+            backend=entry.backend,
+            precision=entry.precision,
+            size_bytes=sum(int(manifest.files.get(f, {}).get("bytes", 0)) for f in entry.files),
+            max_length=manifest.max_length,
+            model=entry.name,
+            labels=manifest.labels,
+            pooling=manifest.pooling,
+            normalize=manifest.normalize,
+            engine=f"edgellm / {engine}",
+        ))
+    return out
+
+
+def _weights_bytes(folder: Path) -> int:
+    files = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth") and p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def teacher_subject(teacher: str | os.PathLike[str], *, task: str, labels: Sequence[str] | None = None,
+                    max_length: int = 128, pooling: str | None = None, normalize: bool = False) -> Subject:
+    """The teacher in FP32 PyTorch (transformers). A classifier teacher must carry a trained head with `labels`."""
+    from edgellm.models import resolve_model
+
+    path = Path(resolve_model(teacher))
+    if not path.is_dir():
+        raise ModelError(f"teacher {str(teacher)!r} is not a local Hugging Face folder; the benchmark needs one")
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if task == "text-classification":
+        archs = config.get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ModelError(
+                f"teacher {str(teacher)!r} has no sequence-classification head (architectures {archs}); pass the "
+                "fine-tuned teacher folder (--teacher PATH), or leave the baselines out (--no-baselines)"
+            )
+        count = len(config.get("id2label") or {}) or int(config.get("num_labels", 0))
+        if labels and count != len(labels):
+            raise ModelError(f"teacher {str(teacher)!r} has {count} labels; the artifact has {len(labels)} ({labels})")
+    return Subject(
+        name="teacher-pytorch-fp32",
+        kind="pytorch",
+        path=str(path),
+        task=task,
+        stage="teacher",
+        backend="pytorch",
+        precision="fp32",
+        size_bytes=_weights_bytes(path),
+        max_length=max_length,
+        labels=list(labels) if labels else None,
+        pooling=pooling or ("mean" if task == "feature-extraction" else None),
+        normalize=normalize,
+        engine=f"PyTorch {package_version('torch')} (transformers {package_version('transformers')})",
+        note=str(teacher),
+    )
+
+
+def optimum_subject(teacher: Subject, workdir: str | os.PathLike[str]) -> Subject:
+    """Optimum's baseline: export the teacher with `ORTModelFor*` and quantize it with `ORTQuantizer`
+    (`AutoQuantizationConfig.avx512_vnni(is_static=False)`, dynamic INT8) into `workdir`."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    out = Path(workdir)
+    start = time.perf_counter()
+    ort_cls = _optimum_class(teacher.task)
+    model = ort_cls.from_pretrained(teacher.path, export=True)
+    model.save_pretrained(out)
+    quantizer = ORTQuantizer.from_pretrained(model)
+    quantizer.quantize(quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False), save_dir=out)
+    _copy_tokenizer(Path(teacher.path), out)
+    file_name = "model_quantized.onnx"
+    size = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith(file_name))
+    log.info("Optimum baseline exported and quantized in %.1f s", time.perf_counter() - start)
+    return dataclasses.replace(
+        teacher,
+        name="optimum-ort-int8",
+        kind="optimum",
+        path=str(out),
+        stage="baseline",
+        backend="onnxruntime",
+        precision="int8",
+        size_bytes=size,
+        model=file_name,
+        engine=f"Optimum {package_version('optimum-onnx')} ORTQuantizer avx512_vnni dynamic / ONNX Runtime {package_version('onnxruntime')}",
+        note=f"teacher {teacher.note} exported by ORTModel and quantized by ORTQuantizer",
+    )
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def _optimum_class(task: str) -> Any:
+    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForSequenceClassification
+
+    return ORTModelForSequenceClassification if task == "text-classification" else ORTModelForFeatureExtraction
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runners: a loaded subject
+
+
+class Runner:
+    """A loaded subject: `predict(texts)` -> class probabilities (N, K) or embeddings (N, D)."""
+
+    tokenizer: Any  # tokenizers.Tokenizer used by the engine (the runtime's own, or transformers' backend one)
+    info: dict[str, Any]
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _EdgeRunner(Runner):
+    def __init__(self, subject: Subject, threads: int) -> None:
+        from edgellm.runtime import load
+
+        self.model: Any = load(subject.path, model=subject.model, threads=threads)
+        self.tokenizer = self.model.encoder.tokenizer
+        self.info = self.model.describe()
+        self._fn = self.model.scores if subject.task == "text-classification" else self.model.embed
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return self._fn(texts)
+
+    def close(self) -> None:
+        del self.model, self._fn
+
+
+class _HFRunner(Runner):
+    """transformers' tokenizer + a PyTorch model or an Optimum ORTModel, batched like the runtime (sorted by length,
+    `batch_size` texts per call, padded to the longest)."""
+
+    def __init__(self, subject: Subject, threads: int, batch_size: int = 32) -> None:
+        from transformers import AutoTokenizer
+
+        self.subject = subject
+        self.batch_size = batch_size
+        self.hf_tokenizer = AutoTokenizer.from_pretrained(subject.path)
+        self.tokenizer = self.hf_tokenizer.backend_tokenizer
+        if subject.kind == "pytorch":
+            import torch
+            from transformers import AutoModel, AutoModelForSequenceClassification
+
+            self._torch = torch
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            if subject.task == "text-classification":
+                self.model: Any = AutoModelForSequenceClassification.from_pretrained(subject.path, dtype=torch.float32)
+            else:
+                self.model = AutoModel.from_pretrained(subject.path, dtype=torch.float32, add_pooling_layer=False)
+            self.model.eval()
+            self._tensors = "pt"
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self._torch = None
+            self.model = _optimum_class(subject.task).from_pretrained(
+                subject.path, file_name=subject.model, session_options=options)
+            self._tensors = "np"
+        self.info = {"backend": subject.backend, "threads": threads, "path": subject.path}
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.hf_tokenizer(texts, padding=True, truncation=True, max_length=self.subject.max_length,
+                                return_tensors=self._tensors)
+        if self._torch is not None:
+            with self._torch.inference_mode():
+                out = self.model(**enc)
+            first = (out.logits if self.subject.task == "text-classification" else out.last_hidden_state).numpy()
+            mask = enc["attention_mask"].numpy()
+        else:
+            out = self.model(**enc)
+            first = out.logits if self.subject.task == "text-classification" else out.last_hidden_state
+            first = np.asarray(first.numpy() if hasattr(first, "numpy") else first)
+            mask = np.asarray(enc["attention_mask"])
+        if self.subject.task == "text-classification":
+            z = first.astype(np.float64) - first.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        if self.subject.pooling == "cls":
+            pooled = first[:, 0]
+        else:
+            m = mask[:, : first.shape[1], None].astype(np.float32)
+            pooled = (first * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        if self.subject.normalize:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(np.float32)
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows: list[Any] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, row in zip(idx, self._batch([texts[i] for i in idx])):
+                rows[i] = row
+        return np.stack(rows)
+
+    def close(self) -> None:
+        if self._torch is not None:
+            self._torch.set_num_threads(self._threads_before)
+        del self.model
+
+
+def open_subject(subject: Subject, *, threads: int) -> Runner:
+    """Load `subject` with `threads` intra-op threads (ORT / OpenVINO through `load(threads=)`, torch via
+    `torch.set_num_threads`, Optimum via ORT session options)."""
+    if subject.kind == "edgellm":
+        return _EdgeRunner(subject, threads)
+    if subject.kind in ("pytorch", "optimum"):
+        return _HFRunner(subject, threads)
+    raise ConfigError(f"unknown subject kind {subject.kind!r}; known: edgellm, pytorch, optimum")
+
+
