@@ -1,0 +1,295 @@
+"""Vocabulary trimming: keep only the tokens a task's text uses, in the embedding matrix and in the tokenizer.
+
+Half of MiniLM-L6's 22.7 M parameters are its 30,522 x 384 embedding table, and a task uses a small share of it.
+`trim_vocabulary` keeps the special tokens, every token the given texts produce (at least `min_count` times), and
+(by default) the single-character pieces `c` / `##c` of every character in those tokens; it renumbers them in
+their original order, slices the embedding rows (and an untied output layer), and rewrites the WordPiece vocab,
+the special-token ids of the post-processor, padding and added tokens in tokenizer.json to match.
+
+Exactness: WordPiece splits a word greedily, longest vocabulary match first. The trimmed vocabulary is a subset of
+the original, and it holds every piece the original split of a seen word used, so that split is still the longest
+match at each step: a text made of words seen in `texts` (min_count=1) gets the same tokens, renumbered, and the
+trimmed model gives exactly the same outputs. Other words split into kept pieces or characters, else into [UNK].
+
+Only WordPiece tokenizers (the BERT family) are handled; others raise ModelError naming their model type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgellm.errors import DataError, ModelError
+
+__all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
+           "SUPPORTED_MODELS"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODELS = ("WordPiece",)
+
+
+@dataclass
+class TrimResult:
+    model: Any  # the same model object, its embeddings sliced
+    tokenizer: Any  # a new fast tokenizer with the trimmed vocabulary
+    keep_ids: list[int]  # original id of each new id (new id i was keep_ids[i])
+    report: dict[str, Any]
+
+
+def _backend_json(tokenizer: Any) -> dict[str, Any]:
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return json.loads(backend.to_str())
+
+
+def _check_model(data: dict[str, Any]) -> dict[str, Any]:
+    model = data.get("model") or {}
+    kind = model.get("type")
+    if kind not in SUPPORTED_MODELS:
+        raise ModelError(
+            f"vocabulary trimming supports {list(SUPPORTED_MODELS)} tokenizers (BERT family), not {kind!r}: "
+            "export without trim_vocab"
+        )
+    return model
+
+
+def _raw_encoder(tokenizer: Any) -> Any:
+    """The backend tokenizer without truncation or padding (counting must see every token)."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    raw = Tokenizer.from_str(backend.to_str())
+    raw.no_truncation()
+    raw.no_padding()
+    return raw
+
+
+def _special_ids(data: dict[str, Any], tokenizer: Any) -> set[int]:
+    vocab = data["model"]["vocab"]
+    ids = {int(t["id"]) for t in data.get("added_tokens", [])}
+    names = [data["model"].get("unk_token")]
+    for attr in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token", "bos_token", "eos_token"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, str):
+            names.append(value)
+    ids |= {vocab[n] for n in names if n in vocab}
+    return ids
+
+
+def choose_tokens(tokenizer: Any, texts: Sequence[str], *, min_count: int = 1,
+                  keep_characters: bool = True) -> tuple[list[int], Counter]:
+    """Original ids to keep (sorted) and the token counts of `texts`."""
+    data = _backend_json(tokenizer)
+    model = _check_model(data)
+    if not texts:
+        raise DataError("vocabulary trimming needs the task's texts; got none")
+    if not isinstance(min_count, int) or min_count < 1:
+        raise DataError(f"min_count = {min_count!r} must be an integer >= 1")
+    vocab: dict[str, int] = model["vocab"]
+    prefix = model.get("continuing_subword_prefix", "##")
+    counts: Counter = Counter()
+    for enc in _raw_encoder(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
+        counts.update(enc.ids)
+    keep = _special_ids(data, tokenizer)
+    keep |= {i for i, c in counts.items() if c >= min_count}
+    if keep_characters:
+        id_to_token = {i: t for t, i in vocab.items()}
+        chars = set()
+        for i in list(keep):
+            token = id_to_token.get(i, "")
+            chars.update(token[len(prefix):] if token.startswith(prefix) else token)
+        for ch in chars:
+            for piece in (ch, prefix + ch):
+                if piece in vocab:
+                    keep.add(vocab[piece])
+    return sorted(keep), counts
+
+
+def trim_tokenizer_json(data: dict[str, Any], keep_ids: Sequence[int]) -> dict[str, Any]:
+    """A copy of tokenizer.json `data` whose vocabulary holds `keep_ids` only, renumbered 0..n-1 in order."""
+    model = _check_model(data)
+    remap = {old: new for new, old in enumerate(keep_ids)}
+    id_to_token = {i: t for t, i in model["vocab"].items()}
+    out = json.loads(json.dumps(data))
+    out["model"]["vocab"] = {id_to_token[old]: new for new, old in enumerate(keep_ids)}
+    unk = model.get("unk_token")
+    if unk is not None and unk not in out["model"]["vocab"]:
+        raise ModelError(f"the unknown token {unk!r} must be kept when trimming the vocabulary")
+
+    def new_id(old: int, what: str) -> int:
+        if int(old) not in remap:
+            raise ModelError(f"{what} (id {old}) is not in the kept vocabulary")
+        return remap[int(old)]
+
+    for token in out.get("added_tokens", []):
+        token["id"] = new_id(token["id"], f"added token {token.get('content')!r}")
+    _remap_processor(out.get("post_processor"), new_id)
+    padding = out.get("padding")
+    if padding and padding.get("pad_id") is not None:
+        padding["pad_id"] = new_id(padding["pad_id"], f"padding token {padding.get('pad_token')!r}")
+    return out
+
+
+def _remap_processor(proc: Any, new_id: Any) -> None:
+    if not isinstance(proc, dict):
+        return
+    kind = proc.get("type")
+    if kind == "TemplateProcessing":
+        for name, spec in (proc.get("special_tokens") or {}).items():
+            spec["ids"] = [new_id(i, f"special token {name!r}") for i in spec.get("ids", [])]
+    elif kind in ("BertProcessing", "RobertaProcessing"):
+        for key in ("sep", "cls"):
+            if key in proc:
+                proc[key] = [proc[key][0], new_id(proc[key][1], f"special token {proc[key][0]!r}")]
+    elif kind == "Sequence":
+        for sub in proc.get("processors", []):
+            _remap_processor(sub, new_id)
+
+
+def vocab_coverage(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """Share of the tokens of `texts` (no special tokens) that are not the unknown token."""
+    data = _backend_json(tokenizer)
+    model = _check_model(data)
+    unk = model["vocab"].get(model.get("unk_token", ""), -1)
+    total = unknown = 0
+    for enc in _raw_encoder(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
+        total += len(enc.ids)
+        unknown += sum(1 for i in enc.ids if i == unk)
+    return {"tokens": total, "unknown": unknown, "coverage": (total - unknown) / total if total else 1.0}
+
+
+def _rebuild_tokenizer(tokenizer: Any, data: dict[str, Any], keep_ids: Sequence[int]) -> Any:
+    """The same tokenizer class, with the trimmed tokenizer.json (and vocab.txt, added-token ids) in place."""
+    from transformers import AutoTokenizer
+
+    remap = {old: new for new, old in enumerate(keep_ids)}
+    with tempfile.TemporaryDirectory(prefix="edgellm-vocab-") as tmp:
+        folder = Path(tmp)
+        tokenizer.save_pretrained(folder)
+        (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        vocab_txt = folder / "vocab.txt"
+        if vocab_txt.is_file():
+            ordered = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
+            vocab_txt.write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
+        config_file = folder / "tokenizer_config.json"
+        if config_file.is_file():
+            cfg = json.loads(config_file.read_text(encoding="utf-8"))
+            decoder = cfg.get("added_tokens_decoder")
+            if isinstance(decoder, dict):
+                cfg["added_tokens_decoder"] = {str(remap[int(k)]): v for k, v in decoder.items() if int(k) in remap}
+            config_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(folder, use_fast=True)
+
+
+def _slice_embeddings(model: Any, keep_ids: Sequence[int]) -> dict[str, int]:
+    import torch
+
+    index = torch.as_tensor(list(keep_ids), dtype=torch.long)
+    remap = {old: new for new, old in enumerate(keep_ids)}
+    old_in = model.get_input_embeddings()
+    old_out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = old_out is not None and old_out.weight is old_in.weight
+    before = old_in.weight.numel() * old_in.weight.element_size()
+    pad = old_in.padding_idx
+    new_in = torch.nn.Embedding(len(index), old_in.embedding_dim, padding_idx=remap.get(pad) if pad is not None else None,
+                                dtype=old_in.weight.dtype)
+    with torch.no_grad():
+        new_in.weight.copy_(old_in.weight.detach()[index])
+    model.set_input_embeddings(new_in)
+    if old_out is not None:
+        if tied:
+            old_out.weight = new_in.weight
+        else:
+            before += old_out.weight.numel() * old_out.weight.element_size()
+            old_out.weight = torch.nn.Parameter(old_out.weight.detach()[index].clone())
+        if getattr(old_out, "bias", None) is not None:
+            old_out.bias = torch.nn.Parameter(old_out.bias.detach()[index].clone())
+        if hasattr(old_out, "out_features"):
+            old_out.out_features = len(index)
+    after = new_in.weight.numel() * new_in.weight.element_size()
+    if old_out is not None and not tied:
+        after += old_out.weight.numel() * old_out.weight.element_size()
+    config = model.config
+    config.vocab_size = len(index)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            setattr(config, key, remap.get(value, value))
+    return {"embedding_bytes_before": before, "embedding_bytes_after": after}
+
+
+def trim_vocabulary(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    min_count: int = 1,
+    keep_characters: bool = True,
+    held_out: Sequence[str] | None = None,
+) -> TrimResult:
+    """Keep the tokens `texts` use (see the module docstring); the model is changed in place.
+
+    Args:
+        texts: the task's training text (what the model will see).
+        min_count: a token is kept when `texts` produce it at least this often (specials always are).
+        keep_characters: also keep `c` and `##c` for every character of the kept tokens, so that unseen words made
+            of seen characters split into characters instead of becoming [UNK].
+        held_out: text not in `texts`, to report coverage (share of its tokens that are not [UNK] after trimming).
+    """
+    from edgellm.models import count_parameters
+
+    data = _backend_json(tokenizer)
+    _check_model(data)
+    vocab_size = len(data["model"]["vocab"])
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if rows < vocab_size:
+        raise ModelError(f"the model's embedding has {rows} rows but the tokenizer has {vocab_size} tokens")
+    params_before = count_parameters(model)
+    keep_ids, counts = choose_tokens(tokenizer, texts, min_count=min_count, keep_characters=keep_characters)
+    trimmed = trim_tokenizer_json(data, keep_ids)
+    new_tokenizer = _rebuild_tokenizer(tokenizer, trimmed, keep_ids)
+    sizes = _slice_embeddings(model, keep_ids)
+    report: dict[str, Any] = {
+        "tokenizer_model": "WordPiece",
+        "vocab_size_before": vocab_size,
+        "vocab_size_after": len(keep_ids),
+        "seen_tokens": len(counts),
+        "min_count": min_count,
+        "keep_characters": keep_characters,
+        "texts": len(texts),
+        "parameters_before": params_before,
+        "parameters_after": count_parameters(model),
+        **sizes,
+        "bytes_saved": sizes["embedding_bytes_before"] - sizes["embedding_bytes_after"],
+        "tokenizer_json_bytes_before": len(json.dumps(data, ensure_ascii=False).encode()),
+        "tokenizer_json_bytes_after": len(json.dumps(trimmed, ensure_ascii=False).encode()),
+    }
+    if held_out:
+        before = vocab_coverage(tokenizer, held_out)
+        after = vocab_coverage(new_tokenizer, held_out)
+        report["held_out"] = {
+            "texts": len(held_out),
+            "tokens_before": before["tokens"],
+            "tokens_after": after["tokens"],
+            "coverage_before": before["coverage"],
+            "coverage": after["coverage"],  # share of held-out tokens that are not [UNK] after trimming
+            "identical_texts": _identical_share(tokenizer, new_tokenizer, keep_ids, held_out),
+        }
+    log.info("vocabulary trimmed %d -> %d tokens, %.1f MB of embeddings saved", vocab_size, len(keep_ids),
+             report["bytes_saved"] / 1e6)
+    return TrimResult(model=model, tokenizer=new_tokenizer, keep_ids=list(keep_ids), report=report)
+
+
+def _identical_share(old: Any, new: Any, keep_ids: Sequence[int], texts: Sequence[str]) -> float:
+    """Share of `texts` whose trimmed tokens, mapped back to original ids, equal the original tokens."""
+    items = [str(t) for t in texts]
+    a = _raw_encoder(old).encode_batch(items, add_special_tokens=False)
+    b = _raw_encoder(new).encode_batch(items, add_special_tokens=False)
+    same = sum(1 for x, y in zip(a, b) if list(x.ids) == [keep_ids[i] for i in y.ids])
+    return same / len(items) if items else 1.0
+
