@@ -19,7 +19,8 @@ from edgellm.exporting.onnx import ENCODER_OUTPUTS, export_encoder_onnx
 from edgellm.exporting.openvino import onnx_to_openvino
 from edgellm.exporting.validate import check_against_torch, tokenize_batches
 
-__all__ = ["export", "write_encoder_models", "encoder_manifest", "ENCODER_TASKS", "FORMATS", "DEFAULT_ATOL"]
+__all__ = ["export", "write_encoder_models", "validation_batches", "encoder_manifest", "ENCODER_TASKS", "FORMATS",
+           "DEFAULT_ATOL"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ def _runner(backend: str, path: Path, inputs: list[str], output: str, precision_
     return run
 
 
+def validation_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                       static_shape: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Tokenized batches of real text that exports are checked on; full (batch, sequence) ones for a static shape."""
+    batches = tokenize_batches(tokenizer, texts, max_length=max_length,
+                               pad_to=static_shape[1] if static_shape else None,
+                               batch_size=static_shape[0] if static_shape else 8)
+    if static_shape:
+        batches = [b for b in batches if len(b["input_ids"]) == static_shape[0]]
+    return batches
+
+
 def write_encoder_models(
     model: Any,
     tokenizer: Any,
@@ -67,11 +79,7 @@ def write_encoder_models(
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or formats}; choose from {list(FORMATS)}")
     output = ENCODER_OUTPUTS[task]
-    pad_to = static_shape[1] if static_shape else None
-    batches = tokenize_batches(tokenizer, texts, max_length=max_length, pad_to=pad_to,
-                               batch_size=static_shape[0] if static_shape else 8)
-    if static_shape:
-        batches = [b for b in batches if len(b["input_ids"]) == static_shape[0]] or batches[:0]
+    batches = validation_batches(tokenizer, texts, max_length=max_length, static_shape=static_shape)
     sample = {k: _torch(v) for k, v in batches[0].items()} if batches else None
     if sample is None:
         raise ConfigError("no validation texts to trace and check the export with")

@@ -16,20 +16,25 @@ log = logging.getLogger(__name__)
 
 def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int = 8,
                      pad_to: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Real text -> int64 numpy feeds, batched, padded to the longest (or `pad_to`)."""
+    """Real text -> int64 numpy feeds, batched, truncated to `max_length` tokens and padded to the longest.
+
+    With `pad_to` (static-shape models) every batch is padded, or cut, to exactly `pad_to` columns, as the
+    runtime does.
+    """
     batches = []
+    pad_id = int(tokenizer.pad_token_id or 0)
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        enc = tokenizer(
-            chunk,
-            truncation=True,
-            max_length=max_length,
-            padding="max_length" if pad_to else "longest",
-            return_tensors="np",
-            **({"max_length": pad_to} if pad_to else {}),
-        )
+        enc = tokenizer(chunk, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
         feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
         feeds.setdefault("token_type_ids", np.zeros_like(feeds["input_ids"]))
+        if pad_to:
+            width = feeds["input_ids"].shape[1]
+            feeds = {
+                k: np.pad(v[:, :pad_to], ((0, 0), (0, max(pad_to - width, 0))),
+                          constant_values=pad_id if k == "input_ids" else 0)
+                for k, v in feeds.items()
+            }
         batches.append(feeds)
     return batches
 

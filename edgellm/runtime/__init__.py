@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from edgellm.artifact import Manifest, ModelEntry, read_manifest, verify_artifact
+from edgellm.artifact import PRECISIONS, Manifest, ModelEntry, read_manifest, verify_artifact
 from edgellm.errors import UnsupportedTargetError
-from edgellm.runtime.base import Backend
+from edgellm.runtime.devices import available_devices, open_backend
 from edgellm.runtime.tasks import Classifier, EdgeModel, Embedder
 
 __all__ = ["load", "available_devices", "EdgeModel", "Classifier", "Embedder", "BACKEND_NAMES"]
@@ -27,17 +26,11 @@ log = logging.getLogger(__name__)
 BACKEND_NAMES = ("auto", "onnxruntime", "openvino")
 
 
-def available_devices() -> dict[str, list[str]]:
-    """Devices each backend can use on this machine, e.g. {'onnxruntime': ['cpu'], 'openvino': ['cpu']}."""
-    from edgellm.runtime.openvino import openvino_devices
-    from edgellm.runtime.ort import ort_devices
-
-    return {"onnxruntime": ort_devices(), "openvino": openvino_devices()}
-
-
-def _pick_entry(manifest: Manifest, backend: str, model: str | None) -> ModelEntry:
+def _pick_entry(manifest: Manifest, backend: str, model: str | None, target: str | None = None) -> ModelEntry:
     if backend not in BACKEND_NAMES:
         raise UnsupportedTargetError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
+    if target is not None:
+        return _target_entry(manifest, backend, model, target)
     if model is not None:
         entry = manifest.model(model)
         if backend != "auto" and entry.backend != backend:
@@ -56,24 +49,32 @@ def _pick_entry(manifest: Manifest, backend: str, model: str | None) -> ModelEnt
     return (same or candidates)[0]
 
 
-def _make_backend(folder: Path, entry: ModelEntry, device: str, threads: int | None) -> Backend:
-    options: dict[str, Any] = {}
-    if entry.backend == "openvino":
-        from edgellm.runtime.openvino import OpenVINOBackend
-
-        options["inference_precision"] = entry.inference_precision or "f32"
-        return OpenVINOBackend(folder / entry.path, device=device, threads=threads, options=options)
-    from edgellm.runtime.ort import OrtBackend
-
-    return OrtBackend(folder / entry.path, device=device, threads=threads, options=options)
+def _target_entry(manifest: Manifest, backend: str, model: str | None, target: str) -> ModelEntry:
+    """The model built for `target`: the default model if it is one, else the lowest precision (the final one)."""
+    built = [m for m in manifest.models if m.target == target and backend in ("auto", m.backend)]
+    if model is not None:
+        built = [m for m in built if m.name == model]
+    if not built:
+        targets = sorted({m.target for m in manifest.models if m.target})
+        raise UnsupportedTargetError(
+            f"the artifact has no {'' if backend == 'auto' else backend + ' '}model"
+            f"{'' if model is None else ' named ' + repr(model)} built for target {target!r}; it was built for "
+            f"{targets or 'no target (generic models only)'}. Rebuild it with --target {target}, or load without target="
+        )
+    for entry in built:
+        if entry.name == manifest.default_model:
+            return entry
+    return min(built, key=lambda m: -PRECISIONS.index(m.precision))  # int8 before fp16 before fp32
 
 
 def load(
     artifact: str | Path,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     backend: str = "auto",
     model: str | None = None,
+    target: str | None = None,
+    strict: bool = False,
     threads: int | None = None,
     batch_size: int = 32,
     verify: bool = True,
@@ -82,13 +83,18 @@ def load(
 
     Args:
         artifact: the folder holding `edgellm.json`.
-        device: "cpu", "gpu", "cuda", "npu" ...; an unknown or absent device raises UnsupportedTargetError
-            listing the available ones.
+        device: "auto" (the first device of the model's target chain that runs here, e.g. npu -> gpu -> cpu;
+            a generic model's chain is the CPU), or a device to demand: "cpu", "gpu", "cuda", "npu", "qnn" ...;
+            an unknown or absent device raises UnsupportedTargetError listing the available ones.
         backend: "auto" (the artifact's default model), "onnxruntime" or "openvino".
         model: a model name from the manifest, to pick one precision / target explicitly.
-        threads: intra-op threads (None: the engine's default, all cores).
+        target: a device profile name (targets/NAME.yaml): load the model the artifact holds for it.
+        strict: with device="auto", raise instead of falling back past the chain's first device.
+        threads: intra-op threads (None: the target profile's, else the engine's default, all cores).
         batch_size: texts per inference call.
         verify: check every file's sha256 against the manifest first (IntegrityError on mismatch).
+
+    `describe()["selection"]` says which device was picked, from which chain, and why others were passed over.
     """
     folder = Path(artifact)
     manifest = read_manifest(folder)
@@ -98,8 +104,8 @@ def load(
         raise UnsupportedTargetError(f"device must be a non-empty string such as 'cpu', not {device!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UnsupportedTargetError(f"threads must be a positive int or None, not {threads!r}")
-    entry = _pick_entry(manifest, backend, model)
-    runner = _make_backend(folder, entry, device, threads)
+    entry = _pick_entry(manifest, backend, model, target)
+    runner, _ = open_backend(folder, manifest, entry, device=device, threads=threads, strict=strict)
     log.info("loaded %s: model %s on %s %s", folder, entry.name, runner.name, runner.device)
     if manifest.task == "text-classification":
         return Classifier(folder, manifest, entry, runner, batch_size=batch_size)

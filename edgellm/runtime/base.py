@@ -39,6 +39,7 @@ class Backend(ABC):
         self.requested_device = device
         self.threads = threads
         self.options = dict(options)
+        self.selection: dict[str, Any] | None = None  # how the device was chosen (runtime.devices.DeviceChoice)
 
     @property
     @abstractmethod
@@ -64,4 +65,7 @@ class Backend(ABC):
         """Run once; returns the requested outputs (all by default) in that order."""
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": self.device, "threads": self.threads, "path": self.path.name}
+        out = {"backend": self.name, "device": self.device, "threads": self.threads, "path": self.path.name}
+        if self.selection is not None:
+            out["selection"] = self.selection
+        return out

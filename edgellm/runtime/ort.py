@@ -69,11 +69,18 @@ class OrtBackend(Backend):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers: list[Any] = [*chosen, "CPUExecutionProvider"] if key != "cpu" else chosen
+        provider_options = self.options.get("provider_options")  # for the first provider (profile's options)
+        first: Any = (chosen[0], dict(provider_options)) if provider_options else chosen[0]
+        providers: list[Any] = [first, *chosen[1:]] + (["CPUExecutionProvider"] if key != "cpu" else [])
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own exception classes; give one typed error with their text
             raise BackendError(f"ONNX Runtime could not load {path.name}: {exc}") from exc
+        if self._session.get_providers()[0] not in chosen:  # ORT drops a provider that fails to start, silently
+            raise BackendError(
+                f"{chosen[0]} is installed but did not start for {path.name} (missing driver or libraries?); "
+                f"ONNX Runtime would run it on {self._session.get_providers()[0]} instead"
+            )
         self._inputs = [
             InputSpec(i.name, _ORT_TYPES.get(i.type, np.float32), tuple(d if isinstance(d, int) else None for d in i.shape))
             for i in self._session.get_inputs()
