@@ -77,19 +77,23 @@ def export_cmd(model: str, output: str, task: str, formats: tuple[str, ...], max
 @click.argument("texts", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, gpu, npu, auto ...")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the model's target chain, e.g. npu -> gpu -> cpu), or demand one: cpu, gpu, cuda, npu ...")
+@click.option("--target", default=None, help="Run the model built for this target profile (edgellm targets list).")
+@click.option("--strict", is_flag=True, help="With --device auto: fail instead of falling back to a lesser device.")
 @click.option("--model", "model_name", default=None, help="A model name from the manifest.")
 @click.option("--threads", type=int, default=None, help="Inference threads.")
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels per text (classification).")
-def run_cmd(artifact: str, texts: tuple[str, ...], as_json: bool, backend: str, device: str,
-            model_name: str | None, threads: int | None, top_k: int) -> None:
+def run_cmd(artifact: str, texts: tuple[str, ...], as_json: bool, backend: str, device: str, target: str | None,
+            strict: bool, model_name: str | None, threads: int | None, top_k: int) -> None:
     """Run ARTIFACT on TEXTS (or on lines of stdin when no TEXT or TEXT is '-')."""
     from edgellm.runtime import load
 
     items = list(texts)
     if not items or items == ["-"]:
         items = [line.rstrip("\n") for line in sys.stdin]
-    model = load(artifact, backend=backend, device=device, model=model_name, threads=threads)
+    model = load(artifact, backend=backend, device=device, model=model_name, target=target, strict=strict,
+                 threads=threads)
     if model.task == "text-classification":
         results = model.classify(items, top_k=top_k)
         if as_json:
@@ -151,6 +155,128 @@ def verify_cmd(artifact: str) -> None:
 
     manifest = verify_artifact(artifact)
     click.echo(f"ok: {len(manifest.files)} files match their sha256 ({artifact})")
+
+
+@cli.group("targets")
+def targets_group() -> None:
+    """Device profiles (targets/NAME.yaml): what a model built for each device looks like."""
+
+
+@targets_group.command("list")
+def targets_list_cmd() -> None:
+    """One line per profile: backend, device chain, precision, INT8 preset, static shape."""
+    from edgellm.targets import all_targets
+
+    for p in all_targets():
+        int8 = f"int8 {p.quantization.preset} ({p.quantization.mode})" if p.quantization else "no int8"
+        shape = "x".join(map(str, p.static_shape)) if p.static_shape else "dynamic"
+        click.echo(f"{p.name:18s} {p.backend:12s} {' > '.join(p.devices):16s} {p.precision:5s} {int8:30s} "
+                   f"{shape:8s} {p.description}")
+
+
+@targets_group.command("show")
+@click.argument("name")
+def targets_show_cmd(name: str) -> None:
+    """Print profile NAME (a name from `edgellm targets list`, or a .yaml path) as JSON."""
+    from edgellm.targets import load_target
+
+    _echo_json(load_target(name).to_dict())
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the pruned model + prune_report.json.")
+@click.option("--task", type=click.Choice(["text-classification", "feature-extraction", "text-generation"]),
+              default=None, help="Default: read from the model's config.")
+@click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...).")
+@click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file, or a datasets save_to_disk folder.")
+@click.option("--text-column", default=None, help="Text column of --data-path (default: text).")
+@click.option("--label-column", default=None, help="Label column of --data-path (default: label).")
+@click.option("--max-rows", type=int, default=None, help="Cap on data rows, for quick runs.")
+@click.option("--heads", type=float, default=None, help="Fraction of attention heads (KV groups) to remove.")
+@click.option("--ffn", type=float, default=None, help="Fraction of FFN neurons to remove.")
+@click.option("--layers", type=float, default=None, help="Fraction of layers to remove.")
+@click.option("--target-params", type=int, default=None, help="Parameter budget instead of --heads / --ffn.")
+@click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default=None,
+              help="taylor (needs data; the default) or magnitude.")
+@click.option("--sparsity", type=float, default=None, help="Unstructured magnitude sparsity of the block matrices.")
+@click.option("--sparsity-scope", type=click.Choice(["global", "layer"]), default=None)
+@click.option("--recovery-epochs", type=float, default=None, help="Distillation epochs after pruning (0 = none).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder at OUTPUT.")
+def prune_cmd(model: str, output: str, task: str | None, data_name: str | None, data_path: str | None,
+              text_column: str | None, label_column: str | None, max_rows: int | None, overwrite: bool,
+              **options: Any) -> None:
+    """Prune MODEL (heads, FFN neurons, layers; magnitude sparsity) into a Hugging Face folder OUTPUT."""
+    from edgellm.config import from_dict
+    from edgellm.prune import prune
+    from edgellm.recipe import DataConfig, PruneConfig
+
+    config = from_dict(PruneConfig, {k: v for k, v in options.items() if v is not None}, "prune")
+    given = {"name": data_name, "path": data_path, "text_column": text_column, "label_column": label_column,
+             "max_rows": max_rows}
+    data = from_dict(DataConfig, {k: v for k, v in given.items() if v is not None}, "data")
+    report = prune(model, output, config=config, data=data, task=task, overwrite=overwrite)
+    before, after = report["before"], report["after"]
+    click.echo(f"parameters   {before['parameters']:>14,} -> {after['parameters']:,}")
+    click.echo(f"FLOPs/token  {before['flops_per_token']:>14,} -> {after['flops_per_token']:,} "
+               f"(at {after['flops_seq_len']} tokens)")
+    click.echo(f"layers       {before['layers']:>14} -> {after['layers']}")
+    if report.get("sparsity"):
+        click.echo(f"sparsity     {report['sparsity']['measured']:>14.1%} of block weights")
+    metrics = report.get("metrics") or {}
+    if metrics.get("before"):
+        for key in ("accuracy", "perplexity", "spearman"):
+            if key in metrics["before"] and key in metrics["after"]:
+                click.echo(f"{key:12s} {metrics['before'][key]:>14.4g} -> {metrics['after'][key]:.4g} "
+                           f"({metrics['split']})")
+    click.echo(f"wrote {output} (report: prune_report.json)")
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"give comma-separated integers such as 32,128, not {value!r}") from None
+
+
+@cli.command("bench")
+@click.argument("artifact", type=click.Path())
+@click.option("--compare", multiple=True, type=click.Path(), help="Another artifact measured in the same run (repeatable).")
+@click.option("--model", "models", multiple=True, help="Only this model entry of ARTIFACT (repeatable; default: all).")
+@click.option("--teacher", default=None, help="Teacher folder for the baselines (default: the manifest's source model).")
+@click.option("--no-baselines", is_flag=True, help="Leave out the teacher FP32 PyTorch and Optimum INT8 baselines.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for every engine (default: physical cores).")
+@click.option("--lengths", callback=_int_list, default=None, help="Padded input lengths in tokens, e.g. 32,128.")
+@click.option("--batch-sizes", callback=_int_list, default=None, help="Throughput batch sizes, e.g. 8,32.")
+@click.option("--repeat", type=int, default=None, help="Timed batch-1 calls per length.")
+@click.option("--cold-runs", type=int, default=None, help="Fresh processes for cold start and peak memory (0: skip).")
+@click.option("--max-examples", type=int, default=None, help="Cap on test sentences for accuracy.")
+@click.option("--name", default=None, help="Result name (default: the artifact folder's name).")
+@click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
+              help="Where NAME.json, NAME.md and NAME.png go.")
+def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], teacher: str | None,
+              no_baselines: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
+              repeat: int | None, cold_runs: int | None, max_examples: int | None, name: str | None,
+              output_dir: str) -> None:
+    """Measure every model of ARTIFACT side by side (latency, throughput, cold start, memory, size, accuracy)."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    from edgellm.bench import run_benchmark
+
+    given = {"threads": threads, "lengths": lengths, "batch_sizes": batch_sizes, "repeat": repeat,
+             "cold_runs": cold_runs, "max_examples": max_examples}
+    settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if no_baselines:
+        settings["baselines"] = False
+    command = "edgellm " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]) == "edgellm" else None
+    result = run_benchmark(artifact, compare=compare, models=models or None, teacher=teacher, settings=settings,
+                           name=name, output_dir=output_dir, command=command)
+    click.echo(Path(result["paths"]["md"]).read_text(encoding="utf-8"))
+    click.echo("wrote " + ", ".join(result["paths"].values()))
 
 
 def main() -> None:

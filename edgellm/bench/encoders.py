@@ -18,7 +18,7 @@ import numpy as np
 from edgellm.bench.inputs import centroid_accuracy, label_ids, load_test_split, texts_of_length, token_stats
 from edgellm.bench.machine import machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
-from edgellm.bench.report import write_results
+from edgellm.bench.report import check_result_name, write_results
 from edgellm.bench.stats import time_calls
 from edgellm.bench.subjects import Subject, artifact_subjects, open_subject, optimum_subject, teacher_subject
 from edgellm.config import check_range, from_dict, to_dict
@@ -85,10 +85,6 @@ def measure_subject(subject: Subject, settings: BenchSettings, data: dict[str, A
     """Warm measurements of one subject in this process: batch-1 latency per length and on real test sentences,
     throughput per batch size and length, accuracy on the test split. Returns (fields, predictions)."""
     threads = settings.resolved_threads()
-    too_long = [n for n in settings.lengths if n > subject.max_length]
-    if too_long:
-        raise ConfigError(f"length(s) {too_long} exceed {subject.name}'s max_length {subject.max_length} tokens; "
-                          f"choose --lengths up to {subject.max_length}")
     start = time.perf_counter()
     runner = open_subject(subject, threads=threads)
     load_s = time.perf_counter() - start
@@ -159,7 +155,7 @@ def run_benchmark(
     compare: Sequence[str | os.PathLike[str]] = (),
     models: Sequence[str] | None = None,
     teacher: str | None = None,
-    settings: BenchSettings | None = None,
+    settings: BenchSettings | dict[str, Any] | None = None,
     name: str | None = None,
     output_dir: str | os.PathLike[str] | None = "bench/results",
     data: dict[str, Any] | None = None,
@@ -173,8 +169,7 @@ def run_benchmark(
     """
     from edgellm.artifact import read_manifest
 
-    settings = settings or BenchSettings()
-    settings = from_dict(BenchSettings, to_dict(settings), "settings")  # validate a caller-built object too
+    settings = from_dict(BenchSettings, to_dict(settings or {}), "settings")  # validates a caller-built one too
     folder = Path(artifact)
     manifest = read_manifest(folder)
     folders = [folder, *(Path(c) for c in compare)]
@@ -188,17 +183,25 @@ def run_benchmark(
     names = [s.name for s in subjects]
     if len(set(names)) != len(names):
         raise ConfigError(f"two artifacts share a folder name; subject names collide: {names}")
+    result_name = name or folder.name
+    check_result_name(result_name)
+    for subject in subjects:
+        too_long = [n for n in settings.lengths if n > subject.max_length]
+        if too_long:
+            raise ConfigError(f"length(s) {too_long} exceed {subject.name}'s max_length of {subject.max_length} "
+                              f"tokens; choose lengths up to {subject.max_length}")
+    base = None
+    if settings.baselines:
+        source = teacher or _default_teacher(manifest)
+        if not source:
+            raise ModelError(f"{folder}'s manifest names no teacher; pass --teacher PATH or --no-baselines")
+        base = teacher_subject(source, task=manifest.task, labels=manifest.labels, max_length=manifest.max_length,
+                               pooling=manifest.pooling, normalize=manifest.normalize)
     data = data or load_test_split(manifest, max_examples=settings.max_examples)
     threads = settings.resolved_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="edgellm-bench-") as work:
-        if settings.baselines:
-            source = teacher or _default_teacher(manifest)
-            if not source:
-                raise ModelError(f"{folder}'s manifest names no teacher; pass --teacher PATH or --no-baselines")
-            base = teacher_subject(source, task=manifest.task, labels=manifest.labels,
-                                   max_length=manifest.max_length, pooling=manifest.pooling,
-                                   normalize=manifest.normalize)
+        if base is not None:
             subjects = [base, *subjects, optimum_subject(base, Path(work) / "optimum")]
         rows = []
         outputs: dict[str, np.ndarray] = {}
@@ -215,7 +218,7 @@ def run_benchmark(
     _add_ratios(rows, max(settings.lengths))
     result = {
         "schema": RESULT_SCHEMA,
-        "name": name or folder.name,
+        "name": result_name,
         "created": started,
         "command": command,
         "task": manifest.task,
@@ -235,7 +238,7 @@ def _add_agreement(rows: list[dict[str, Any]], outputs: dict[str, np.ndarray]) -
     """Embeddings: agreement of every subject with the reference (the teacher, else the first subject)."""
     from edgellm.evaluate import embedding_agreement
 
-    ref = next((r for r in rows if r["stage"] == "teacher"), rows[0])["name"]
+    ref = next((r for r in rows if r["kind"] == "pytorch"), rows[0])["name"]
     n = len(outputs[ref])
     rng = np.random.default_rng(0)
     pairs = rng.integers(0, n, size=(min(2000, n * (n - 1) // 2), 2))
@@ -248,8 +251,8 @@ def _add_ratios(rows: list[dict[str, Any]], length: int) -> None:
     """Per subject: p50 speed-up (batch 1, `length` tokens), size ratio and accuracy retained vs the teacher and
     vs the Optimum baseline."""
     key = str(length)
-    for ref_stage, field_name in (("teacher", "vs_teacher"), ("baseline", "vs_optimum")):
-        ref = next((r for r in rows if r["stage"] == ref_stage), None)
+    for kind, field_name in (("pytorch", "vs_teacher"), ("optimum", "vs_optimum")):
+        ref = next((r for r in rows if r["kind"] == kind), None)
         if ref is None:
             continue
         for row in rows:

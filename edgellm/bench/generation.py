@@ -50,7 +50,7 @@ def measure_generation(stream: TokenStream, prompt_ids: Sequence[int], *, max_ne
         "new_tokens": int(np.median(produced)),
         "time_to_first_token_ms": ttft["p50_ms"],
         "time_to_first_token": ttft,
-        "prompt_tokens_per_s": len(prompt_ids) / (ttft["p50_ms"] / 1e3),
+        "prompt_tokens_per_s": len(prompt_ids) / (ttft["p50_ms"] / 1e3) if ttft["p50_ms"] > 0 else None,
         "decode_tokens_per_s": float(np.median(decode_tps)) if decode_tps else None,
         "repeat": repeat,
     }

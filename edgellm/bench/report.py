@@ -11,13 +11,19 @@ import numpy as np
 
 from edgellm.errors import ConfigError
 
-__all__ = ["write_results", "render_markdown", "plot_results"]
+__all__ = ["write_results", "render_markdown", "plot_results", "check_result_name"]
+
+
+def check_result_name(name: str) -> None:
+    """A result name becomes NAME.json / .md / .png: letters, digits, '.', '_' and '-' only."""
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise ConfigError(f"result name {name!r} must be a plain file name such as 'reference' "
+                          "(letters, digits, '.', '_', '-')")
 
 
 def write_results(result: dict[str, Any], output_dir: str | os.PathLike[str], name: str) -> dict[str, str]:
     """Write NAME.json, NAME.md and NAME.png into `output_dir`; return their paths."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"result name {name!r} must be a plain file name such as 'reference'")
+    check_result_name(name)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / f"{name}.json"), "md": str(out / f"{name}.md"), "png": str(out / f"{name}.png")}

@@ -162,7 +162,8 @@ def optimum_subject(teacher: Subject, workdir: str | os.PathLike[str]) -> Subjec
         precision="int8",
         size_bytes=size,
         model=file_name,
-        engine=f"Optimum {package_version('optimum-onnx')} ORTQuantizer avx512_vnni dynamic / ONNX Runtime {package_version('onnxruntime')}",
+        engine=f"Optimum (optimum-onnx {package_version('optimum-onnx')}) ORTQuantizer avx512_vnni dynamic / "
+               f"ONNX Runtime {package_version('onnxruntime')}",
         note=f"teacher {teacher.note} exported by ORTModel and quantized by ORTQuantizer",
     )
 

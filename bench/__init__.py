@@ -1,0 +1,1 @@
+"""Benchmark suites and their entry point (`python -m bench.run`); recorded results live in bench/results/."""

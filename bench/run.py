@@ -1,0 +1,131 @@
+"""Reproduce README's benchmark tables with one command.
+
+    python -m bench.run                          # suite `reference`: artifacts/sentiment-minilm (built by make demo)
+    python -m bench.run artifacts/other          # the same suite on another artifact (more paths: compared)
+    python -m bench.run --suite minilm-embed     # the MiniLM-L6 FP32 embedding export
+    make bench                                   # = python -m bench.run
+
+Each suite is bench/suites/NAME.yaml (validated: unknown keys and bad values are refused). The run writes
+bench/results/NAME.json, NAME.md and NAME.png, then replaces README's block between
+`<!-- bench:BLOCK:begin -->` and `<!-- bench:BLOCK:end -->` with NAME.md, so README's numbers are always the ones
+the command produced. Run it alone on the machine (here: under `flock /tmp/edgellm-heavy.lock`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgellm.bench import BenchSettings, run_benchmark
+from edgellm.config import from_dict
+from edgellm.errors import ConfigError, EdgeLLMError
+
+__all__ = ["Suite", "load_suite", "update_readme", "main", "ROOT", "SUITES"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ROOT / "bench" / "suites"
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+
+
+@dataclass
+class Suite:
+    """One recorded benchmark: what is measured, how, and where its table goes."""
+
+    name: str  # result name: bench/results/NAME.json / .md / .png
+    artifact: str  # artifact measured (every model entry); relative paths are from the repository root
+    compare: list[str] = field(default_factory=list)  # more artifacts measured in the same run
+    models: list[str] | None = None  # only these model entries of `artifact`; None: all
+    teacher: str | None = None  # the baselines' teacher folder; None: the manifest's source model
+    produced_by: str = ""  # the command that builds `artifact`, shown when it is missing
+    readme_block: str | None = None  # README block replaced by the table; None: README is left alone
+    settings: BenchSettings = field(default_factory=BenchSettings)
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """bench/suites/NAME.yaml, or a YAML file path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES.glob("*.yaml"))
+        raise ConfigError(f"benchmark suite {name_or_path!r} not found ({path}); known suites: {known}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return from_dict(Suite, data, where=path.name)
+
+
+def _markers(block: str) -> tuple[str, str]:
+    return f"<!-- bench:{block}:begin -->", f"<!-- bench:{block}:end -->"
+
+
+def update_readme(readme: Path, block: str, text: str) -> bool:
+    """Replace the text between README's markers for `block` with `text`; True when the file changed."""
+    begin, end = _markers(block)
+    content = readme.read_text(encoding="utf-8")
+    start, stop = content.find(begin), content.find(end)
+    if start < 0 or stop < start:
+        raise ConfigError(f"{readme} has no block {begin} ... {end}; add both markers where the table belongs")
+    updated = content[: start + len(begin)] + "\n" + text.strip() + "\n" + content[stop:]
+    if updated == content:
+        return False
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(updated, encoding="utf-8")
+    os.replace(tmp, readme)
+    return True
+
+
+def _from_root(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifacts", nargs="*", help="artifact(s) to measure instead of the suite's (first = main)")
+    parser.add_argument("--suite", default="reference", help="bench/suites/NAME.yaml (default: reference)")
+    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress logs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        suite = load_suite(args.suite)
+        paths = [Path(a) for a in args.artifacts] or [_from_root(suite.artifact), *map(_from_root, suite.compare)]
+        for path in paths:
+            if not path.exists():
+                how = f"build it first: {suite.produced_by}" if suite.produced_by and not args.artifacts else \
+                    "give an existing artifact folder"
+                sys.stderr.write(f"bench.run: artifact {path} does not exist; {how} "
+                                 f"(or pass artifact paths: python -m bench.run PATH [PATH ...])\n")
+                return 2
+        command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+        result = run_benchmark(paths[0], compare=paths[1:], models=suite.models,
+                               teacher=str(_from_root(suite.teacher)) if suite.teacher else None,
+                               settings=suite.settings, name=suite.name, output_dir=args.output_dir,
+                               command=command.strip())
+    except EdgeLLMError as exc:
+        sys.stderr.write(f"bench.run: error ({type(exc).__name__}): {exc}\n")
+        return 1
+    table = Path(result["paths"]["md"]).read_text(encoding="utf-8")
+    sys.stdout.write(table)
+    if suite.readme_block and not args.no_readme and not args.artifacts:
+        png = os.path.relpath(result["paths"]["png"], README.parent)
+        changed = update_readme(README, suite.readme_block, f"{table}\n![{suite.name}: latency vs accuracy]({png})\n")
+        sys.stdout.write(f"README.md block {suite.readme_block!r} {'updated' if changed else 'unchanged'}\n")
+    sys.stdout.write("wrote " + ", ".join(result["paths"].values()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

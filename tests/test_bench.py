@@ -1,0 +1,490 @@
+"""Benchmarks on tiny models: statistics on known samples, exact-length inputs, the JSON fields and units, the
+Markdown and PNG reports, cold start and peak memory, the baselines, the generation timing protocol, the CLI and
+bench/run.py. Speed itself is never asserted."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgellm.bench import (
+    BenchSettings,
+    centroid_accuracy,
+    load_test_split,
+    machine_info,
+    measure_generation,
+    parse_cpuinfo,
+    percentile,
+    perplexity,
+    render_markdown,
+    run_benchmark,
+    summarize_ms,
+    texts_of_length,
+    time_calls,
+)
+from edgellm.config import from_dict
+from edgellm.errors import BackendError, ConfigError, DataError, ModelError
+from tests.conftest import needs_minilm
+
+# A few settings small enough for tiny models; the tiny tokenizer's max_length is 64.
+QUICK = {"threads": 1, "lengths": [16, 32], "batch_sizes": [4], "warmup": 1, "repeat": 3, "throughput_repeat": 2,
+         "real_sample": 6, "cold_runs": 0, "max_examples": 40, "baselines": False}
+
+
+@pytest.fixture(scope="module")
+def split() -> dict[str, Any]:
+    return load_test_split(max_examples=40)
+
+
+@pytest.fixture(scope="module")
+def classifier_result(classifier_artifact: Path, split: dict[str, Any],
+                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both model entries of the tiny classifier artifact, one cold-start process each, reports written."""
+    out = tmp_path_factory.mktemp("bench")
+    return run_benchmark(classifier_artifact, settings={**QUICK, "cold_runs": 1}, name="tiny", output_dir=out,
+                         data=split, command="edgellm bench tiny")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_percentiles_on_known_samples() -> None:
+    samples = list(range(1, 11))  # 1..10, numpy's linear interpolation: rank q/100 * (n - 1)
+    assert percentile(samples, 50) == 5.5
+    assert percentile(samples, 90) == pytest.approx(9.1)
+    assert percentile(samples, 99) == pytest.approx(9.91)
+    assert percentile(samples, 0) == 1 and percentile(samples, 100) == 10
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+
+
+def test_summarize_ms_converts_seconds_to_milliseconds() -> None:
+    stats = summarize_ms([0.004, 0.001, 0.003, 0.002])
+    assert stats["p50_ms"] == pytest.approx(2.5)
+    assert stats["p90_ms"] == pytest.approx(3.7)
+    assert stats["mean_ms"] == pytest.approx(2.5)
+    assert (stats["min_ms"], stats["max_ms"], stats["repeat"]) == (pytest.approx(1.0), pytest.approx(4.0), 4)
+
+
+def test_time_calls_runs_warmup_untimed_then_repeat_timed() -> None:
+    calls = []
+    stats = time_calls(lambda: calls.append(1), warmup=3, repeat=7)
+    assert len(calls) == 10
+    assert stats["repeat"] == 7
+    assert 0 <= stats["min_ms"] <= stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# machine facts
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "flags"),
+    [
+        # x86: model name + flags; only the INT8-relevant flags are kept, in a fixed order
+        ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6338\nflags\t\t: fpu avx2 avx512f avx512_vnni sse\n",
+         "Intel(R) Xeon(R) Gold 6338", ["avx2", "avx512f", "avx512_vnni"]),
+        # Arm (Raspberry Pi style): Features and Model
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n",
+         "Raspberry Pi 5 Model B Rev 1.0", ["asimd", "asimddp"]),
+        # two processors: the first model name wins
+        ("model name : A\nflags : avx2\n\nmodel name : B\nflags : avx512f\n", "A", ["avx2"]),
+        # nothing known
+        ("", "", []),
+    ],
+)
+def test_parse_cpuinfo(text: str, model: str, flags: list[str]) -> None:
+    assert parse_cpuinfo(text) == (model, flags)
+
+
+def test_machine_info_records_cpu_cores_and_versions() -> None:
+    info = machine_info()
+    assert info["cpu_model"] and info["cpu_model"] != "x86_64"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        assert (info["cpu_model"], info["cpu_flags"]) == parse_cpuinfo(cpuinfo.read_text())
+    assert info["cpu_count"] >= 1
+    assert {"numpy", "onnxruntime", "tokenizers"} <= set(info["versions"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs and metrics
+
+
+def test_texts_of_length_are_exact_distinct_and_real(classifier_artifact: Path, split: dict[str, Any]) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(classifier_artifact / "tokenizer.json"))
+    tok.no_truncation()
+    for length in (8, 16, 33, 64):
+        texts = texts_of_length(tok, split["texts"], length, 6)
+        assert [len(tok.encode(t).ids) for t in texts] == [length] * 6
+        assert len(set(texts)) == 6
+        corpus = " ".join(split["texts"] * 2)
+        assert all(t.split()[0] in corpus for t in texts)
+
+
+@needs_minilm
+def test_texts_of_length_with_the_minilm_tokenizer(split: dict[str, Any]) -> None:
+    from tokenizers import Tokenizer
+
+    from edgellm.models import resolve_model
+
+    tok = Tokenizer.from_file(str(Path(resolve_model("embedded:all-MiniLM-L6-v2")) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()  # the shipped file pads to 128
+    for length in (32, 128):
+        texts = texts_of_length(tok, split["texts"], length, 32)
+        assert {len(tok.encode(t).ids) for t in texts} == {length}
+        assert len(set(texts)) == 32
+
+
+def test_texts_of_length_bad_inputs(classifier_artifact: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(classifier_artifact / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="length 2 leaves no room for text after 2 special tokens"):
+        texts_of_length(tok, ["a good film"], 2, 1)
+    with pytest.raises(DataError, match="no source sentences"):
+        texts_of_length(tok, ["", "   "], 16, 1)
+
+
+def test_centroid_accuracy_matches_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(30, 5))
+    labels = rng.integers(0, 3, size=30)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    hits = 0
+    for i in range(30):
+        sims = []
+        for c in range(3):
+            members = [j for j in range(30) if labels[j] == c and j != i]
+            centroid = unit[members].sum(0)
+            sims.append(unit[i] @ centroid / np.linalg.norm(centroid))
+        hits += int(np.argmax(sims) == labels[i])
+    assert centroid_accuracy(vectors, labels) == pytest.approx(100.0 * hits / 30)
+    # two well separated clusters: every point is closest to its own class
+    blobs = np.concatenate([rng.normal(5, 0.1, (10, 4)), rng.normal(-5, 0.1, (10, 4))])
+    assert centroid_accuracy(blobs, [0] * 10 + [1] * 10) == 100.0
+    with pytest.raises(DataError, match="needs"):
+        centroid_accuracy(np.zeros((3, 2)), [0, 1])
+
+
+def test_test_split_is_seeded_binary_and_capped() -> None:
+    a, b = load_test_split(max_examples=25), load_test_split(max_examples=25)
+    assert a["texts"] == b["texts"] and len(a["texts"]) == 25
+    assert set(a["labels"]) <= {0, 1} and a["label_names"] == ["negative", "positive"]
+    assert a["info"]["examples"] == 25 and a["info"]["corpus"] == "movie-reviews"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lengths": [2]}, r"settings.lengths\[0\] = 2 is outside \[4, inf\]"),
+        ({"lengths": []}, "settings.lengths is empty"),
+        ({"repeat": 0}, r"settings.repeat = 0 is outside \[1, inf\]"),
+        ({"threads": 0}, r"settings.threads = 0 is outside \[1, inf\]"),
+        ({"cold_runs": -1}, r"settings.cold_runs = -1 is outside"),
+        ({"repeats": 5}, "unknown key 'repeats'; did you mean 'repeat'"),  # a typo gets a suggestion
+        ({"lengths": "32,128"}, "settings.lengths must be list of int"),
+    ],
+)
+def test_bad_settings(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(BenchSettings, settings, "settings")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the encoder benchmark
+
+
+def test_result_json_fields_and_units(classifier_result: dict[str, Any], classifier_artifact: Path) -> None:
+    saved = json.loads(Path(classifier_result["paths"]["json"]).read_text())
+    assert saved["schema"] == "edgellm-bench/1" and saved["task"] == "text-classification"
+    assert saved["settings"]["threads"] == 1 and saved["settings"]["lengths"] == [16, 32]
+    assert saved["machine"]["cpu_model"] and "versions" in saved["machine"]
+    assert saved["data"]["examples"] == 40 and saved["command"] == "edgellm bench tiny"
+    assert [s["name"] for s in saved["subjects"]] == ["onnx-fp32", "openvino-fp32"]
+    manifest = json.loads((classifier_artifact / "edgellm.json").read_text())
+    for row, entry in zip(saved["subjects"], manifest["models"]):
+        assert row["kind"] == "edgellm" and row["backend"] == entry["backend"] and row["threads"] == 1
+        assert row["size_bytes"] == sum(manifest["files"][f]["bytes"] for f in entry["files"])
+        assert row["size_mb"] == pytest.approx(row["size_bytes"] / 1e6)
+        assert set(row["latency"]) == {"16", "32", "real"}
+        for stats in row["latency"].values():
+            assert set(stats) >= {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "repeat"}
+            assert 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+        assert row["latency"]["16"]["repeat"] == 3 and row["latency"]["real"]["repeat"] == 6
+        assert 1 <= row["latency"]["real"]["tokens_mean"] <= row["latency"]["real"]["tokens_max"] <= 64
+        batch = row["throughput"]["4"]["32"]
+        assert batch["texts_per_s"] == pytest.approx(4 / (batch["p50_ms"] / 1e3)) and batch["repeat"] == 2
+        assert 0 <= row["accuracy_pct"] <= 100 and row["examples"] == 40
+        # cold start (process start to first result) and the peak RSS of that process
+        assert row["cold_start_s"] > 0 and len(row["cold_start_runs_s"]) == 1
+        assert row["peak_rss_mb"] > 10 and row["peak_rss_bytes"] == pytest.approx(row["peak_rss_mb"] * 1e6)
+        assert row["peak_rss_at_first_result_mb"] <= row["peak_rss_mb"]
+        assert "vs_teacher" not in row  # no baselines in this run
+
+
+def test_accuracy_is_the_runtime_accuracy_on_the_split(classifier_result: dict[str, Any], classifier_artifact: Path,
+                                                        split: dict[str, Any]) -> None:
+    from edgellm.evaluate import evaluate_classifier
+    from edgellm.runtime import load
+
+    for row in classifier_result["subjects"]:
+        expected = evaluate_classifier(load(classifier_artifact, model=row["model"]), split["texts"], split["labels"])
+        assert row["accuracy_pct"] == expected["accuracy"]
+        assert row["macro_f1_pct"] == expected["macro_f1"]
+
+
+def test_markdown_report(classifier_result: dict[str, Any]) -> None:
+    md = Path(classifier_result["paths"]["md"]).read_text()
+    assert md == render_markdown(classifier_result)
+    assert md.startswith("### tiny: text-classification\n")
+    lines = md.splitlines()
+    onnx = next(line for line in lines if line.startswith("| export | onnx-fp32 |"))
+    row = classifier_result["subjects"][0]
+    assert f"| {row['accuracy_pct']:.2f} | {row['latency']['32']['p50_ms']:.2f} |" in onnx
+    assert f"| {row['cold_start_s']:.2f} |" in onnx
+    assert "| model | 16 tokens | 32 tokens | real |" in lines and "| model | 4 × 16 | 4 × 32 |" in lines
+    assert "Reproduce: `edgellm bench tiny`" in md
+
+
+def _png_chunks(data: bytes) -> dict[bytes, bytes]:
+    chunks, pos = {}, 8
+    while pos < len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + size]
+        (crc,) = struct.unpack(">I", data[pos + 8 + size : pos + 12 + size])
+        assert crc == zlib.crc32(kind + body), kind  # every chunk intact
+        chunks.setdefault(kind, b"")
+        chunks[kind] += body
+        pos += 12 + size
+    return chunks
+
+
+def test_plot_is_a_valid_non_trivial_png(classifier_result: dict[str, Any]) -> None:
+    data = Path(classifier_result["paths"]["png"]).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks = _png_chunks(data)
+    assert {b"IHDR", b"IDAT", b"IEND"} <= set(chunks)
+    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
+    assert (width, height) == (960, 600)  # 8 x 5 inches at 120 dpi
+    assert b"matplotlib" in chunks.get(b"tEXt", b"")
+    pixels = zlib.decompress(chunks[b"IDAT"])
+    assert len(set(pixels[:: 97])) > 20  # axes, text and markers, not a blank canvas
+    assert len(data) > 20_000
+
+
+def test_baselines_teacher_pytorch_and_optimum(classifier_artifact: Path, tiny_classifier_dir: Path,
+                                               split: dict[str, Any]) -> None:
+    result = run_benchmark(classifier_artifact, models=["onnx-fp32"], teacher=str(tiny_classifier_dir),
+                           settings={**QUICK, "baselines": True, "lengths": [32], "real_sample": 0},
+                           output_dir=None, data=split)
+    rows = {r["name"]: r for r in result["subjects"]}
+    assert list(rows) == ["teacher-pytorch-fp32", "onnx-fp32", "optimum-ort-int8"]
+    teacher, onnx, optimum = rows.values()
+    assert (teacher["kind"], teacher["backend"], teacher["precision"], teacher["stage"]) == \
+        ("pytorch", "pytorch", "fp32", "teacher")
+    assert teacher["size_bytes"] == (tiny_classifier_dir / "model.safetensors").stat().st_size
+    assert (optimum["kind"], optimum["precision"], optimum["model"]) == ("optimum", "int8", "model_quantized.onnx")
+    assert "ORTQuantizer avx512_vnni dynamic" in optimum["engine"] and optimum["size_bytes"] > 0
+    # the FP32 export predicts what the FP32 teacher predicts
+    assert onnx["accuracy_pct"] == teacher["accuracy_pct"]
+    for row in rows.values():
+        p50 = row["latency"]["32"]["p50_ms"]
+        assert row["vs_teacher"]["p50_speedup"] == pytest.approx(teacher["latency"]["32"]["p50_ms"] / p50)
+        assert row["vs_teacher"]["size_ratio"] == pytest.approx(teacher["size_bytes"] / row["size_bytes"])
+        assert row["vs_optimum"]["p50_speedup"] == pytest.approx(optimum["latency"]["32"]["p50_ms"] / p50)
+        assert "cold_start_s" not in row  # cold_runs = 0
+    assert teacher["vs_teacher"]["accuracy_retained_pct"] == pytest.approx(100.0)
+
+
+def test_embedder_agreement_with_the_teacher(embedder_artifact: Path, tiny_encoder_dir: Path,
+                                             split: dict[str, Any]) -> None:
+    result = run_benchmark(embedder_artifact, teacher=str(tiny_encoder_dir),
+                           settings={**QUICK, "baselines": True, "lengths": [16], "batch_sizes": [],
+                                     "real_sample": 0}, output_dir=None, data=split)
+    rows = {r["name"]: r for r in result["subjects"]}
+    assert list(rows) == ["teacher-pytorch-fp32", "onnx-fp32", "openvino-fp32", "optimum-ort-int8"]
+    for name in ("onnx-fp32", "openvino-fp32"):
+        assert rows[name]["agreement"]["reference"] == "teacher-pytorch-fp32"
+        assert rows[name]["agreement"]["mean_cosine_to_reference"] > 0.99999
+        assert rows[name]["accuracy_pct"] == pytest.approx(rows["teacher-pytorch-fp32"]["accuracy_pct"])
+    assert rows["teacher-pytorch-fp32"]["agreement"]["mean_cosine_to_reference"] == pytest.approx(1.0)
+    assert rows["optimum-ort-int8"]["agreement"]["mean_cosine_to_reference"] < 0.99999  # INT8 moves embeddings
+    assert "nearest class centroid" in rows["onnx-fp32"]["accuracy_metric"]
+
+
+def test_bad_benchmark_requests(classifier_artifact: Path, embedder_artifact: Path, tiny_encoder_dir: Path,
+                                split: dict[str, Any], tmp_path: Path) -> None:
+    run = dict(output_dir=None, data=split)
+    with pytest.raises(ConfigError, match=r"length\(s\) \[128\] exceed onnx-fp32's max_length of 64 tokens"):
+        run_benchmark(classifier_artifact, settings={**QUICK, "lengths": [32, 128]}, **run)
+    with pytest.raises(ModelError, match="has no sequence-classification head"):
+        run_benchmark(classifier_artifact, teacher=str(tiny_encoder_dir), settings={**QUICK, "baselines": True}, **run)
+    with pytest.raises(ConfigError, match="tasks differ"):
+        run_benchmark(classifier_artifact, compare=[embedder_artifact], settings=QUICK, **run)
+    with pytest.raises(ConfigError, match="result name '../x' must be a plain file name"):
+        run_benchmark(classifier_artifact, settings=QUICK, name="../x", output_dir=tmp_path, data=split)
+    with pytest.raises(Exception, match="has no model named 'int8'"):
+        run_benchmark(classifier_artifact, models=["int8"], settings=QUICK, **run)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generation protocol (a fake clock makes every number exact)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_stream(clock: FakeClock, *, per_prompt_token: float, per_token: float, stop_after: int | None = None):
+    def stream(prompt: Sequence[int], max_new_tokens: int) -> Iterator[int]:
+        clock.now += per_prompt_token * len(prompt)  # prefill
+        for i in range(min(max_new_tokens, stop_after or max_new_tokens)):
+            if i:
+                clock.now += per_token  # one decode step
+            yield 1000 + i
+
+    return stream
+
+
+def test_measure_generation_on_a_fake_clock() -> None:
+    clock = FakeClock()
+    stream = fake_stream(clock, per_prompt_token=0.001, per_token=0.02)
+    stats = measure_generation(stream, list(range(128)), max_new_tokens=11, warmup=1, repeat=3, clock=clock)
+    assert stats["prompt_tokens"] == 128 and stats["new_tokens"] == 11
+    assert stats["time_to_first_token_ms"] == pytest.approx(128.0)
+    assert stats["prompt_tokens_per_s"] == pytest.approx(1000.0)
+    assert stats["decode_tokens_per_s"] == pytest.approx(50.0)  # 10 tokens after the first in 0.2 s
+    assert stats["time_to_first_token"]["repeat"] == 3
+
+
+def test_measure_generation_counts_an_early_stop_and_refuses_bad_input() -> None:
+    clock = FakeClock()
+    stats = measure_generation(fake_stream(clock, per_prompt_token=0.0, per_token=0.01, stop_after=5), [1, 2],
+                               max_new_tokens=64, warmup=0, repeat=1, clock=clock)
+    assert stats["new_tokens"] == 5 and stats["decode_tokens_per_s"] == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match="max_new_tokens must be >= 2"):
+        measure_generation(fake_stream(clock, per_prompt_token=0, per_token=0), [1], max_new_tokens=1)
+    with pytest.raises(ConfigError, match="the prompt is empty"):
+        measure_generation(fake_stream(clock, per_prompt_token=0, per_token=0), [], max_new_tokens=4)
+    with pytest.raises(BackendError, match="produced no token"):
+        measure_generation(lambda p, n: iter(()), [1], max_new_tokens=4, warmup=0)
+
+
+def test_perplexity_on_known_distributions() -> None:
+    vocab = 50
+    uniform = perplexity(lambda ids: np.full(len(ids) - 1, -np.log(vocab)), [[1, 2, 3], [4, 5], [6]])
+    assert uniform["perplexity"] == pytest.approx(vocab) and uniform["tokens"] == 3  # [6] predicts nothing
+    # log-probs 0 and log(1/4): mean NLL = log(4) / 2 -> perplexity 2
+    assert perplexity(lambda ids: np.array([0.0, -np.log(4.0)]), [[1, 2, 3]])["perplexity"] == pytest.approx(2.0)
+    with pytest.raises(BackendError, match=r"returned shape \(3,\) for 3 tokens; expected \(2,\)"):
+        perplexity(lambda ids: np.zeros(3), [[1, 2, 3]])
+    with pytest.raises(DataError, match="no sequence of 2 or more tokens"):
+        perplexity(lambda ids: np.zeros(0), [[1]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI and bench/run.py
+
+
+def test_cli_bench_writes_reports(classifier_artifact: Path, tmp_path: Path) -> None:
+    from edgellm.cli import cli
+
+    res = CliRunner().invoke(cli, ["bench", str(classifier_artifact), "--no-baselines", "--threads", "1",
+                                   "--lengths", "16", "--batch-sizes", "2", "--repeat", "2", "--cold-runs", "0",
+                                   "--max-examples", "12", "--model", "onnx-fp32", "--name", "cli",
+                                   "--output-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "| export | onnx-fp32 |" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.json", "cli.md", "cli.png"]
+    saved = json.loads((tmp_path / "cli.json").read_text())
+    assert saved["settings"]["lengths"] == [16] and saved["settings"]["batch_sizes"] == [2]
+    assert saved["settings"]["repeat"] == 2 and saved["data"]["examples"] == 12
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["MISSING"], "error (ArtifactNotFoundError): artifact folder 'MISSING' does not exist"),
+        (["ART", "--lengths", "32,abc"], "give comma-separated integers such as 32,128, not '32,abc'"),
+        (["ART", "--lengths", "2"], "error (ConfigError): settings.lengths[0] = 2 is outside [4, inf]"),
+        (["ART", "--threads", "0", "--no-baselines"], "error (ConfigError): settings.threads = 0 is outside"),
+        (["ART", "--model", "nope"], "error (ArtifactError): artifact has no model named 'nope'"),
+    ],
+)
+def test_cli_bench_errors(classifier_artifact: Path, args: list[str], message: str) -> None:
+    from edgellm.cli import cli
+
+    args = [str(classifier_artifact) if a == "ART" else a for a in args]
+    res = CliRunner().invoke(cli, ["bench", *args])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bundled_suites_are_valid() -> None:
+    from bench.run import SUITES, load_suite
+
+    names = sorted(p.stem for p in SUITES.glob("*.yaml"))
+    assert {"reference", "minilm-embed"} <= set(names)
+    for name in names:
+        suite = load_suite(name)
+        assert suite.name == name and suite.produced_by and suite.settings.threads == 2
+    assert load_suite("reference").artifact == "artifacts/sentiment-minilm"
+
+
+def test_bad_suite(tmp_path: Path) -> None:
+    from bench.run import load_suite
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nartifact: a\nsettings:\n  repeet: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.settings: unknown key 'repeet'; did you mean 'repeat'"):
+        load_suite(str(bad))
+    with pytest.raises(ConfigError, match="benchmark suite 'nope' not found"):
+        load_suite("nope")
+
+
+def test_update_readme_between_markers(tmp_path: Path) -> None:
+    from bench.run import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:ref:begin -->\nold table\n<!-- bench:ref:end -->\n\n## Next\n")
+    assert update_readme(readme, "ref", "| new | table |\n") is True
+    assert readme.read_text() == "# x\n\n<!-- bench:ref:begin -->\n| new | table |\n<!-- bench:ref:end -->\n\n## Next\n"
+    assert update_readme(readme, "ref", "| new | table |") is False  # idempotent
+    with pytest.raises(ConfigError, match="has no block <!-- bench:other:begin -->"):
+        update_readme(readme, "other", "x")
+
+
+def test_bench_run_explains_a_missing_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.run import main
+
+    assert main(["--suite", "reference", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert f"artifact {tmp_path / 'nothing'} does not exist" in err and "python -m bench.run PATH" in err
+
+
+def test_bench_run_default_artifact_missing_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "ROOT", tmp_path)  # a checkout without artifacts/
+    assert bench_run.main(["--suite", "reference"]) == 2
+    err = capsys.readouterr().err
+    assert "artifacts/sentiment-minilm does not exist; build it first: make demo" in err
