@@ -57,14 +57,17 @@ def _jsonable(value: Any) -> Any:
 @click.option("--max-length", type=int, default=None, help="Token limit (default: the model's own).")
 @click.option("--atol", type=float, default=None, help="Max abs difference allowed vs torch (default 1e-4).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
+@click.option("--target", "targets", multiple=True,
+              help="Also build one model for this device profile (repeatable; edgellm targets list). "
+                   "With --target and no --format, only the targets' models are written.")
 def export_cmd(model: str, output: str, task: str, formats: tuple[str, ...], max_length: int | None,
-               atol: float | None, overwrite: bool) -> None:
+               atol: float | None, overwrite: bool, targets: tuple[str, ...]) -> None:
     """Export an existing Hugging Face encoder MODEL (folder, hub id, embedded:...) to an artifact."""
-    from edgellm.exporting import FORMATS, export
+    from edgellm.exporting import export
 
     kwargs: dict[str, Any] = {"atol": atol} if atol is not None else {}
-    manifest = export(model, output, task=task, formats=formats or FORMATS, max_length=max_length,
-                      overwrite=overwrite, **kwargs)
+    manifest = export(model, output, task=task, formats=formats or None, max_length=max_length,
+                      overwrite=overwrite, targets=targets, **kwargs)
     for entry in manifest.models:
         diff = entry.metrics.get("vs_torch", {}).get("max_abs_diff")
         click.echo(f"{entry.name:16s} {entry.path:22s} {entry.metrics.get('size_bytes', 0) / 1e6:8.1f} MB  "
@@ -79,7 +82,8 @@ def export_cmd(model: str, output: str, task: str, formats: tuple[str, ...], max
 @click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (the model's target chain, e.g. npu -> gpu -> cpu), or demand one: cpu, gpu, cuda, npu ...")
-@click.option("--target", default=None, help="Run the model built for this target profile (edgellm targets list).")
+@click.option("--target", default=None,
+              help="Run the model built for this target profile, or auto: the one whose device this machine has.")
 @click.option("--strict", is_flag=True, help="With --device auto: fail instead of falling back to a lesser device.")
 @click.option("--model", "model_name", default=None, help="A model name from the manifest.")
 @click.option("--threads", type=int, default=None, help="Inference threads.")

@@ -30,10 +30,12 @@ __all__ = [
     "TargetQuantization",
     "target_dirs",
     "list_targets",
+    "all_targets",
     "load_target",
     "target_from_dict",
     "profile_file_name",
     "known_devices",
+    "machine_arch",
 ]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -68,6 +70,7 @@ class TargetProfile:
     backend: Literal["onnxruntime", "openvino"]  # inference engine the model is built for
     device: str  # edgellm device name on that backend: cpu, cuda, qnn (ONNX Runtime); cpu, gpu, npu (OpenVINO)
     description: str = ""  # one line shown by `edgellm targets list`
+    arch: Literal["x86_64", "aarch64"] | None = None  # CPU architecture the model is tuned for; null = any
     precision: Literal["fp32", "fp16"] = "fp32"  # float precision of the exported weights (IR / ONNX)
     quantization: TargetQuantization | None = None  # INT8 step for this target; null = stays float
     inference_precision: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT: f32, bf16, f16
@@ -120,6 +123,14 @@ class TargetProfile:
         return to_dict(self)
 
 
+def machine_arch() -> str:
+    """This machine's CPU architecture in profile terms (x86_64, aarch64)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
 def target_from_dict(data: Any, where: str = "target") -> TargetProfile:
     """Build and validate a profile from a mapping (ConfigError naming the field on any problem)."""
     return from_dict(TargetProfile, data, where)
@@ -137,6 +148,11 @@ def target_dirs() -> list[Path]:
 def list_targets() -> list[str]:
     """Names of every profile found, sorted."""
     return sorted({p.stem for d in target_dirs() for p in d.glob("*.yaml")})
+
+
+def all_targets() -> list[TargetProfile]:
+    """Every profile found, validated, sorted by name."""
+    return [load_target(name) for name in list_targets()]
 
 
 def load_target(name: str | os.PathLike[str]) -> TargetProfile:

@@ -172,19 +172,24 @@ def export(
     output: str | os.PathLike[str],
     *,
     task: str,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] | None = None,
     max_length: int | None = None,
     texts: Sequence[str] | None = None,
     atol: float = DEFAULT_ATOL,
     overwrite: bool = False,
+    targets: Sequence[str] = (),
 ) -> Manifest:
     """Export an existing Hugging Face encoder (folder, hub id or embedded alias) into an artifact folder.
 
+    `formats` are generic FP32 models (default: ONNX and OpenVINO when no `targets` are given, else none);
+    each of `targets` (device profiles, targets/NAME.yaml) adds one model built for it, named after it.
     The artifact is written atomically: on any error (including an export that differs from torch by more than
     `atol` on real text) nothing is left at `output`, and an existing artifact there is kept.
     """
     from edgellm.data import SAMPLE_TEXTS
+    from edgellm.exporting.target import export_for_target
     from edgellm.models import default_max_length, load_encoder, load_tokenizer, resolve_model, sentence_embedding_config
+    from edgellm.targets import load_target
 
     if task not in ENCODER_TASKS:
         raise ConfigError(f"export handles encoder tasks {list(ENCODER_TASKS)}, not {task!r}")
@@ -195,12 +200,17 @@ def export(
     encoder = load_encoder(path, task=task)
     embedding = sentence_embedding_config(path)
     length = max_length or default_max_length(encoder, tokenizer, path)
+    if formats is None:
+        formats = () if targets else FORMATS
+    profiles = [load_target(t) for t in targets]  # every profile checked before any work
+    texts = list(texts) if texts else SAMPLE_TEXTS
     with staging(output, overwrite=overwrite) as stage:
         tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
-        entries = write_encoder_models(
-            encoder, tokenizer, stage, task=task, max_length=length, formats=formats,
-            texts=list(texts) if texts else SAMPLE_TEXTS, atol=atol,
-        )
+        entries = write_encoder_models(encoder, tokenizer, stage, task=task, max_length=length, formats=formats,
+                                       texts=texts, atol=atol) if formats else []
+        for profile in profiles:
+            entries += export_for_target(encoder, tokenizer, stage, profile, task=task, max_length=length,
+                                         texts=texts, atol=atol)
         manifest = encoder_manifest(encoder, task=task, models=entries, max_length=length, source=str(model),
                                     embedding=embedding)
         manifest.metrics["export"] = {e.name: e.metrics for e in entries}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgellm.artifact import PRECISIONS, Manifest, ModelEntry, read_manifest, verify_artifact
 from edgellm.errors import UnsupportedTargetError
-from edgellm.runtime.devices import available_devices, open_backend
+from edgellm.runtime.devices import available_devices, best_target, open_backend
 from edgellm.runtime.tasks import Classifier, EdgeModel, Embedder
 
 __all__ = ["load", "available_devices", "EdgeModel", "Classifier", "Embedder", "BACKEND_NAMES"]
@@ -88,7 +88,8 @@ def load(
             an unknown or absent device raises UnsupportedTargetError listing the available ones.
         backend: "auto" (the artifact's default model), "onnxruntime" or "openvino".
         model: a model name from the manifest, to pick one precision / target explicitly.
-        target: a device profile name (targets/NAME.yaml): load the model the artifact holds for it.
+        target: a device profile name (targets/NAME.yaml): load the model the artifact holds for it; "auto":
+            the target whose first device this machine has (accelerators first), else the default model.
         strict: with device="auto", raise instead of falling back past the chain's first device.
         threads: intra-op threads (None: the target profile's, else the engine's default, all cores).
         batch_size: texts per inference call.
@@ -104,6 +105,8 @@ def load(
         raise UnsupportedTargetError(f"device must be a non-empty string such as 'cpu', not {device!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UnsupportedTargetError(f"threads must be a positive int or None, not {threads!r}")
+    if target == "auto":
+        target = best_target(folder, manifest, backend)
     entry = _pick_entry(manifest, backend, model, target)
     runner, _ = open_backend(folder, manifest, entry, device=device, threads=threads, strict=strict)
     log.info("loaded %s: model %s on %s %s", folder, entry.name, runner.name, runner.device)

@@ -19,9 +19,10 @@ from typing import Any
 from edgellm.artifact import Manifest, ModelEntry
 from edgellm.errors import BackendError, ConfigError, UnsupportedTargetError
 from edgellm.runtime.base import Backend
-from edgellm.targets import TargetProfile, load_target, profile_file_name
+from edgellm.targets import TargetProfile, load_target, machine_arch, profile_file_name
 
-__all__ = ["DeviceChoice", "available_devices", "entry_profile", "device_chain", "open_backend", "GENERIC_CHAIN"]
+__all__ = ["DeviceChoice", "available_devices", "entry_profile", "best_target", "device_chain", "open_backend",
+           "GENERIC_CHAIN"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,32 @@ def entry_profile(folder: Path, manifest: Manifest, entry: ModelEntry) -> Target
         log.warning("model %s was built for target %r, whose profile cannot be read (%s); using the CPU chain",
                     entry.name, entry.target, exc)
         return None
+
+
+def best_target(folder: Path, manifest: Manifest, backend: str = "auto") -> str | None:
+    """`target="auto"`: the target whose model suits this machine best, or None (use the default model).
+
+    A target qualifies when its first device is available here and, for CPU profiles, the architecture matches;
+    accelerators rank before CPUs, then manifest order (the order of --target at export).
+    """
+    available = available_devices()
+    arch = machine_arch()
+    ranked: list[tuple[bool, int, str]] = []
+    for index, entry in enumerate(manifest.models):
+        if not entry.target or backend not in ("auto", entry.backend):
+            continue
+        profile = entry_profile(folder, manifest, entry)
+        if profile is None or (profile.arch and profile.arch != arch):
+            continue
+        if profile.device in available.get(entry.backend, []):
+            ranked.append((profile.device == "cpu", index, entry.target))
+    if not ranked:
+        log.info("target auto: no model of %s is built for a device of this machine (%s, %s); using the default "
+                 "model", folder, arch, available)
+        return None
+    choice = min(ranked)[2]
+    log.info("target auto: %s (its first device is available here; candidates %s)", choice, [r[2] for r in ranked])
+    return choice
 
 
 def device_chain(entry: ModelEntry, profile: TargetProfile | None) -> list[str]:
