@@ -16,11 +16,13 @@ from click.testing import CliRunner
 
 from edgellm.bench import (
     BenchSettings,
+    CpuMonitor,
     centroid_accuracy,
     load_test_split,
     machine_info,
     measure_generation,
     parse_cpuinfo,
+    parse_proc_stat,
     percentile,
     perplexity,
     render_markdown,
@@ -114,6 +116,21 @@ def test_machine_info_records_cpu_cores_and_versions() -> None:
         assert (info["cpu_model"], info["cpu_flags"]) == parse_cpuinfo(cpuinfo.read_text())
     assert info["cpu_count"] >= 1
     assert {"numpy", "onnxruntime", "tokenizers"} <= set(info["versions"])
+
+
+def test_parse_proc_stat() -> None:
+    text = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\nintr 123\n"
+    # busy = user + nice + system + irq + softirq; idle = idle + iowait; steal on its own
+    assert parse_proc_stat(text) == {"busy": 160, "idle": 1020, "steal": 7}
+    assert parse_proc_stat("intr 1\n") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat only")
+def test_cpu_monitor_reports_other_load() -> None:
+    with CpuMonitor() as monitor:
+        sum(range(200_000))  # this process's own work is not "other" load
+    assert set(monitor.result) == {"other_cores", "steal_cores", "wall_s"}
+    assert monitor.result["other_cores"] >= 0 and monitor.result["wall_s"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +250,7 @@ def test_result_json_fields_and_units(classifier_result: dict[str, Any], classif
         assert row["peak_rss_mb"] > 10 and row["peak_rss_bytes"] == pytest.approx(row["peak_rss_mb"] * 1e6)
         assert row["peak_rss_at_first_result_mb"] <= row["peak_rss_mb"]
         assert "vs_teacher" not in row  # no baselines in this run
+        assert row["contention"]["other_cores"] >= 0 and row["contention"]["wall_s"] > 0
 
 
 def test_accuracy_is_the_runtime_accuracy_on_the_split(classifier_result: dict[str, Any], classifier_artifact: Path,
@@ -257,6 +275,7 @@ def test_markdown_report(classifier_result: dict[str, Any]) -> None:
     assert f"| {row['cold_start_s']:.2f} |" in onnx
     assert "| model | 16 tokens | 32 tokens | real |" in lines and "| model | 4 × 16 | 4 × 32 |" in lines
     assert "Reproduce: `edgellm bench tiny`" in md
+    assert "Other processes used on average" in md
 
 
 def _png_chunks(data: bytes) -> dict[bytes, bytes]:

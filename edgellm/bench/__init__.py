@@ -24,7 +24,7 @@ from __future__ import annotations
 from edgellm.bench.encoders import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
 from edgellm.bench.generation import TokenScorer, TokenStream, measure_generation, perplexity
 from edgellm.bench.inputs import centroid_accuracy, load_test_split, texts_of_length
-from edgellm.bench.machine import machine_info, parse_cpuinfo
+from edgellm.bench.machine import CpuMonitor, machine_info, parse_cpuinfo, parse_proc_stat
 from edgellm.bench.process import cold_start
 from edgellm.bench.report import plot_results, render_markdown, write_results
 from edgellm.bench.stats import percentile, summarize_ms, time_calls
@@ -36,6 +36,8 @@ __all__ = [
     "time_calls",
     "machine_info",
     "parse_cpuinfo",
+    "parse_proc_stat",
+    "CpuMonitor",
     "BenchSettings",
     "Subject",
     "artifact_subjects",

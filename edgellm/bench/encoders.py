@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgellm.bench.inputs import centroid_accuracy, label_ids, load_test_split, texts_of_length, token_stats
-from edgellm.bench.machine import machine_info, physical_cores
+from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
 from edgellm.bench.stats import time_calls
@@ -207,12 +207,13 @@ def run_benchmark(
         outputs: dict[str, np.ndarray] = {}
         for subject in subjects:
             log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
-            fields, outputs[subject.name] = measure_subject(subject, settings, data)
-            probe, batch = fields.pop("probe"), fields.pop("batch_texts")
-            runs = [cold_start(subject, threads=threads, probe=probe, batch=batch, timeout_s=settings.timeout_s)
-                    for _ in range(settings.cold_runs)]
+            with CpuMonitor() as monitor:
+                fields, outputs[subject.name] = measure_subject(subject, settings, data)
+                probe, batch = fields.pop("probe"), fields.pop("batch_texts")
+                runs = [cold_start(subject, threads=threads, probe=probe, batch=batch, timeout_s=settings.timeout_s)
+                        for _ in range(settings.cold_runs)]
             rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
-                         **cold_fields(runs)})
+                         **cold_fields(runs), "contention": monitor.result})
     if manifest.task == "feature-extraction":
         _add_agreement(rows, outputs)
     _add_ratios(rows, max(settings.lengths))

@@ -6,9 +6,10 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from typing import Any
 
-__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores"]
+__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores", "parse_proc_stat", "CpuMonitor"]
 
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp")
 _VERSIONS = ("numpy", "onnxruntime", "openvino", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",
@@ -104,3 +105,64 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+
+
+def parse_proc_stat(text: str) -> dict[str, int] | None:
+    """Machine-wide CPU time in clock ticks from /proc/stat's first line: busy (user, nice, system, irq, softirq),
+    idle (idle, iowait), steal (taken by the hypervisor). None when the text has no `cpu` line."""
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "cpu":
+            ticks = [int(x) for x in parts[1:]] + [0] * 8
+            user, nice, system, idle, iowait, irq, softirq, steal = ticks[:8]
+            return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
+    return None
+
+
+class CpuMonitor:
+    """How busy the machine was with other work while a measurement ran (Linux): the average number of cores used
+    by other processes (machine-wide busy time minus this process's and its waited-for children's), and the
+    cores' worth of time the hypervisor stole. `result` is {} where /proc/stat is absent.
+
+        with CpuMonitor() as monitor:
+            measure()
+        monitor.result  # {"other_cores": 0.02, "steal_cores": 0.0, "wall_s": 41.3}
+    """
+
+    def __init__(self) -> None:
+        self.result: dict[str, float] = {}
+        self._start: tuple[dict[str, int], float, float] | None = None
+
+    @staticmethod
+    def _snapshot() -> tuple[dict[str, int], float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as handle:
+                stat = parse_proc_stat(handle.read())
+            import resource
+        except (OSError, ImportError):
+            return None
+        if stat is None:
+            return None
+        own = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            own += usage.ru_utime + usage.ru_stime
+        return stat, own, time.perf_counter()
+
+    def __enter__(self) -> CpuMonitor:
+        self._start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end = self._snapshot()
+        if self._start is None or end is None:
+            return
+        (s0, own0, t0), (s1, own1, t1) = self._start, end
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        wall = max(t1 - t0, 1e-9)
+        busy = (s1["busy"] - s0["busy"]) / tick
+        self.result = {
+            "other_cores": round(max(busy - (own1 - own0), 0.0) / wall, 3),
+            "steal_cores": round((s1["steal"] - s0["steal"]) / tick / wall, 3),
+            "wall_s": round(wall, 3),
+        }

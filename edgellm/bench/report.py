@@ -107,6 +107,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Cold start: a fresh process, start to first result (median of {s['cold_runs']}); peak RSS of that process "
         "after one batch at the longest length. Size: model files (tokenizer excluded).",
     ]
+    busy = [(r["name"], r["contention"]["other_cores"]) for r in rows if (r.get("contention") or {}).get("other_cores")
+            is not None]
+    if busy:
+        worst = max(v for _, v in busy)
+        verdict = "quiet machine" if worst < 0.1 else "NOISY: other work competed for the cores; compare with care"
+        lines += ["", f"Other processes used on average {min(v for _, v in busy):.2f}–{worst:.2f} of "
+                  f"{m.get('cpu_count')} cores while each engine was measured ({verdict})."]
     if result.get("command"):
         lines += ["", f"Reproduce: `{result['command']}`"]
     return "\n".join(lines) + "\n"
