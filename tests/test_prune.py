@@ -387,3 +387,154 @@ def test_an_architecture_we_cannot_prune_is_named() -> None:
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16))
     with pytest.raises(PruningError, match=r"cannot prune GPT2LMHeadModel \(model_type 'gpt2'\)"):
         prune_model(model, config=PruneConfig(ffn=0.5))
+
+
+# --- the stage on folders, and the CLI ---------------------------------------------------------------------------
+
+POSITIVE = "great good fun love best brilliant beautiful funny".split()
+NEGATIVE = "bad awful boring hate worst dull terrible waste".split()
+NOUNS = "film movie plot story acting script music ending".split()
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path) -> Path:
+    """80 distinct labelled sentences made of the tiny vocabulary's words."""
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i, noun in enumerate(NOUNS):
+            for j in range(5):
+                writer.writerow([f"the {noun} was {POSITIVE[(i + j) % 8]}", "positive"])
+                writer.writerow([f"the {noun} was {NEGATIVE[(i + j) % 8]}", "negative"])
+    return path
+
+
+def test_prune_folder_writes_a_reloadable_model_and_a_report(tiny_bert_factory: Any, reviews_csv: Path,
+                                                             tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from edgellm.prune import prune
+    from edgellm.recipe import DataConfig
+
+    folder = tiny_bert_factory(task="text-classification")
+    out = tmp_path / "pruned"
+    report = prune(folder, out, config=PruneConfig(heads=0.25, ffn=0.5, sparsity=0.2, recovery_epochs=0.0,
+                                                   importance_batches=2, batch_size=8),
+                   data=DataConfig(path=str(reviews_csv)))
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".safetensors")) == [
+        "config.json", "model.safetensors", "prune_report.json", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json"]
+    assert json.loads((out / "prune_report.json").read_text())["after"] == report["after"]
+    assert report["importance"] == "taylor" and report["importance_batches"] == 2
+    assert report["after"]["heads_per_layer"] == [3, 3] and report["after"]["ffn_per_layer"] == [32, 32]
+    assert report["sparsity"]["measured"] == pytest.approx(0.2, abs=1e-3)
+    metrics = report["metrics"]
+    assert metrics["split"] == "validation" and metrics["before"]["examples"] == metrics["after"]["examples"] == 8
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out)
+    assert params(reloaded) == report["after"]["parameters"]
+    assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
+
+
+def test_prune_folder_refuses_to_replace_user_files(tiny_bert_factory: Any, tmp_path: Path) -> None:
+    from edgellm.errors import OutputExistsError
+    from edgellm.prune import prune
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    config = PruneConfig(ffn=0.5, importance="magnitude", recovery_epochs=0.0)
+    with pytest.raises(OutputExistsError, match="exists; pass --overwrite"):
+        prune(tiny_bert_factory(task="text-classification"), out, config=config)
+    with pytest.raises(OutputExistsError, match="is not a prune output"):
+        prune(tiny_bert_factory(task="text-classification"), out, config=config, overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_prune_writes_the_folder_and_reports_bad_input_in_one_line(tiny_bert_factory: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgellm.cli import cli
+
+    folder = str(tiny_bert_factory(task="text-classification"))
+    out = tmp_path / "cli-pruned"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["prune", folder, "-o", str(out), "--ffn", "0.25", "--heads", "0.25",
+                                 "--importance", "magnitude", "--recovery-epochs", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["after"]["ffn_per_layer"] == [48, 48] and report["importance"] == "magnitude"
+    assert f"parameters   {report['before']['parameters']:>14,} -> {report['after']['parameters']:,}" in result.output
+    bad = runner.invoke(cli, ["prune", folder, "-o", str(tmp_path / "x"), "--heads", "1.0"])
+    assert bad.exit_code == 1
+    assert "error (ConfigError): prune.heads = 1.0 is outside [0.0, 1.0)" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_prune_names_an_architecture_it_cannot_prune(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from edgellm.cli import cli
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)).save_pretrained(
+        tmp_path / "gpt2")
+    result = CliRunner().invoke(cli, ["prune", str(tmp_path / "gpt2"), "-o", str(tmp_path / "out"), "--ffn", "0.5",
+                                      "--task", "text-generation"])
+    assert result.exit_code == 1
+    assert "error (PruningError): cannot prune GPT2LMHeadModel (model_type 'gpt2')" in result.output
+
+
+def test_recovery_distils_the_pruned_classifier_with_the_trainer(tiny_bert_factory: Any, reviews_csv: Path,
+                                                                 tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from edgellm.prune import prune
+    from edgellm.recipe import DataConfig, DistillConfig
+
+    folder = tiny_bert_factory(task="text-classification")
+    data = DataConfig(path=str(reviews_csv))
+    common = dict(heads=0.25, ffn=0.5, importance_batches=2, batch_size=8)
+    plain = prune(folder, tmp_path / "plain", config=PruneConfig(**common, recovery_epochs=0.0), data=data)
+    distill = DistillConfig(batch_size=16, learning_rate=1e-3, eval_every=2, precision="fp32")
+    report = prune(folder, tmp_path / "recovered", config=PruneConfig(**common, recovery_epochs=2.0), data=data,
+                   distill=distill, progress=False)
+    recovery = report["metrics"]["recovery"]
+    assert recovery["method"] == "edgellm.train.distill" and recovery["epochs"] == 2.0
+    assert recovery["train"]["steps"] == 2 * 4  # 64 training rows / 16 per batch, two epochs
+    assert (tmp_path / "recovered.work" / "recovery" / "checkpoints").is_dir()
+    assert report["removed"] == plain["removed"] and report["after"] == plain["after"]  # same units went
+    a = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    b = load_file(str(tmp_path / "recovered" / "model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # recovery trained the weights
+    assert report["metrics"]["before"] == plain["metrics"]["before"]
+
+
+def test_prune_folder_recovers_a_causal_lm_and_it_still_generates(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from edgellm.prune import prune
+    from edgellm.recipe import DataConfig, DistillConfig
+    from tests.conftest import save_tiny_tokenizer
+
+    folder = tmp_path / "llama"
+    tok = save_tiny_tokenizer(folder)
+    tiny_llama().save_pretrained(folder)
+    lines = [f"the {n} was {w} and {v}" for n in NOUNS for w in POSITIVE for v in NEGATIVE[:2]]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    report = prune(folder, tmp_path / "out", config=PruneConfig(heads=0.34, ffn=0.25, importance_batches=2,
+                                                               batch_size=8, recovery_epochs=1.0),
+                   data=DataConfig(path=str(tmp_path / "corpus.txt")),
+                   distill=DistillConfig(batch_size=32, learning_rate=1e-3, eval_every=2, precision="fp32"),
+                   progress=False)
+    assert report["task"] == "text-generation" and report["importance"] == "taylor"
+    assert report["after"]["kv_groups_per_layer"] == [2, 2, 2] and report["after"]["ffn_per_layer"] == [72, 72, 72]
+    metrics = report["metrics"]
+    assert metrics["recovery"]["steps"] == 4  # 102 training lines / 32 per batch
+    assert metrics["after"]["perplexity"] < metrics["before"]["perplexity"] * 10
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    prompt = AutoTokenizer.from_pretrained(tmp_path / "out")(["the film was"], return_tensors="pt")["input_ids"]
+    assert model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id).shape[1] == \
+        prompt.shape[1] + 6

@@ -42,6 +42,7 @@ from edgellm.prune.unstructured import magnitude_prune, measure_sparsity
 from edgellm.recipe import PruneConfig
 
 __all__ = [
+    "prune",
     "PruneReport",
     "prune_model",
     "score_units",
@@ -187,3 +188,5 @@ def prune_model(model: Any, *, config: PruneConfig, batches: Sequence[dict[str, 
              after["flops_per_token"])
     return report
 
+
+from edgellm.prune.stage import prune  # noqa: E402  (stage uses the names above)

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from edgellm.errors import PruningError
 
-__all__ = ["Arch", "EncoderArch", "DecoderArch", "arch_for", "ENCODER_TYPES", "DECODER_TYPES"]
+__all__ = ["Arch", "EncoderArch", "DecoderArch", "arch_for", "check_supported", "ENCODER_TYPES", "DECODER_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,19 @@ def arch_for(model: Any) -> Arch:
         layers = getattr(inner, "layers", None)
         if layers is not None and len(layers) and hasattr(layers[0], "self_attn") and hasattr(layers[0], "mlp"):
             return DecoderArch(model)
-    raise PruningError(
+    raise _unsupported(name, model_type)
+
+
+def check_supported(config: Any) -> None:
+    """PruningError naming the architecture when `config`'s family cannot be pruned (before loading weights)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ENCODER_TYPES + DECODER_TYPES:
+        name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        raise _unsupported(name, model_type)
+
+
+def _unsupported(name: str, model_type: Any) -> PruningError:
+    return PruningError(
         f"cannot prune {name} (model_type {model_type!r}): structured pruning supports BERT-family encoders "
         f"({', '.join(ENCODER_TYPES)}) and Llama-family decoders ({', '.join(DECODER_TYPES)})"
     )

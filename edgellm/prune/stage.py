@@ -1,0 +1,287 @@
+"""The prune stage on folders: load a model, score on task data, prune, recover, evaluate, save.
+
+    report = prune("teacher/", "pruned/", config=PruneConfig(heads=0.25, ffn=0.4),
+                   data=DataConfig(name="movie-reviews"))
+
+The output is a Hugging Face folder (safetensors, tokenizer) plus `prune_report.json`, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from edgellm.errors import ConfigError, DataError, ModelError, OutputExistsError
+from edgellm.recipe import DataConfig, DistillConfig, PruneConfig
+
+__all__ = ["prune", "detect_task", "REPORT_FILE"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "prune_report.json"
+TASKS = ("text-classification", "feature-extraction", "text-generation")
+
+
+def detect_task(path: str) -> str:
+    """The task a model folder is for, from its config's architectures."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise ModelError(f"cannot read the model config of {path!r}: {exc}") from exc
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return "text-generation"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "text-classification"
+    return "feature-extraction"
+
+
+def _load(path: str, task: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, TrainedModel or None), checked to be prunable before the tokenizer is read, so that
+    an unsupported architecture is named first. Encoders load through the trainer (head and label checks)."""
+    from edgellm.models import load_tokenizer
+    from edgellm.prune.arch import arch_for, check_supported
+
+    if task == "text-generation":
+        from edgellm.models import causal_lm_folder, load_causal_lm
+
+        folder = causal_lm_folder(path)
+        model = load_causal_lm(folder)
+        arch_for(model)
+        return model, load_tokenizer(folder), None
+    from transformers import AutoConfig
+
+    from edgellm.train import load_model
+
+    check_supported(AutoConfig.from_pretrained(path))
+    tm = load_model(path, task=task)
+    arch_for(tm.model)
+    return tm.model, tm.tokenizer, tm
+
+
+def _perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int = 8) -> float:
+    import torch
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt")
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            tokens = int((labels[:, 1:] != -100).sum())
+            if tokens == 0:
+                continue
+            loss = model(**enc, labels=labels, use_cache=False).loss
+            total += float(loss) * tokens
+            count += tokens
+    if count == 0:
+        raise DataError("no tokens to measure perplexity on")
+    return math.exp(total / count)
+
+
+def _metrics(model: Any, tokenizer: Any, tm: Any, data: Any, *, task: str, max_length: int,
+             teacher: Any = None) -> dict[str, Any] | None:
+    """Validation metrics: accuracy / macro-F1 (classification), agreement with `teacher` (embeddings),
+    perplexity (generation); None when the split is too small or an embedder has no teacher to compare with."""
+    part = data.validation
+    if task == "text-generation":
+        return {"perplexity": _perplexity(model, tokenizer, part.texts, max_length=max_length),
+                "texts": len(part)} if len(part) else None
+    from edgellm.train import evaluate_model
+
+    if task == "feature-extraction" and (teacher is None or len(part) < 3):
+        return None
+    if not len(part):
+        return None
+    return evaluate_model(tm, data, split="validation", teacher=teacher)
+
+
+def _task_data(data: Any, task: str, tm: Any) -> Any:
+    """TaskData from a DataConfig / TaskData / None, with class ids in the model head's order."""
+    if data is None or (isinstance(data, DataConfig) and data.empty):
+        return None
+    if isinstance(data, DataConfig):
+        from edgellm.data import load_task_data
+
+        data = load_task_data(data, task=task)
+    if data.task != task:
+        raise DataError(f"the data was loaded for {data.task}, but the model is pruned for {task}")
+    if task == "text-classification":
+        from edgellm.train.model import check_labels
+
+        names = check_labels(tm, data.labels)
+        if names != data.labels:
+            data = data.relabel(names)
+    return data
+
+
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def prune(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    config: PruneConfig | None = None,
+    data: DataConfig | Any | None = None,
+    task: str | None = None,
+    distill: DistillConfig | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prune the model folder `model` into `output` (HF folder + prune_report.json); returns the report.
+
+    Args:
+        data: the task's data (a DataConfig, or a loaded `edgellm.data.TaskData`): the train split scores units
+            (Taylor) and feeds recovery; metrics before / after are measured on the validation split.
+        task: text-classification, feature-extraction or text-generation; None reads it from the folder.
+        distill: learning rate, batch size, temperature and loss weights of recovery (default DistillConfig());
+            its epochs are replaced by `config.recovery_epochs`.
+        work_dir: recovery checkpoints (default `<output>.work`); rerunning the same call resumes there.
+    """
+    from edgellm.models import resolve_model
+    from edgellm.prune import make_batches, model_stats, prune_model
+
+    config = config or PruneConfig()
+    config.validate("prune")
+    path = resolve_model(model)
+    if task is None:
+        task = "text-generation" if str(path).endswith(".gguf") else detect_task(path)
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
+    out = Path(output)
+    _check_output(out, overwrite=overwrite)
+    net, tokenizer, tm = _load(path, task)
+    task_data = _task_data(data, task, tm)
+    batches = None
+    if task_data is not None:
+        train = task_data.train
+        if not len(train):
+            raise DataError("the data's train split is empty: nothing to score units on")
+        rows = config.importance_batches * config.batch_size
+        batches = make_batches(tokenizer, train.texts[:rows], train.labels[:rows] if train.labels else None,
+                               batch_size=config.batch_size, max_length=_max_length(net, config))
+    teacher = None
+    if task_data is not None:
+        teacher = _copy_model(net, tm)
+    before = _metrics(net, tokenizer, tm, task_data, task=task, max_length=_max_length(net, config)) \
+        if task_data is not None else None
+    # structured now; magnitude sparsity after recovery, so that training does not refill the zeros
+    report = prune_model(net, config=dataclasses.replace(config, sparsity=0.0), batches=batches)
+    recovery = None
+    if teacher is not None and config.recovery_epochs > 0:
+        from edgellm.prune.recovery import recover
+
+        work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+        recovery = recover(net, teacher, task_data, epochs=config.recovery_epochs, work_dir=work / "recovery",
+                           distill=distill, tokenizer=tokenizer, progress=progress)
+    if config.sparsity > 0:
+        from edgellm.prune.unstructured import magnitude_prune
+
+        report.sparsity = magnitude_prune(net, config.sparsity, scope=config.sparsity_scope)
+        report.after = model_stats(net)
+    after = None
+    if task_data is not None:
+        after = _metrics(net, tokenizer, tm, task_data, task=task, max_length=_max_length(net, config),
+                         teacher=teacher if task == "feature-extraction" else None)
+    report.metrics = {"split": "validation" if task_data is not None else None, "before": before, "after": after,
+                      "recovery": recovery, "data": task_data.describe() if task_data is not None else None}
+    result = report.to_dict()
+    result.update({"config": _config_dict(config), "task": task, "source": str(model)})
+    source_file = Path(path) / "model.safetensors"
+    with _staged_folder(out, overwrite=overwrite) as stage:
+        net.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        if task == "feature-extraction":
+            _copy_sentence_transformers(Path(path), stage)
+        result["size_bytes"] = {
+            "before": source_file.stat().st_size if source_file.is_file() else None,
+            "after": sum(f.stat().st_size for f in stage.glob("*.safetensors")),
+        }
+        (stage / REPORT_FILE).write_text(json.dumps(result, indent=2, default=_jsonable), encoding="utf-8")
+    return result
+
+
+def _max_length(model: Any, config: PruneConfig) -> int:
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    return min(config.max_length, positions) if positions else config.max_length
+
+
+def _copy_model(net: Any, tm: Any) -> Any:
+    """The unpruned model, kept as the recovery teacher (a TrainedModel for encoders)."""
+    clone = copy.deepcopy(net).eval()
+    if tm is None:
+        return clone
+    return dataclasses.replace(tm, model=clone, source=f"{tm.source} (unpruned)")
+
+
+def _copy_sentence_transformers(src: Path, dst: Path) -> None:
+    """Pooling / normalisation files of a sentence-transformers folder, so the embedder keeps its pooling."""
+    if not src.is_dir():
+        return
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for sub in src.iterdir():
+        if sub.is_dir() and sub.name[:1].isdigit() and "_" in sub.name:  # 1_Pooling, 2_Normalize
+            shutil.copytree(sub, dst / sub.name)
+
+
+def _check_output(out: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output unless `overwrite`; replace only an earlier prune output (or an empty folder)."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"output {str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+    if out.is_file() or (any(out.iterdir()) and not (out / REPORT_FILE).is_file()):
+        raise OutputExistsError(f"output {str(out)!r} exists and is not a prune output (no {REPORT_FILE}); refusing "
+                                "to replace it (user files are never deleted). Choose another output folder.")
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A staging folder beside `out`, renamed into place on success and removed on any error."""
+    _check_output(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets the usual mode
+    try:
+        yield stage
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _config_dict(config: PruneConfig) -> dict[str, Any]:
+    from edgellm.config import to_dict
+
+    return to_dict(config)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
