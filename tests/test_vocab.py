@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgellm.errors import DataError, ModelError  # noqa: E402
+from tests.conftest import needs_minilm  # noqa: E402
 
 TRAIN = [
     "the film was great",
@@ -181,3 +182,31 @@ def test_empty_texts_and_bad_min_count_are_refused(tiny_classifier_dir: Path) ->
     with pytest.raises(DataError, match="min_count = 0 must be an integer >= 1"):
         trim_vocabulary(model, tok, TRAIN, min_count=0)
     assert model.config.vocab_size == len(tok)  # nothing changed
+
+
+@needs_minilm
+def test_minilm_vocabulary_trimming_is_exact_for_seen_words() -> None:
+    """The real 30,522-token WordPiece vocab: words of SAMPLE_TEXTS (many languages, emoji, digits) recombined."""
+    import random
+
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.models import EMBEDDED_ENCODER, load_encoder, load_tokenizer
+    from edgellm.vocab import trim_vocabulary
+
+    tok = load_tokenizer(EMBEDDED_ENCODER)
+    model = load_encoder(EMBEDDED_ENCODER, task="feature-extraction")
+    words = [w for text in SAMPLE_TEXTS for w in text.split()]
+    rng = random.Random(0)
+    mixed = [" ".join(rng.sample(words, 12)) for _ in range(8)]
+    before = tok(mixed, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = model(**before).last_hidden_state
+    result = trim_vocabulary(model, tok, SAMPLE_TEXTS, held_out=mixed)
+    assert 300 < result.report["vocab_size_after"] < 1500
+    held = result.report["held_out"]
+    assert held["identical_texts"] == 1.0
+    assert held["coverage"] == held["coverage_before"] < 1.0  # the emoji were [UNK] before trimming already
+    after = result.tokenizer(mixed, padding=True, return_tensors="pt")
+    assert torch.equal(torch.tensor(result.keep_ids)[after["input_ids"]], before["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**after).last_hidden_state, reference, rtol=0, atol=0)

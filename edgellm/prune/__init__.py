@@ -8,8 +8,12 @@ Unstructured: the smallest weights of the block matrices are zeroed in place, to
     from edgellm.prune import prune_model
     report = prune_model(model, config=PruneConfig(heads=0.25, ffn=0.4), batches=batches)  # model changed in place
 
-    from edgellm.prune import prune
-    report = prune("teacher/", "pruned/", config=PruneConfig(ffn=0.4), texts=texts, labels=labels)
+    from edgellm.prune import prune                         # folders: what `edgellm prune` runs
+    report = prune("teacher/", "pruned/", config=PruneConfig(ffn=0.4), data=DataConfig(name="movie-reviews"))
+
+Structured pruning keeps configs that `from_pretrained` reloads: BERT-family heads may differ per layer (HF's
+`config.pruned_heads`), FFN widths are the same in every layer; Llama-family decoders lose the same number of KV
+groups and neurons in every layer (one `num_key_value_heads`, the KV-cache shape). See arch.py.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from edgellm.errors import PruningError
 from edgellm.prune.arch import Arch, arch_for
 from edgellm.prune.importance import (
     Scores,
