@@ -187,6 +187,82 @@ def targets_show_cmd(name: str) -> None:
     _echo_json(load_target(name).to_dict())
 
 
+@cli.command("distill")
+@click.argument("teacher")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the student (Hugging Face format).")
+@click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]), default="text-classification",
+              show_default=True)
+@click.option("--recipe", "recipe_path", default=None, type=click.Path(),
+              help="Take data / finetune / distill from this recipe YAML (options given here override it).")
+@click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...).")
+@click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file, or a datasets save_to_disk folder.")
+@click.option("--hf-dataset", default=None, help="Hugging Face dataset name (needs the datasets package).")
+@click.option("--text-column", default=None, help="Text column (default: text).")
+@click.option("--label-column", default=None, help="Label column (default: label).")
+@click.option("--max-rows", type=int, default=None, help="Cap on data rows, for quick runs.")
+@click.option("--max-length", type=int, default=None, help="Tokens per text in training (default 128).")
+@click.option("--layers", default=None, help="Teacher layers the student keeps, e.g. 0,2,4.")
+@click.option("--num-layers", type=int, default=None, help="Student depth, layers evenly spaced (default 3).")
+@click.option("--ffn-size", type=int, default=None, help="Narrower FFN for the student (neurons kept by importance).")
+@click.option("--epochs", type=float, default=None, help="Distillation epochs.")
+@click.option("--teacher-epochs", type=float, default=None, help="Teacher fine-tuning epochs.")
+@click.option("--augment-with", multiple=True, help="Extra unlabelled text for distillation (repeatable).")
+@click.option("--no-finetune", is_flag=True, help="Use the teacher as it is (it must already have a matching head).")
+@click.option("--work-dir", default=None, type=click.Path(), help="Checkpoints (default: OUTPUT.work); rerun to resume.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing student folder at OUTPUT.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def distill_cmd(teacher: str, output: str, task: str, recipe_path: str | None, data_name: str | None,
+                data_path: str | None, hf_dataset: str | None, text_column: str | None, label_column: str | None,
+                max_rows: int | None, max_length: int | None, layers: str | None, num_layers: int | None,
+                ffn_size: int | None, epochs: float | None, teacher_epochs: float | None,
+                augment_with: tuple[str, ...], no_finetune: bool, work_dir: str | None, overwrite: bool,
+                quiet: bool) -> None:
+    """Fine-tune TEACHER if it needs a head, distil a student from its layers, write it to OUTPUT."""
+    from edgellm.config import from_dict, to_dict
+    from edgellm.recipe import DataConfig, DistillConfig, FinetuneConfig, load_recipe
+    from edgellm.train import train_student
+
+    base: dict[str, Any] = {"data": {}, "finetune": {}, "distill": {}}
+    if recipe_path:
+        recipe = load_recipe(recipe_path)
+        base = {"data": to_dict(recipe.data), "finetune": to_dict(recipe.finetune) or {"enabled": False},
+                "distill": to_dict(recipe.distill) or {}}
+    if data_name or data_path or hf_dataset:
+        for key in ("name", "path", "hf_dataset"):
+            base["data"].pop(key, None)
+    try:
+        layer_list = [int(x) for x in layers.split(",") if x.strip()] if layers else None
+    except ValueError:
+        raise click.BadParameter(f"give comma-separated layer indices such as 0,2,4, not {layers!r}") from None
+    given = {
+        "data": {"name": data_name, "path": data_path, "hf_dataset": hf_dataset, "text_column": text_column,
+                 "label_column": label_column, "max_rows": max_rows, "max_length": max_length},
+        "finetune": {"epochs": teacher_epochs, "enabled": False if no_finetune else None},
+        "distill": {"layers": layer_list, "num_layers": None if layer_list else num_layers, "ffn_size": ffn_size,
+                    "epochs": epochs, "augment_with": list(augment_with) or None},
+    }
+    for section, values in given.items():
+        base[section].update({k: v for k, v in values.items() if v is not None})
+    if layer_list:
+        base["distill"]["num_layers"] = None
+    metrics = train_student(
+        teacher, output, task=task, data=from_dict(DataConfig, base["data"], "data"),
+        finetune_config=from_dict(FinetuneConfig, base["finetune"], "finetune"),
+        distill_config=from_dict(DistillConfig, base["distill"], "distill"),
+        work_dir=work_dir, overwrite=overwrite, progress=not quiet)
+    t, s = metrics["teacher"], metrics["student"]
+    if task == "text-classification":
+        ratio = s["test"]["accuracy"] / max(t["test"]["accuracy"], 1e-9) * 100
+        click.echo(f"teacher  {t['size']['layers']} layers  {t['size']['parameters'] / 1e6:6.1f} M parameters  "
+                   f"test accuracy {t['test']['accuracy']:.2f}")
+        click.echo(f"student  {s['student']['layers']} layers  {s['student']['parameters'] / 1e6:6.1f} M parameters  "
+                   f"test accuracy {s['test']['accuracy']:.2f} ({ratio:.1f}% of the teacher)")
+    else:
+        click.echo(f"student  {s['student']['layers']} layers  {s['student']['parameters'] / 1e6:6.1f} M parameters  "
+                   f"test Spearman vs teacher {s['test']['spearman']:.4f}")
+    click.echo(f"wrote {output} (metrics: training_metrics.json)")
+
+
 @cli.command("prune")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the pruned model + prune_report.json.")

@@ -1,4 +1,8 @@
-"""Data sets: the built-in VADER corpora (movie-reviews ...), and sample texts for export checks.
+"""Data sets: the built-in VADER corpora (movie-reviews ...), files, Hugging Face datasets; seeded splits.
+
+    data = load_task_data(DataConfig(name="movie-reviews"))      # or path="reviews.csv", hf_dataset="imdb"
+    data.train.texts[:2], data.train.labels[:2], data.labels     # ['negative', 'positive']
+    manifest.data = data.describe()                              # sizes, seed, source, sha256 of each split
 
 The VADER ground-truth files ship only in the vaderSentiment *source* archive on PyPI. The first use downloads
 that archive with pip (a package registry, not a model hub), extracts the corpora into the user's cache folder
@@ -7,6 +11,10 @@ that archive with pip (a package registry, not a model hub), extracts the corpor
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -14,16 +22,29 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
 
 from edgellm.errors import DataError
+from edgellm.recipe import DataConfig, SplitConfig
 
 __all__ = [
     "cache_dir",
     "vader_folder",
     "load_vader",
     "VADER_CORPORA",
+    "VADER_LABELS",
     "SAMPLE_TEXTS",
+    "Examples",
+    "TaskData",
+    "load_task_data",
+    "load_texts",
+    "builtin_datasets",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,12 +141,12 @@ def vader_folder() -> Path:
     return target
 
 
-def load_vader(corpus: str = "movie-reviews") -> list[tuple[str, float]]:
-    """(text, mean sentiment score in [-4, 4]) for every sentence of a VADER corpus, in file order."""
+def _vader_rows(corpus: str) -> list[tuple[str, float, str]]:
+    """(row id, mean score, text) for every sentence of a VADER corpus, in file order."""
     if corpus not in VADER_CORPORA:
         raise DataError(f"unknown VADER corpus {corpus!r}; known: {sorted(VADER_CORPORA)}")
     path = vader_folder() / VADER_CORPORA[corpus]
-    rows: list[tuple[str, float]] = []
+    rows: list[tuple[str, float, str]] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.rstrip("\r").split("\t")
         if len(parts) < 3:
@@ -134,7 +155,476 @@ def load_vader(corpus: str = "movie-reviews") -> list[tuple[str, float]]:
             score = float(parts[1])
         except ValueError:
             continue
-        rows.append(("\t".join(parts[2:]).strip(), score))
+        rows.append((parts[0].strip(), score, "\t".join(parts[2:]).strip()))
     if not rows:
         raise DataError(f"{path} holds no rows")
     return rows
+
+
+def load_vader(corpus: str = "movie-reviews") -> list[tuple[str, float]]:
+    """(text, mean sentiment score in [-4, 4]) for every sentence of a VADER corpus, in file order."""
+    return [(text, score) for _, score, text in _vader_rows(corpus)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task data: built-in corpora, files, Hugging Face datasets; cleaned, labelled and split once, with a record.
+# ----------------------------------------------------------------------------------------------------------------
+
+VADER_THRESHOLD = 0.5  # |mean score| above this is a clear sentiment; sentences in between are dropped
+VADER_LABELS = ("negative", "positive")
+TEXT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".json": "json", ".txt": "text"}
+_HF_VALIDATION_NAMES = ("validation", "valid", "dev", "val")
+_Row = tuple  # (row id: str, text: str, label name: str | None)
+
+
+@dataclass
+class Examples:
+    """One split: texts, class ids (None for unlabelled data) and stable row ids (for the split's hash)."""
+
+    texts: list[str]
+    labels: list[int] | None = None
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def sha256(self) -> str:
+        """Hash of the split's row ids, texts and labels, in order: equal hashes mean the same split."""
+        h = hashlib.sha256()
+        for i, text in enumerate(self.texts):
+            label = "" if self.labels is None else str(self.labels[i])
+            row_id = self.ids[i] if self.ids else str(i)
+            h.update(f"{row_id}\t{label}\t{text}\n".encode("utf-8", errors="surrogatepass"))
+        return h.hexdigest()
+
+    def class_counts(self, names: Sequence[str]) -> dict[str, int]:
+        if self.labels is None:
+            return {}
+        counts = Counter(self.labels)
+        return {name: int(counts.get(i, 0)) for i, name in enumerate(names)}
+
+
+@dataclass
+class TaskData:
+    """A task's data, split once: `.train`, `.validation`, `.test`, and `.labels` (class names by class id)."""
+
+    task: str
+    source: dict[str, Any]  # kind (builtin / file / hf), name or path, columns
+    labels: list[str] | None  # class names; index = class id (None for feature-extraction)
+    train: Examples
+    validation: Examples
+    test: Examples
+    split: SplitConfig
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped while cleaning
+    max_length: int | None = None  # tokens per text for training and evaluation (from DataConfig)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels or [])}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels or []))
+
+    def splits(self) -> dict[str, Examples]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def describe(self) -> dict[str, Any]:
+        """The record that goes into the artifact manifest's `data` field (JSON-ready)."""
+        out: dict[str, Any] = {
+            "task": self.task,
+            "source": dict(self.source),
+            "labels": list(self.labels) if self.labels is not None else None,
+            "rows": sum(len(e) for e in self.splits().values()),
+            "dropped": dict(self.dropped),
+            "split": {
+                "seed": self.split.seed,
+                "validation_fraction": self.split.validation,
+                "test_fraction": self.split.test,
+                "sizes": {k: len(e) for k, e in self.splits().items()},
+                "sha256": {k: e.sha256() for k, e in self.splits().items()},
+            },
+            "max_length": self.max_length,
+        }
+        if self.labels is not None:
+            out["class_counts"] = {k: e.class_counts(self.labels) for k, e in self.splits().items()}
+        return out
+
+    def relabel(self, names: Sequence[str]) -> TaskData:
+        """The same rows with class ids following `names` (e.g. an existing head's order).
+
+        Every label of this data set must be in `names`; `names` may hold more (a head with extra classes).
+        """
+        if self.labels is None:
+            raise DataError("relabel needs a labelled data set (this one is for feature-extraction)")
+        names = [str(n) for n in names]
+        unknown = [n for n in self.labels if n not in names]
+        if unknown:
+            raise DataError(f"labels {unknown} of the data are not among {names}")
+        new_id = [names.index(n) for n in self.labels]
+
+        def remap(e: Examples) -> Examples:
+            labels = None if e.labels is None else [new_id[c] for c in e.labels]
+            return Examples(list(e.texts), labels, list(e.ids))
+
+        return dataclasses.replace(self, labels=names, train=remap(self.train), validation=remap(self.validation),
+                                   test=remap(self.test))
+
+
+def builtin_datasets() -> dict[str, str]:
+    """Built-in data set names and what they hold."""
+    return {
+        name: f"VADER ground truth ({file}): sentences with a mean human sentiment score; for text-classification "
+              f"binary {VADER_LABELS} by |score| > {VADER_THRESHOLD}; for other tasks every sentence"
+        for name, file in VADER_CORPORA.items()
+    }
+
+
+def load_task_data(config: DataConfig | None, *, task: str = "text-classification") -> TaskData:
+    """Read, clean, label and split a data set as `config` says.
+
+    Cleaning drops empty texts, exact duplicate texts (so that no sentence sits in two splits) and, for
+    text-classification, rows without a label; the counts are recorded. The split is seeded and stratified by
+    class; Hugging Face datasets keep their own train / validation / test splits where they have them.
+    """
+    if config is None or config.empty:
+        raise DataError("data: no data set given; set data.name (a built-in: "
+                        f"{', '.join(VADER_CORPORA)}), data.path (CSV / TSV / JSONL / text file) or data.hf_dataset")
+    labelled = task == "text-classification"
+    names: list[str] | None = None
+    presplit: dict[str, list[_Row]] | None = None
+    if config.name:
+        if config.name not in VADER_CORPORA:
+            raise DataError(f"data.name = {config.name!r} is not a built-in data set; built-in: "
+                            f"{sorted(VADER_CORPORA)}{_suggest(config.name, VADER_CORPORA)}")
+        rows, names, dropped = _builtin_rows(config.name, labelled)
+        source: dict[str, Any] = {"kind": "builtin", "name": config.name, "file": VADER_CORPORA[config.name],
+                                  "package": VADER_PACKAGE}
+        if labelled:
+            source["labelling"] = f"mean score > {VADER_THRESHOLD}: positive, < -{VADER_THRESHOLD}: negative"
+    elif config.path and _is_hf_folder(Path(config.path)):
+        presplit, names, source = _hf_rows(config, labelled, from_disk=True)
+        rows, dropped = [], {}
+    elif config.path:
+        rows, source = _file_rows(config, labelled)
+        dropped = {}
+    else:
+        presplit, names, source = _hf_rows(config, labelled, from_disk=False)
+        rows, dropped = [], {}
+    where = source.get("name") or source.get("path")
+    if presplit is not None:
+        parts = {k: _clean(v, labelled, dropped) for k, v in presplit.items()}
+        every = [r for v in parts.values() for r in v]
+    else:
+        rows = _clean(rows, labelled, dropped)
+        every = rows
+    if not every:
+        raise DataError(f"data set {where!r} holds no usable rows (dropped: {dropped or 'none'}); "
+                        "check the file and data.text_column / data.label_column")
+    if labelled:
+        names = _label_names(every, names, config, where)
+    if presplit is not None:
+        train, validation, test = _presplit(parts, names, config, dropped)
+    else:
+        if config.max_rows and len(rows) > config.max_rows:
+            keep = np.sort(np.random.default_rng([config.split.seed, 1]).permutation(len(rows))[: config.max_rows])
+            dropped["max_rows"] = len(rows) - config.max_rows
+            rows = [rows[i] for i in keep]
+        train, validation, test = _split_rows(rows, names, config.split)
+    if not len(train):
+        raise DataError(f"data set {where!r}: the split leaves no training rows ({len(every)} rows in all); "
+                        "lower data.split.validation / data.split.test or add data")
+    data = TaskData(task=task, source=source, labels=names, train=train, validation=validation, test=test,
+                    split=config.split, dropped={k: v for k, v in dropped.items() if v}, max_length=config.max_length)
+    log.info("data %s: %s train / %s validation / %s test rows, labels %s", where, len(train), len(validation),
+             len(test), names)
+    return data
+
+
+def load_texts(source: str, *, text_column: str = "text") -> list[str]:
+    """Unlabelled text: every sentence of a built-in set, a text column of a file, lines of a .txt file, or
+    `hf:NAME` (every split of a Hugging Face dataset). Used for distillation on extra text (`augment_with`)."""
+    if source in VADER_CORPORA:
+        return [text for _, _, text in _vader_rows(source) if text.strip()]
+    if source.startswith("hf:"):
+        cfg = DataConfig(hf_dataset=source[3:], text_column=text_column)
+        parts, _, _ = _hf_rows(cfg, False, from_disk=False)
+        return [r[1] for rows in parts.values() for r in rows if r[1].strip()]
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"text source {source!r} is neither a built-in data set ({sorted(VADER_CORPORA)}), "
+                        "an existing file, nor hf:NAME")
+    if _is_hf_folder(path):
+        parts, _, _ = _hf_rows(DataConfig(path=source, text_column=text_column), False, from_disk=True)
+        return [r[1] for rows in parts.values() for r in rows if r[1].strip()]
+    rows, _ = _file_rows(DataConfig(path=source, text_column=text_column), False)
+    return [r[1] for r in rows if r[1].strip()]
+
+
+def _suggest(word: str, choices: Any) -> str:
+    from edgellm.config import suggest
+
+    return suggest(word, choices)
+
+
+def _builtin_rows(name: str, labelled: bool) -> tuple[list[_Row], list[str] | None, dict[str, int]]:
+    rows: list[_Row] = []
+    dropped = {"neutral_score": 0}
+    for row_id, score, text in _vader_rows(name):
+        if not labelled:
+            rows.append((row_id, text, None))
+        elif score > VADER_THRESHOLD:
+            rows.append((row_id, text, VADER_LABELS[1]))
+        elif score < -VADER_THRESHOLD:
+            rows.append((row_id, text, VADER_LABELS[0]))
+        else:
+            dropped["neutral_score"] += 1
+    return rows, (list(VADER_LABELS) if labelled else None), dropped
+
+
+def _file_rows(config: DataConfig, labelled: bool) -> tuple[list[_Row], dict[str, Any]]:
+    path = Path(str(config.path))
+    if not path.exists():
+        raise DataError(f"data.path = {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DataError(f"data.path = {str(path)!r} is a folder but not a Hugging Face `datasets` save_to_disk "
+                        "folder; give a CSV / TSV / JSONL / text file")
+    kind = TEXT_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"data.path = {str(path)!r}: unknown file type {path.suffix!r}; "
+                        f"supported: {sorted(TEXT_SUFFIXES)}")
+    source: dict[str, Any] = {"kind": "file", "path": str(path), "format": kind, "sha256": _file_sha256(path),
+                              "text_column": config.text_column}
+    if kind == "text":
+        if labelled:
+            raise DataError(f"data.path = {str(path)!r} is plain text (one text per line) and has no labels; "
+                            f"text-classification needs a CSV / TSV / JSONL file with a {config.label_column!r} "
+                            "column")
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        return [(str(i + 1), line, None) for i, line in enumerate(lines)], source
+    records, columns = _read_records(path, kind)
+    if not records:
+        return [], source  # reported as "holds no usable rows"
+    need = [("data.text_column", config.text_column)]
+    if labelled:
+        need.append(("data.label_column", config.label_column))
+        source["label_column"] = config.label_column
+    for key, column in need:
+        if column not in columns:
+            raise DataError(f"{key} = {column!r} is not a column of data.path = {str(path)!r}; "
+                            f"its columns are {columns}{_suggest(column, columns)}")
+    rows = []
+    for i, rec in enumerate(records):
+        text = rec.get(config.text_column)
+        label = rec.get(config.label_column) if labelled else None
+        rows.append((str(i + 1), "" if text is None else str(text), _label_value(label)))
+    return rows, source
+
+
+def _read_records(path: Path, kind: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a CSV / TSV / JSONL / JSON file as dicts, and every column seen (in first-seen order)."""
+    columns: dict[str, None] = {}
+    if kind in ("csv", "tsv"):
+        csv.field_size_limit(2**31 - 1)
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
+            records = [dict(r) for r in reader]
+            columns = dict.fromkeys(reader.fieldnames or [])
+        return records, [c for c in columns if c is not None]
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    try:
+        if kind == "jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            loaded = json.loads(text) if text.strip() else []
+            records = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+    except json.JSONDecodeError as exc:
+        raise DataError(f"data.path = {str(path)!r} is not valid {kind.upper()}: {exc}") from exc
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(f"data.path = {str(path)!r} must hold JSON objects (one per row), e.g. "
+                        '{"text": "...", "label": "positive"}')
+    for r in records:
+        columns.update(dict.fromkeys(r))
+    return records, list(columns)
+
+
+def _label_value(value: Any) -> str | None:
+    """A label cell as a class name: ints and integral floats as digits, booleans as true/false, None/'' missing."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        return str(int(value)) if value.is_integer() else str(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _clean(rows: list[_Row], labelled: bool, dropped: dict[str, int]) -> list[_Row]:
+    seen: set[str] = set()
+    out = []
+    for row_id, text, label in rows:
+        if not text.strip():
+            dropped["empty_text"] = dropped.get("empty_text", 0) + 1
+        elif labelled and label is None:
+            dropped["missing_label"] = dropped.get("missing_label", 0) + 1
+        elif text in seen:
+            dropped["duplicate_text"] = dropped.get("duplicate_text", 0) + 1
+        else:
+            seen.add(text)
+            out.append((row_id, text, label))
+    return out
+
+
+def _label_names(rows: list[_Row], known: list[str] | None, config: DataConfig, where: Any) -> list[str]:
+    present = {r[2] for r in rows}
+    if known is None:
+        if all(_is_int(n) for n in present):
+            known = sorted(present, key=int)
+        else:
+            known = sorted(present)
+    else:
+        unknown = sorted(present - set(known))
+        if unknown:
+            raise DataError(f"data set {where!r}: labels {unknown} are not among the data set's classes {known}")
+    if len(present) < 2:
+        raise DataError(f"data.label_column = {config.label_column!r} of {where!r} holds one class only "
+                        f"({sorted(present)}); text-classification needs at least 2 classes")
+    return list(known)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _to_examples(rows: list[_Row], names: list[str] | None) -> Examples:
+    index = {n: i for i, n in enumerate(names)} if names is not None else None
+    return Examples(
+        texts=[r[1] for r in rows],
+        labels=[index[r[2]] for r in rows] if index is not None else None,
+        ids=[r[0] for r in rows],
+    )
+
+
+def _split_rows(rows: list[_Row], names: list[str] | None, split: SplitConfig
+                ) -> tuple[Examples, Examples, Examples]:
+    """Seeded split, stratified by class; each split keeps the original row order."""
+    rng = np.random.default_rng(split.seed)
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r[2] if names is not None else None, []).append(i)
+    parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for key in sorted(groups, key=lambda k: (k is None, names.index(k) if names and k is not None else 0)):
+        members = np.asarray(groups[key])
+        perm = members[rng.permutation(len(members))]
+        n_test = int(round(len(perm) * split.test))
+        n_val = int(round(len(perm) * split.validation))
+        parts["test"] += perm[:n_test].tolist()
+        parts["validation"] += perm[n_test:n_test + n_val].tolist()
+        parts["train"] += perm[n_test + n_val:].tolist()
+    out = [_to_examples([rows[i] for i in sorted(parts[k])], names) for k in ("train", "validation", "test")]
+    return out[0], out[1], out[2]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- Hugging Face datasets ---------------------------------------------------------------------------------------
+
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json"))
+
+
+def _import_datasets(key: str, value: str) -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(f"{key} = {value!r} needs the Hugging Face `datasets` package, which is not installed: "
+                        "pip install datasets (or export the data to CSV / JSONL and use data.path)") from exc
+    return datasets
+
+
+def _hf_rows(config: DataConfig, labelled: bool, *, from_disk: bool
+             ) -> tuple[dict[str, list[_Row]], list[str] | None, dict[str, Any]]:
+    """Rows per split of a Hugging Face dataset (by name, or a save_to_disk folder), and ClassLabel names."""
+    key, value = ("data.path", str(config.path)) if from_disk else ("data.hf_dataset", str(config.hf_dataset))
+    datasets = _import_datasets(key, value)
+    try:
+        if from_disk:
+            loaded = datasets.load_from_disk(value)
+        else:
+            name, _, subset = value.partition(":")
+            loaded = datasets.load_dataset(name, subset or None)
+    except Exception as exc:  # the datasets package raises many types; the message is what matters
+        raise DataError(f"{key} = {value!r}: cannot load the dataset: {exc}") from exc
+    splits = dict(loaded) if isinstance(loaded, Mapping) else {"train": loaded}
+    if not splits:
+        raise DataError(f"{key} = {value!r} holds no splits")
+    first = next(iter(splits.values()))
+    columns = list(first.column_names)
+    need = [("data.text_column", config.text_column)] + ([("data.label_column", config.label_column)] if labelled else [])
+    for field_name, column in need:
+        if column not in columns:
+            raise DataError(f"{field_name} = {column!r} is not a column of {key} = {value!r}; "
+                            f"its columns are {columns}{_suggest(column, columns)}")
+    names = None
+    if labelled:
+        feature = first.features.get(config.label_column) if hasattr(first, "features") else None
+        if feature is not None and getattr(feature, "names", None):
+            names = [str(n) for n in feature.names]
+    out: dict[str, list[_Row]] = {}
+    for split_name, ds in splits.items():
+        texts = ds[config.text_column]
+        labels = ds[config.label_column] if labelled else [None] * len(texts)
+        rows = []
+        for i, (text, label) in enumerate(zip(texts, labels)):
+            if names is not None and isinstance(label, int) and not isinstance(label, bool):
+                label = names[label] if 0 <= label < len(names) else None  # -1 marks an unlabelled row
+            rows.append((f"{split_name}:{i}", "" if text is None else str(text), _label_value(label)))
+        out[str(split_name)] = rows
+    source = {"kind": "hf", ("path" if from_disk else "name"): value, "splits": sorted(out),
+              "text_column": config.text_column}
+    if labelled:
+        source["label_column"] = config.label_column
+    return out, names, source
+
+
+def _presplit(parts: dict[str, list[_Row]], names: list[str] | None, config: DataConfig, dropped: dict[str, int]
+              ) -> tuple[Examples, Examples, Examples]:
+    """Use a dataset's own train / validation / test splits; carve the missing ones from train (seeded)."""
+    train_key = "train" if "train" in parts else next(iter(parts))
+    val_key = next((k for k in _HF_VALIDATION_NAMES if parts.get(k)), None)
+    test_key = "test" if parts.get("test") and train_key != "test" else None
+    cap = config.max_rows
+
+    def capped(rows: list[_Row], salt: int) -> list[_Row]:
+        if cap and len(rows) > cap:
+            keep = np.sort(np.random.default_rng([config.split.seed, salt]).permutation(len(rows))[:cap])
+            dropped["max_rows"] = dropped.get("max_rows", 0) + len(rows) - cap
+            return [rows[i] for i in keep]
+        return rows
+
+    train_rows = capped(parts[train_key], 1)
+    carve = SplitConfig(validation=0.0 if val_key else config.split.validation,
+                        test=0.0 if test_key else config.split.test, seed=config.split.seed)
+    train, val, test = _split_rows(train_rows, names, carve)
+    if val_key:
+        val = _to_examples(capped(parts[val_key], 2), names)
+    if test_key:
+        test = _to_examples(capped(parts[test_key], 3), names)
+    ignored = [k for k in parts if k not in (train_key, val_key, test_key)]
+    if ignored:
+        log.info("dataset splits %s not used", ignored)
+    return train, val, test

@@ -54,23 +54,38 @@ class SplitConfig:
 class DataConfig:
     """Where the task's text comes from: a built-in set, a file, or a Hugging Face dataset."""
 
-    name: str | None = None  # built-in: movie-reviews, tweets, nyt-editorials, amazon-reviews
+    name: str | None = None  # built-in: movie-reviews, tweets, nyt-editorials, amazon-reviews (VADER sentences)
     path: str | None = None  # CSV / TSV / JSONL / text file, or a `datasets` save_to_disk folder
-    hf_dataset: str | None = None  # Hugging Face `datasets` name (needs the datasets package)
-    text_column: str = "text"
-    label_column: str = "label"
+    hf_dataset: str | None = None  # Hugging Face `datasets` name, "name" or "name:config" (needs `datasets`)
+    text_column: str = "text"  # column holding the text (files and Hugging Face datasets)
+    label_column: str = "label"  # column holding the class (name or integer) for text-classification
     split: SplitConfig = field(default_factory=SplitConfig)
     max_rows: int | None = None  # cap on rows read (after shuffling), for quick runs
+    max_length: int | None = 128  # tokens per text in training and evaluation; None -> the model's limit
 
     def validate(self, where: str) -> None:
         given = [k for k in ("name", "path", "hf_dataset") if getattr(self, k)]
         if len(given) > 1:
             raise ConfigError(f"{where}: give one of name / path / hf_dataset, not {given}")
         check_range(f"{where}.max_rows", self.max_rows, low=1)
+        check_range(f"{where}.max_length", self.max_length, low=8)
 
     @property
     def empty(self) -> bool:
         return not (self.name or self.path or self.hf_dataset)
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def _check_schedule(cfg: Any, where: str) -> None:
+    check_range(f"{where}.epochs", cfg.epochs, low=0.0, low_open=True)
+    check_range(f"{where}.learning_rate", cfg.learning_rate, low=0.0, low_open=True)
+    check_range(f"{where}.batch_size", cfg.batch_size, low=1)
+    check_range(f"{where}.warmup_ratio", cfg.warmup_ratio, low=0.0, high=1.0)
+    check_range(f"{where}.weight_decay", cfg.weight_decay, low=0.0)
+    check_range(f"{where}.max_grad_norm", cfg.max_grad_norm, low=0.0, low_open=True)
+    check_range(f"{where}.eval_every", cfg.eval_every, low=1)
 
 
 @dataclass
@@ -78,14 +93,18 @@ class FinetuneConfig:
     """Teacher fine-tuning (a task head on a teacher that has none)."""
 
     enabled: bool = True  # skipped anyway when the teacher's head already matches the labels
-    epochs: float = 3.0
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 200  # optimizer steps between validation runs (best checkpoint kept)
-    seed: int = 42
+    epochs: float = 3.0  # passes over the training split (fractions allowed)
+    learning_rate: float = 5e-5  # AdamW peak learning rate
+    batch_size: int = 32  # rows per optimizer step (all processes together)
+    warmup_ratio: float = 0.06  # share of steps with linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01  # AdamW decay (not on biases and LayerNorm weights)
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
+    eval_every: int = 200  # optimizer steps between validation runs and checkpoints (best one kept)
+    seed: int = 42  # data order, dropout and head initialisation
+    precision: Precision = "auto"  # autocast dtype; auto = bf16 where the CPU/GPU has native bf16, else fp32
+
+    def validate(self, where: str) -> None:
+        _check_schedule(self, where)
 
 
 @dataclass
@@ -95,24 +114,32 @@ class DistillConfig:
     layers: list[int] | None = None  # teacher layer indices to keep, e.g. [0, 2, 4]; None -> num_layers evenly
     num_layers: int | None = 3  # used when `layers` is None
     ffn_size: int | None = None  # narrower FFN for the student (neurons kept by importance); None keeps it
-    temperature: float = 2.0
+    temperature: float = 2.0  # softening of both distributions in the KD term
     alpha_kd: float = 1.0  # weight of KL(teacher || student) at `temperature` (scaled by T^2)
-    alpha_ce: float = 0.5  # weight of cross-entropy on hard labels
+    alpha_ce: float = 0.5  # weight of cross-entropy on hard labels (labelled rows only)
     alpha_hidden: float = 0.0  # weight of hidden-state MSE (TinyBERT); needs matching widths
-    alpha_attention: float = 0.0  # weight of attention-map KL (MiniLM)
+    alpha_attention: float = 0.0  # weight of attention-map KL (MiniLM); needs matching head counts
+    embedding_loss: Literal["mse", "cosine", "mse+cosine"] = "mse+cosine"  # feature-extraction: pooled-vector loss
     augment_with: list[str] = field(default_factory=list)  # extra unlabelled text (built-in names / files) for KD
-    epochs: float = 3.0
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 200
-    seed: int = 42
+    epochs: float = 3.0  # passes over the training split (+ augmentation text)
+    learning_rate: float = 1e-4  # AdamW peak learning rate
+    batch_size: int = 32  # rows per optimizer step (all processes together)
+    warmup_ratio: float = 0.06  # share of steps with linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01  # AdamW decay (not on biases and LayerNorm weights)
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
+    eval_every: int = 200  # optimizer steps between validation runs and checkpoints (best one kept)
+    seed: int = 42  # data order and dropout
+    precision: Precision = "auto"  # autocast dtype; auto = bf16 where the CPU/GPU has native bf16, else fp32
 
     def validate(self, where: str) -> None:
+        _check_schedule(self, where)
         check_range(f"{where}.temperature", self.temperature, low=0.0, low_open=True)
         check_range(f"{where}.num_layers", self.num_layers, low=1)
+        check_range(f"{where}.ffn_size", self.ffn_size, low=1)
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)):
+            raise ConfigError(f"{where}.layers = {self.layers!r} must be a non-empty list of distinct layer indices")
+        if self.layers is None and self.num_layers is None:
+            raise ConfigError(f"{where}: set layers (e.g. [0, 2, 4]) or num_layers")
         for name in ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention"):
             check_range(f"{where}.{name}", getattr(self, name), low=0.0)
 

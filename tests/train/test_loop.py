@@ -1,0 +1,192 @@
+"""The generic loop: schedule, exact resume (in process and after kill -9), finished runs, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgellm.errors import TrainingError
+from edgellm.train.loop import FixedBatches, LoopOptions, lr_factor, train_loop
+from tests.train import _train_worker as worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run(tiny_teacher_dir: Path, sentiment_jsonl: Path, work: Path, stop_at: int | None = None, **kw):
+    """Returns (result, final weights) of the worker's run; raises _Stop after step `stop_at`."""
+    model, plan, loss_fn, eval_fn = worker.setup(str(tiny_teacher_dir), str(sentiment_jsonl))
+    final: dict = {}
+
+    def on_step(step: int, logs: dict) -> None:
+        if step == 18:
+            final.update({k: v.clone() for k, v in model.state_dict().items()})
+        if step == stop_at:
+            raise _Stop()
+
+    options = LoopOptions(**{**worker.STEPS_OPTIONS, **kw})
+    result = train_loop(model, loss_fn, plan, options=options, work_dir=work, eval_fn=eval_fn, on_step=on_step,
+                        progress=False)
+    return result, final
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_teacher_dir: Path, sentiment_jsonl: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted run: 192 training rows, batches of 16 -> 12 steps an epoch, 1.5 epochs = 18 steps."""
+    return _run(tiny_teacher_dir, sentiment_jsonl, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.5), (1, 1.0), (2, 1.0), (6, 0.5), (9, 0.125), (10, 0.0)])
+def test_warmup_then_linear_decay(step: int, expected: float) -> None:
+    # 10 steps, 2 of warm-up: 1/2, 2/2, then (10 - s) / 8.
+    assert lr_factor(step, 10, 2) == pytest.approx(expected)
+
+
+def test_reference_run_learns_and_keeps_the_best(reference) -> None:
+    result, final = reference
+    assert result.steps == 18 and [h["step"] for h in result.history] == [4, 8, 12, 16, 18]
+    best = max(result.history, key=lambda h: h["accuracy"])
+    assert result.best == {"step": best["step"], "accuracy": best["accuracy"]}
+    assert result.history[-1]["lr"] == pytest.approx(1e-3 * lr_factor(17, 18, 2))
+    assert len(final) > 0
+
+
+def test_resume_reproduces_an_uninterrupted_run(reference, tiny_teacher_dir: Path, sentiment_jsonl: Path,
+                                                tmp_path: Path) -> None:
+    ref, ref_final = reference
+    with pytest.raises(_Stop):  # interrupted after step 10 of 18, mid-epoch; the last checkpoint is step 8
+        _run(tiny_teacher_dir, sentiment_jsonl, tmp_path, stop_at=10)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000008"]
+    saved = json.loads((tmp_path / "checkpoints" / "step-00000008" / "trainer.json").read_text())
+    assert saved["step"] == 8 and "param_groups" in saved["optimizer"]
+    (tmp_path / "checkpoints" / ".tmp-step-00000012-dead").mkdir()  # a write killed half-way: ignored
+    result, final = _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+    assert result.resumed_from == 8 and result.steps == 18
+    assert result.history == ref.history and result.best == ref.best
+    assert final.keys() == ref_final.keys()
+    for name in ref_final:  # exact tensors, dropout included
+        assert torch.equal(final[name], ref_final[name]), name
+    for name, tensor in ref.model.state_dict().items():  # the best weights the run returns
+        assert torch.equal(result.model.state_dict()[name], tensor), name
+    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "result.json").is_file()
+
+
+def test_a_finished_run_returns_at_once_and_refuses_other_options(reference, tiny_teacher_dir: Path,
+                                                                   sentiment_jsonl: Path, tmp_path: Path) -> None:
+    _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+    model, plan, _, eval_fn = worker.setup(str(tiny_teacher_dir), str(sentiment_jsonl))
+
+    def never(m, b):
+        raise AssertionError("a finished run must not train again")
+
+    result = train_loop(model, never, plan, options=LoopOptions(**worker.STEPS_OPTIONS), work_dir=tmp_path,
+                        eval_fn=eval_fn, progress=False)
+    assert result.steps == 18 and result.resumed_from == 18 and result.best == reference[0].best
+    for name, tensor in reference[0].model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(TrainingError, match="holds a finished run of a different configuration"):
+        train_loop(model, never, plan, options=LoopOptions(**{**worker.STEPS_OPTIONS, "learning_rate": 2e-3}),
+                   work_dir=tmp_path, progress=False)
+
+
+def test_a_checkpoint_of_another_run_is_refused_unless_resume_false(tiny_teacher_dir: Path, sentiment_jsonl: Path,
+                                                                    tmp_path: Path) -> None:
+    with pytest.raises(_Stop):
+        _run(tiny_teacher_dir, sentiment_jsonl, tmp_path, stop_at=5)
+    with pytest.raises(TrainingError, match="belongs to a different run"):
+        _run(tiny_teacher_dir, sentiment_jsonl, tmp_path, seed=6)
+    model, plan, loss_fn, _ = worker.setup(str(tiny_teacher_dir), str(sentiment_jsonl))
+    result = train_loop(model, loss_fn, plan, options=LoopOptions(**{**worker.STEPS_OPTIONS, "seed": 6,
+                                                                    "max_steps": 2}),
+                        work_dir=tmp_path, resume=False, progress=False)
+    assert result.resumed_from is None and result.steps == 2 and result.best is None
+
+
+def test_non_finite_loss_and_empty_plan_are_training_errors(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 1)
+    model.config = None  # not needed by the loop
+    batch = {"x": torch.ones(4, 2)}
+    with pytest.raises(TrainingError, match=r"the loss is nan at step 1"):
+        train_loop(model, lambda m, b: m(b["x"]).sum() * float("nan"), FixedBatches([batch]),
+                   options=LoopOptions(precision="fp32"), work_dir=tmp_path / "a", progress=False)
+    with pytest.raises(TrainingError, match="no training batches"):
+        train_loop(model, lambda m, b: m(b["x"]).sum(), FixedBatches([]), options=LoopOptions(),
+                   work_dir=tmp_path / "b", progress=False)
+
+
+def test_any_module_trains_with_fixed_batches(tmp_path: Path) -> None:
+    """The loop is generic: a plain module, a loss returning logged parts, no evaluation."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(32, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    batches = FixedBatches([{"x": x[i:i + 8], "y": y[i:i + 8]} for i in range(0, 32, 8)])
+
+    def loss_fn(m, b):
+        mse = ((m(b["x"]) - b["y"]) ** 2).mean()
+        return mse, {"mse": mse}
+
+    with torch.no_grad():
+        before = float(loss_fn(model, {"x": x, "y": y})[0])
+    result = train_loop(model, loss_fn, batches, options=LoopOptions(epochs=40, learning_rate=0.05, weight_decay=0.0,
+                                                                     precision="fp32", eval_every=1000),
+                        work_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        after = float(loss_fn(result.model, {"x": x, "y": y})[0])
+    assert result.steps == 160 and after < before / 20
+    assert [h["step"] for h in result.history] == [160]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(reference, tiny_teacher_dir: Path, sentiment_jsonl: Path, tmp_path: Path) -> None:
+    """A subprocess SIGKILLs itself right after step 11 (checkpoint at 8); rerunning resumes exactly."""
+    proc = subprocess.run([sys.executable, str(Path(worker.__file__)), str(tiny_teacher_dir), str(sentiment_jsonl),
+                           str(tmp_path), "kill@11", "-"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000008"]
+    result, final = _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+    assert result.resumed_from == 8 and result.history == reference[0].history
+    for name, tensor in reference[1].items():
+        assert torch.equal(final[name], tensor), name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_data_parallel_two_cpu_processes_match_one(tiny_teacher_dir: Path, sentiment_jsonl: Path,
+                                                   tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes, each taking half of every batch, ends where one process ends."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ddp.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(Path(worker.__file__)),
+           str(tiny_teacher_dir), str(sentiment_jsonl), str(tmp_path / "work"), "ddp", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp.safetensors.world").read_text() == "2"
+    single = worker.run(str(tiny_teacher_dir), str(sentiment_jsonl), str(tmp_path / "single"), dropout=False)
+    ddp = load_file(str(out))
+    state = single.model.state_dict()
+    assert single.world_size == 1 and ddp.keys() == {k for k in state if k in ddp}
+    for name, tensor in ddp.items():
+        torch.testing.assert_close(tensor, state[name], atol=2e-5, rtol=1e-4)
+    moved = max(float((state[k] - v).abs().max()) for k, v in load_file(str(tiny_teacher_dir / "model.safetensors")).items()
+                if k in state and state[k].shape == v.shape)
+    assert moved > 1e-3  # the weights did train
