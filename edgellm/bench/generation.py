@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from edgellm.bench.stats import summarize_ms
 from edgellm.errors import BackendError, ConfigError, DataError
 
-__all__ = ["TokenStream", "TokenScorer", "measure_generation", "perplexity"]
+__all__ = ["TokenStream", "TokenScorer", "measure_generation", "perplexity", "TorchGenerator"]
 
 TokenStream = Callable[[Sequence[int], int], Iterable[int]]  # (prompt ids, max new tokens) -> token ids, streamed
 TokenScorer = Callable[[Sequence[int]], np.ndarray]  # ids (T,) -> log-probability of ids[1:] given prefixes, (T-1,)
@@ -71,3 +74,81 @@ def perplexity(score: TokenScorer, sequences: Iterable[Sequence[int]]) -> dict[s
         raise DataError("no sequence of 2 or more tokens to compute perplexity on")
     return {"perplexity": float(np.exp(total / count)), "nll_per_token": total / count, "tokens": count}
 
+
+
+class TorchGenerator:
+    """The reference generator: a Hugging Face causal LM in FP32 PyTorch, `generate` (greedy) streamed token by
+    token, and next-token log-probabilities from one forward pass. `path` is a model folder or a .gguf file."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self._threads_before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
+        where = Path(path)
+        kwargs: dict[str, Any] = {}
+        if where.suffix == ".gguf":
+            kwargs, where = {"gguf_file": where.name}, where.parent
+        self.hf_tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        self.tokenizer = self.hf_tokenizer.backend_tokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs).eval()
+        self.info = {"backend": "pytorch", "threads": threads or torch.get_num_threads(), "path": str(path)}
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Iterator[int]:
+        """Greedy tokens after `prompt_ids`, exactly `max_new_tokens` of them (end-of-sequence does not stop it)."""
+        torch = self._torch
+        from transformers.generation.streamers import BaseStreamer
+
+        tokens: queue.Queue[int | None] = queue.Queue()
+
+        class _Tokens(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:  # generate() hands the prompt over first
+                    self.prompt_seen = True
+                    return
+                for token in value.reshape(-1).tolist():
+                    tokens.put(int(token))
+
+            def end(self) -> None:
+                tokens.put(None)
+
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        errors: list[BaseException] = []
+        pad = self.hf_tokenizer.pad_token_id
+        pad = pad if pad is not None else self.hf_tokenizer.eos_token_id
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                        min_new_tokens=max_new_tokens, do_sample=False, streamer=_Tokens(),
+                                        pad_token_id=pad)
+            except BaseException as exc:  # re-raised in the consumer's thread below
+                errors.append(exc)
+                tokens.put(None)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while (token := tokens.get()) is not None:
+            yield token
+        worker.join()
+        if errors:
+            raise BackendError(f"transformers generate failed: {errors[0]}") from errors[0]
+
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t = 1 .. T-1 (natural log), shape (T-1,)."""
+        torch = self._torch
+        tensor = torch.tensor([list(ids)], dtype=torch.long)
+        with torch.inference_mode():
+            logits = self.model(tensor, use_cache=False).logits[0, :-1].float()  # (T-1, vocab)
+            logp = torch.log_softmax(logits, dim=-1).gather(1, tensor[0, 1:, None])[:, 0]
+        return logp.numpy().astype(np.float64)
+
+    def close(self) -> None:
+        self._torch.set_num_threads(self._threads_before)
+        del self.model

@@ -66,33 +66,71 @@ def texts_of_length(tokenizer: Any, source: Sequence[str], length: int, count: i
     return [found[k % len(found)] for k in range(count)]
 
 
-def _binary_sentiment(rows: Sequence[tuple[str, float]], threshold: float = 0.5) -> tuple[list[str], list[int]]:
-    texts, labels = [], []
-    for text, score in rows:
-        if abs(score) > threshold:
-            texts.append(text)
-            labels.append(int(score > 0))
-    return texts, labels
+def _recorded_data(manifest: Any) -> tuple[Any, str]:
+    """The DataConfig an artifact was built with: its recipe's `data` section, else rebuilt from `manifest.data`
+    (built-in sets), else the built-in movie-reviews with the default seeded split."""
+    from edgellm.config import from_dict
+    from edgellm.recipe import DataConfig, SplitConfig
+
+    task = getattr(manifest, "task", "text-classification")
+    recipe = getattr(manifest, "recipe", None) or {}
+    if isinstance(recipe.get("data"), dict):
+        config = from_dict(DataConfig, recipe["data"], "manifest recipe.data")
+        if task == "text-classification" or config.name:
+            return config, "the artifact's recipe"
+    record = getattr(manifest, "data", None) or {}
+    source, split = record.get("source") or {}, record.get("split") or {}
+    if source.get("kind") == "builtin" and source.get("name"):
+        keys = {"seed": "seed", "validation_fraction": "validation", "test_fraction": "test"}
+        config = DataConfig(name=source["name"], split=from_dict(
+            SplitConfig, {new: split[old] for old, new in keys.items() if old in split}, "manifest data.split"))
+        if (record.get("dropped") or {}).get("max_rows") and record.get("rows"):
+            config.max_rows = int(record["rows"])
+        return config, "the artifact's data record"
+    if record:
+        log.warning("the artifact's data record (%s) cannot be re-read without its recipe; measuring accuracy on "
+                    "the built-in movie-reviews test split instead", source.get("kind"))
+    return DataConfig(name="movie-reviews"), "default (movie-reviews)"
 
 
 def load_test_split(manifest: Any = None, *, max_examples: int | None = None) -> dict[str, Any]:
-    """The labelled test sentences: movie-reviews, binary by |score| > 0.5 (negative / positive).
+    """The labelled test split the pipeline recorded for the artifact, re-read with `edgellm.data.load_task_data`
+    (an artifact without a record, such as a plain export, gets the built-in movie-reviews sentences, binary by
+    |score| > 0.5, with the default seeded split). Embedding artifacts are scored on the same labelled sentences.
+    For a classifier the split's sha256 is compared with the manifest's record (`info["matches_manifest"]`).
 
-    Returns {"texts", "labels", "label_names", "info"}. The split is seeded (seed 13, the last 10 % of a shuffled
-    order) so that every benchmark run and every stage sees the same sentences.
+    Returns {"texts", "labels", "label_names", "info"}.
     """
-    from edgellm.data import load_vader
+    from edgellm.data import load_task_data
 
-    texts, labels = _binary_sentiment(load_vader("movie-reviews"))
-    order = np.random.default_rng(13).permutation(len(texts))
-    test = order[len(order) - len(order) // 10 :]
-    info: dict[str, Any] = {"corpus": "movie-reviews", "labels": "binary, |score| > 0.5", "split": "test",
-                            "seed": 13, "fraction": 0.1, "source": "edgellm.bench seeded split"}
+    config, origin = _recorded_data(manifest)
+    data = load_task_data(config, task="text-classification")
+    test = data.test
+    if not len(test) or test.labels is None:
+        raise DataError(f"the data set {data.source} has no labelled test split to measure accuracy on")
+    info: dict[str, Any] = {
+        "corpus": data.source.get("name") or data.source.get("path") or data.source.get("hf_dataset"),
+        "source": data.source,
+        "split": "test",
+        "config_from": origin,
+        "seed": config.split.seed,
+        "test_fraction": config.split.test,
+        "rows": len(test),
+        "sha256": test.sha256(),
+    }
+    record = getattr(manifest, "data", None) or {}
+    recorded = ((record.get("split") or {}).get("sha256") or {}).get("test")
+    if recorded and getattr(manifest, "task", None) == "text-classification":
+        info["matches_manifest"] = recorded == info["sha256"]
+        if not info["matches_manifest"]:
+            log.warning("the test split re-read now differs from the one recorded in the artifact (sha256 %s vs %s)",
+                        info["sha256"][:12], recorded[:12])
+    order = np.random.default_rng(0).permutation(len(test))  # the split may be grouped by class; mix it once
+    texts, labels = [test.texts[i] for i in order], [test.labels[i] for i in order]
     if max_examples:
-        test = test[:max_examples]
-    info["examples"] = int(len(test))
-    return {"texts": [texts[i] for i in test], "labels": [labels[i] for i in test],
-            "label_names": ["negative", "positive"], "info": info}
+        texts, labels = texts[:max_examples], labels[:max_examples]
+    info["examples"] = len(texts)
+    return {"texts": texts, "labels": labels, "label_names": list(data.labels or []), "info": info}
 
 
 def label_ids(data: dict[str, Any], labels: Sequence[str] | None) -> list[int]:
