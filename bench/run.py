@@ -18,6 +18,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from edgellm.bench import BenchSettings, run_benchmark
 from edgellm.config import from_dict
 from edgellm.errors import ConfigError, EdgeLLMError
 
-__all__ = ["Suite", "load_suite", "update_readme", "main", "ROOT", "SUITES"]
+__all__ = ["Suite", "load_suite", "update_readme", "wait_until_quiet", "main", "ROOT", "SUITES"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "bench" / "suites"
@@ -84,6 +85,21 @@ def update_readme(readme: Path, block: str, text: str) -> bool:
     return True
 
 
+def wait_until_quiet(limit_s: float, *, threshold: float = 0.25, window_s: float = 5.0) -> float | None:
+    """Wait until other processes use fewer than `threshold` cores over `window_s`, for at most `limit_s`
+    seconds; return the last reading (None where /proc/stat is absent)."""
+    from edgellm.bench import CpuMonitor
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        with CpuMonitor() as monitor:
+            time.sleep(window_s)
+        other = monitor.result.get("other_cores")
+        if other is None or other < threshold or time.monotonic() >= deadline:
+            logging.getLogger("bench.run").info("other processes use %s cores", other)
+            return other
+
+
 def _from_root(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else ROOT / p
@@ -95,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="reference", help="bench/suites/NAME.yaml (default: reference)")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS until other processes leave the cores idle")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress logs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(f"bench.run: artifact {path} does not exist; {how} "
                                  f"(or pass artifact paths: python -m bench.run PATH [PATH ...])\n")
                 return 2
+        if args.wait_quiet > 0:
+            wait_until_quiet(args.wait_quiet)
         command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
         result = run_benchmark(paths[0], compare=paths[1:], models=suite.models,
                                teacher=str(_from_root(suite.teacher)) if suite.teacher else None,

@@ -576,3 +576,12 @@ def test_torch_generator_streams_greedy_tokens_and_scores(tiny_llama_dir: Path) 
     stats = measure_generation(gen.stream, prompt, max_new_tokens=6, warmup=0, repeat=1)
     assert stats["new_tokens"] == 6 and stats["decode_tokens_per_s"] > 0 and stats["time_to_first_token_ms"] > 0
     gen.close()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat only")
+def test_wait_until_quiet_returns_the_last_reading_at_the_deadline() -> None:
+    from bench.run import wait_until_quiet
+
+    # threshold -1 can never be met: it returns at the deadline with the reading it took
+    reading = wait_until_quiet(0.0, threshold=-1.0, window_s=0.05)
+    assert reading is not None and reading >= 0
