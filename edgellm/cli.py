@@ -312,6 +312,66 @@ def prune_cmd(model: str, output: str, task: str | None, data_name: str | None, 
     click.echo(f"wrote {output} (report: prune_report.json)")
 
 
+@cli.command("quantize")
+@click.argument("artifact", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Artifact folder to write (default: ARTIFACT itself, which needs --overwrite).")
+@click.option("--mode", type=click.Choice(["dynamic", "static", "weight-only"]), default=None,
+              help="INT8 mode (default: dynamic; OpenVINO makes NNCF static INT8 for dynamic).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
+              help="Runtimes to make INT8 models for (repeatable; default: both).")
+@click.option("--preset", default=None, help="CPU family / device preset: avx512-vnni, avx2, arm64, intel-npu, "
+              "qnn-htp (default: this machine's).")
+@click.option("--method", "calibration_method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default=None, help="Static calibration method (default: minmax).")
+@click.option("--samples", "calibration_samples", type=int, default=None, help="Calibration texts (default: 300).")
+@click.option("--tolerance", type=float, default=None,
+              help="Max accuracy drop in points vs FP32 on validation; ops fall back to float until it holds.")
+@click.option("--exclude", multiple=True, help="Node (ORT) / op (OpenVINO) name to keep in float (repeatable).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default: preset).")
+@click.option("--reduce-range/--full-range", default=None, help="7-bit weights (default: preset).")
+@click.option("--no-embeddings", is_flag=True, help="Keep the embedding tables in float.")
+@click.option("--fp16", is_flag=True, help="Also write an OpenVINO IR with FP16 weights.")
+@click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...); default: the "
+              "data set the artifact records.")
+@click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file with the task's labelled texts.")
+@click.option("--text-column", default=None, help="Text column of --data-path (default: text).")
+@click.option("--label-column", default=None, help="Label column of --data-path (default: label).")
+@click.option("--threads", type=int, default=None, help="Threads for evaluating the models.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT (or ARTIFACT in place).")
+def quantize_cmd(artifact: str, output: str | None, backends: tuple[str, ...], exclude: tuple[str, ...],
+                 no_embeddings: bool, fp16: bool, data_name: str | None, data_path: str | None,
+                 text_column: str | None, label_column: str | None, threads: int | None, overwrite: bool,
+                 **options: Any) -> None:
+    """Add INT8 models to the FP32 ARTIFACT, each evaluated on validation against FP32."""
+    from edgellm.config import from_dict
+    from edgellm.quantize import quantize
+    from edgellm.recipe import DataConfig, QuantizeConfig
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if backends:
+        given["backends"] = list(backends)
+    if exclude:
+        given["exclude"] = list(exclude)
+    if no_embeddings:
+        given["quantize_embeddings"] = False
+    if fp16:
+        given["fp16"] = True
+    config = from_dict(QuantizeConfig, given, "quantize")
+    columns = {"name": data_name, "path": data_path, "text_column": text_column, "label_column": label_column}
+    data = from_dict(DataConfig, {k: v for k, v in columns.items() if v is not None}, "data")
+    manifest = quantize(artifact, output, config=config, data=None if data.empty else data, overwrite=overwrite,
+                        threads=threads)
+    record = manifest.metrics.get("quantize", {})
+    metric = record.get("metric", "accuracy")
+    for name, row in record.get("models", {}).items():
+        fell = f"  {len(row['fell_back'])} op(s) kept in float" if row.get("fell_back") else ""
+        click.echo(f"{name:18s} {row['mode'] or '':11s} {metric} {row['metric']:6.2f} (FP32 {row['metric_fp32']:6.2f}, "
+                   f"drop {row['drop']:+.2f})  {row['size_bytes'] / 1e6:7.1f} MB ({row['size_vs_fp32']:.0%} of FP32)"
+                   f"{fell}")
+    click.echo(f"wrote {output or artifact} (default model: {manifest.default_model})")
+
+
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None

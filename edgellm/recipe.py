@@ -179,20 +179,47 @@ class PruneConfig:
 
 @dataclass
 class QuantizeConfig:
-    """INT8 quantization per backend, with optional accuracy control."""
+    """INT8 per backend (edgellm.quantize), each model evaluated on validation. None fields come from the preset."""
 
-    mode: Literal["dynamic", "static", "weight-only", "none"] = "dynamic"
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime", "openvino"])
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = 300
-    per_channel: bool = True
-    reduce_range: bool = False
-    preset: str | None = None  # CPU family preset (avx512-vnni, avx2, arm64); None -> from the target
-    tolerance: float | None = None  # max accuracy drop in points vs FP32 on validation; None = no control
+    mode: Literal["dynamic", "static", "weight-only", "none"] = "dynamic"  # ORT dynamic / calibrated QDQ / int8 weights only; OpenVINO has no dynamic format, so dynamic -> NNCF static there
+    backends: list[Literal["onnxruntime", "openvino"]] = field(default_factory=lambda: ["onnxruntime", "openvino"])  # runtimes to emit INT8 models for
+    preset: str | None = None  # key of edgellm.quantize.PRESETS (avx512-vnni, avx2, arm64, intel-npu, qnn-htp); None -> the target profile's, else this machine's
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # static: how activation ranges are chosen
+    calibration_samples: int = 300  # static: training texts fed to calibration, exactly this many
+    per_channel: bool | None = None  # one weight scale per output channel; None -> preset
+    reduce_range: bool | None = None  # 7-bit weights (AVX2 without VNNI saturates otherwise); None -> preset
+    fuse: bool | None = None  # ORT dynamic: fuse attention / layer norm / GELU before quantizing; None -> preset
+    quantize_embeddings: bool = True  # INT8 the embedding tables too (half of a small encoder's bytes)
+    exclude: list[str] = field(default_factory=list)  # node names (ORT) / op names (OpenVINO) always kept in float
+    tolerance: float | None = None  # max accuracy drop in points below FP32 on validation; None = no accuracy control
+    max_fallback: float = 0.25  # accuracy control: largest fraction of the quantizable ops it may keep in float
+    fp16: bool = False  # also emit an OpenVINO IR with FP16 weights
 
     def validate(self, where: str) -> None:
         check_range(f"{where}.calibration_samples", self.calibration_samples, low=1)
-        check_range(f"{where}.tolerance", self.tolerance, low=0.0)
+        if self.tolerance is not None and self.tolerance < 0:
+            raise ConfigError(f"{where}.tolerance = {self.tolerance} is negative: it is the largest accuracy drop "
+                              "(points below FP32) allowed; give 0 or more")
+        check_range(f"{where}.max_fallback", self.max_fallback, low=0.0, high=1.0)
+        if not self.backends:
+            raise ConfigError(f"{where}.backends is empty: name onnxruntime and/or openvino, or set mode: none")
+        if self.preset is not None:
+            from edgellm.quantize.presets import PRESETS
+
+            if self.preset not in PRESETS:
+                from edgellm.config import suggest
+
+                raise ConfigError(f"{where}.preset = {self.preset!r} is not a known preset{suggest(self.preset, PRESETS)}"
+                                  f" (known: {', '.join(PRESETS)})")
+
+    @classmethod
+    def for_target(cls, preset: str, **overrides: Any) -> QuantizeConfig:
+        """The config a CPU family / device preset recommends (its first mode), e.g. for_target("avx2")."""
+        from edgellm.quantize.presets import get_preset
+
+        p = get_preset(preset)
+        return from_dict(cls, {"preset": p.key, "mode": p.modes[0], "backends": list(p.backends), **overrides},
+                         f"QuantizeConfig.for_target({preset!r})")
 
 
 @dataclass
