@@ -545,3 +545,27 @@ def test_cli_quantize(classifier_artifact: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["quantize", str(classifier_artifact), "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1
     assert bad.output.startswith("error (DataError): the artifact does not record a data set")
+
+
+def test_quantize_onnx_on_a_decoder_with_kv_cache(tmp_path: Path) -> None:
+    """The causal-LM path calls quantize_onnx on its decoder (inputs past_key_values.N.key / value)."""
+    import onnxruntime as ort
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    decoder = pytest.importorskip("edgellm.exporting.decoder")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True)).eval()
+    spec = decoder.export_decoder_onnx(model, tmp_path / "dec.onnx", context_length=64)
+    float_session = ort.InferenceSession(str(tmp_path / "dec.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: a.numpy() for i, a in zip(float_session.get_inputs(), decoder._sample_inputs(spec))}
+    assert "past_key_values.0.key" in feeds
+    expected = float_session.run(None, feeds)[0]
+    for mode, op in (("dynamic", "MatMulInteger"), ("weight-only", "MatMulNBits")):
+        r = quantize_onnx(tmp_path / "dec.onnx", tmp_path / f"{mode}.onnx", mode=mode, preset="avx512-vnni")
+        assert r.ops[op] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + the tied LM head
+        got = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        np.testing.assert_allclose(got, expected, atol=0.05)
+        assert (got.argmax(-1) == expected.argmax(-1)).all()
