@@ -19,6 +19,7 @@ recorded. Writes bench/results/quantize_minilm.json and .md (numbers produced he
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -152,6 +153,10 @@ def _build(fp32: Path, zoo: Path, model_dir: Path, data: Any, args: argparse.Nam
             except Exception as exc:  # a tolerance that cannot be met is a result too
                 notes.append({"name": f"{backend}-int8-aa", "error": f"{type(exc).__name__}: {exc}"[:400]})
             timings[f"aa-{backend}"] = time.perf_counter() - start
+        for name in ("openvino-fp32", "openvino-int8"):  # the same IR compiled with AMX-BF16 for its float parts
+            entry = manifest.model(name)
+            manifest.models.append(dataclasses.replace(entry, name=f"{name}-bf16", inference_precision="bf16",
+                                                       metrics={}, files=list(entry.files)))
         if not args.no_inc:
             start = time.perf_counter()
             notes += _inc_entries(model_dir, stage, manifest, data, args.samples)
