@@ -191,16 +191,11 @@ def distributed_context(device: torch.device) -> Any:
         return
     import torch.distributed as dist
 
-    created = False
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # joined once per process and kept: later stages (distill after finetune) reuse it
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        created = True
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        if created:
-            dist.barrier()
-            dist.destroy_process_group()
+    yield dist.get_rank(), dist.get_world_size()
 
 
 def train_loop(

@@ -40,7 +40,12 @@ class TrainedModel:
     def save(self, folder: str | os.PathLike[str], *, overwrite: bool = False,
              metrics: dict[str, Any] | None = None) -> Path:
         """Write a Hugging Face folder atomically: model.safetensors + config.json (id2label / label2id) +
-        tokenizer files (+ sentence-transformers pooling files for embeddings) + training_metrics.json."""
+        tokenizer files (+ sentence-transformers pooling files for embeddings) + training_metrics.json.
+
+        In a data-parallel run (torchrun / accelerate launch) only rank 0 writes."""
+        if int(os.environ.get("RANK", "0")) != 0:
+            self.folder = Path(folder)
+            return self.folder
         with publish_folder(folder, overwrite=overwrite) as stage:
             cfg = self.model.config
             if self.task == "text-classification" and self.labels is not None:

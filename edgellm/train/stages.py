@@ -82,7 +82,7 @@ def finetune(teacher: Any, data: TaskData, config: FinetuneConfig, work_dir: str
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"])
 
-    result = train_loop(tm.model, loss_fn, plan, options=options, work_dir=work / "checkpoints", eval_fn=eval_fn,
+    result = train_loop(tm.model, loss_fn, plan, options=options, work_dir=work / "train", eval_fn=eval_fn,
                         metric="accuracy", fingerprint=_fingerprint(data, tm, extra={"teacher": tm.source}),
                         progress=progress, desc="teacher")
     tm.model.eval()
@@ -138,7 +138,7 @@ def distill(teacher: Any, data: TaskData, config: DistillConfig, work_dir: str |
         eval_fn = _embedding_eval(st, tm, data.validation, data, options) if len(data.validation) > 2 else None
         metric = "spearman"
     result = train_loop(
-        st.model, loss_fn, plan, options=options, work_dir=work / "checkpoints", eval_fn=eval_fn, metric=metric,
+        st.model, loss_fn, plan, options=options, work_dir=work / "train", eval_fn=eval_fn, metric=metric,
         fingerprint=_fingerprint(data, tm, extra={"student": _shape_record(st.model), "augment": _digest(augment),
                                                   "config": to_dict(config)}),
         progress=progress, desc="student")
@@ -414,7 +414,10 @@ class _Pairing:
 
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, config: DistillConfig) -> None:
         s_cfg, t_cfg = student.config, teacher.config
-        chosen = (getattr(s_cfg, STUDENT_KEY, None) or {}).get("teacher_layers")
+        record = getattr(s_cfg, STUDENT_KEY, None) or {}
+        # The recorded layers hold only against the teacher the student was built from (not, say, against the
+        # unpruned student when a pruned copy of it is recovered): check the depth matches.
+        chosen = record.get("teacher_layers") if record.get("teacher_num_layers") == t_cfg.num_hidden_layers else None
         self.map = layer_map(int(s_cfg.num_hidden_layers), int(t_cfg.num_hidden_layers), chosen)
         self.hidden = config.alpha_hidden > 0
         self.attention = config.alpha_attention > 0

@@ -52,3 +52,15 @@ def tiny_teacher_dir(tiny_bert_factory: Callable[..., Path]) -> Path:
 def tiny_encoder3_dir(tiny_bert_factory: Callable[..., Path]) -> Path:
     """A 3-layer tiny BERT without a head (like MiniLM): needs fine-tuning for classification."""
     return tiny_bert_factory(task="feature-extraction", layers=3, seed=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    """Tiny models train faster on one thread, and far faster when other jobs share the CPU (OpenMP threads
+    waiting on each other). Restored afterwards for the rest of the suite."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -152,7 +152,7 @@ def test_resume_after_kill_9(reference, tiny_teacher_dir: Path, sentiment_jsonl:
     """A subprocess SIGKILLs itself right after step 11 (checkpoint at 8); rerunning resumes exactly."""
     proc = subprocess.run([sys.executable, str(Path(worker.__file__)), str(tiny_teacher_dir), str(sentiment_jsonl),
                            str(tmp_path), "kill@11", "-"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000008"]
     result, final = _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)

@@ -1,0 +1,377 @@
+"""Causal-LM student: depth-pruned from the teacher's own layers, distilled with token-level KD; perplexity at
+every stage.
+
+    data = load_lm_data(DataConfig(), corpora=["movie-reviews", "tweets"])        # seeded train / validation / test
+    teacher = load_teacher_lm("embedded:SmolLM2-135M-Instruct")
+    student = distill_causal_lm(teacher, data, DistillConfig(num_layers=12, temperature=1.0), CausalLMConfig(),
+                                "work/smollm2-student")
+    student.metrics["perplexity"]      # {"teacher": ..., "student_initial": ..., "student": ...} on the test split
+    student.save("models/smollm2-l12")  # Hugging Face folder (safetensors) the exporter takes
+
+Loss per batch (rows = sentences, length-bucketed, right-padded): `alpha_kd * T^2 * KL(p_teacher/T || p_student/T)`
+over every real token position + `alpha_ce * cross-entropy` of the next token. The tied embedding / LM head matrix
+is frozen by default (the student keeps the teacher's vocabulary geometry, and a 49k x 576 matrix stays out of the
+optimizer). Training runs through `edgellm.train.loop.train_loop` (bf16 autocast where the CPU has it, resumable
+checkpoints in `work_dir`); the best validation perplexity is kept.
+
+Layer choice (when `distill.layers` is not given): "block-influence" keeps the teacher layers that change their
+input most (1 - cosine similarity of a layer's input and output hidden states over real tokens, ShortGPT's
+measure), always with the first and last layer; "uniform" spreads them evenly, first and last included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgellm.data import VADER_CORPORA, Examples, TaskData, load_task_data
+from edgellm.errors import ConfigError, DataError
+from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig
+from edgellm.train.data import TokenBatches, encode_texts, eval_batches
+from edgellm.train.loop import LoopOptions, train_loop
+from edgellm.train.losses import kd_loss
+from edgellm.train.model import TrainedModel
+from edgellm.train.student import STUDENT_KEY, build_student
+
+__all__ = [
+    "load_lm_data",
+    "load_teacher_lm",
+    "encode_lm",
+    "lm_perplexity",
+    "block_influence",
+    "choose_lm_layers",
+    "build_lm_student",
+    "causal_kd_loss",
+    "sample_teacher_texts",
+    "distill_causal_lm",
+]
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 16
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+
+
+def load_lm_data(data: DataConfig | None, *, corpora: Sequence[str] = ()) -> TaskData:
+    """Unlabelled text for LM distillation: `data` (any source; may be empty) plus built-in `corpora`, each split
+    with `data.split` (seeded), merged split by split, so every corpus has held-out rows."""
+    config = data or DataConfig()
+    sources: list[DataConfig] = []
+    if not config.empty:
+        sources.append(config)
+    for name in corpora:
+        if name not in VADER_CORPORA:
+            raise DataError(f"causal_lm.corpora: {name!r} is not a built-in corpus; built-in: {sorted(VADER_CORPORA)}")
+        if name != config.name:
+            sources.append(dataclasses.replace(config, name=name, path=None, hf_dataset=None))
+    if not sources:
+        raise DataError("no text for the causal LM: set data (name / path / hf_dataset) or causal_lm.corpora")
+    parts = [load_task_data(src, task="text-generation") for src in sources]
+
+    def merged(split: str) -> Examples:
+        texts: list[str] = []
+        ids: list[str] = []
+        for part in parts:
+            ex = getattr(part, split)
+            name = part.source.get("name") or part.source.get("path") or "data"
+            texts += ex.texts
+            ids += [f"{name}:{i}" for i in (ex.ids or range(len(ex)))]
+        return Examples(texts, None, ids)
+
+    return TaskData(
+        task="text-generation",
+        source={"kind": "merged", "parts": [p.source for p in parts]},
+        labels=None,
+        train=merged("train"),
+        validation=merged("validation"),
+        test=merged("test"),
+        split=config.split,
+        dropped={k: sum(p.dropped.get(k, 0) for p in parts) for k in {k for p in parts for k in p.dropped}},
+        max_length=config.max_length,
+    )
+
+
+def load_teacher_lm(name: Any) -> TrainedModel:
+    """A causal LM (folder, hub id, .gguf, embedded alias, or a loaded model in a TrainedModel) with its tokenizer."""
+    from edgellm.models import causal_lm_folder, load_causal_lm, load_tokenizer
+
+    if isinstance(name, TrainedModel):
+        return name
+    folder = causal_lm_folder(name)
+    model = load_causal_lm(folder)
+    return TrainedModel(model=model, tokenizer=load_tokenizer(folder), task="text-generation", source=str(name))
+
+
+def encode_lm(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (the tokenizer's special tokens included), texts of fewer than 2 tokens dropped."""
+    return [ids for ids in encode_texts(tokenizer, texts, max_length) if len(ids) >= 2]
+
+
+def _pad_id(tokenizer: Any, model: Any) -> int:
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(model.config, "pad_token_id", None),
+                  getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+# -- measuring -----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def lm_perplexity(model: Any, sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+                  batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """exp(mean NLL) of every token after the first of each sequence, each sequence scored on its own, in FP32."""
+    if not sequences:
+        raise DataError("no sequences to compute perplexity on")
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.autocast("cpu", enabled=False):
+            for batch in eval_batches([list(s) for s in sequences], batch_size=batch_size, pad_id=pad_id):
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()  # (B, T, V)
+                nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+                real = mask[:, 1:].bool()
+                total += float(nll[real].sum())
+                count += int(real.sum())
+    finally:
+        model.train(was)
+    if count == 0:
+        raise DataError("no token to score: every sequence has fewer than 2 tokens")
+    return {"perplexity": math.exp(total / count), "nll_per_token": total / count, "tokens": count}
+
+
+@torch.no_grad()
+def block_influence(model: Any, sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+                    batch_size: int = EVAL_BATCH) -> list[float]:
+    """Per decoder layer: 1 - mean cosine similarity between its input and output hidden states (real tokens)."""
+    model.eval()
+    layers = list(model.model.layers)
+    sums = np.zeros(len(layers))
+    count = 0
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(index: int) -> Any:
+        def record(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            seen[index] = (hidden_in, hidden_out)
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.autocast("cpu", enabled=False):
+            for batch in eval_batches([list(s) for s in sequences], batch_size=batch_size, pad_id=pad_id):
+                seen.clear()
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                real = batch["attention_mask"].bool()
+                for i in range(len(layers)):
+                    a, b = seen[i]
+                    sums[i] += float((1 - F.cosine_similarity(a[real].float(), b[real].float(), dim=-1)).sum())
+                count += int(real.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [float(s / max(count, 1)) for s in sums]
+
+
+def choose_lm_layers(model: Any, num_layers: int, *, method: str = "block-influence",
+                     sequences: Sequence[Sequence[int]] = (), pad_id: int = 0) -> list[int]:
+    """Teacher layer indices for a student of `num_layers` (sorted; first and last layer always kept)."""
+    total = len(model.model.layers)
+    if not 1 <= num_layers <= total:
+        raise ConfigError(f"distill.num_layers = {num_layers} is out of range for a teacher with {total} layers")
+    if num_layers >= total:
+        return list(range(total))
+    if num_layers == 1:
+        return [total - 1]
+    if method == "uniform":
+        return sorted({round(i * (total - 1) / (num_layers - 1)) for i in range(num_layers)})
+    if method != "block-influence":
+        raise ConfigError(f"causal_lm.layer_selection = {method!r} is not one of ['block-influence', 'uniform']")
+    if not sequences:
+        raise DataError("block-influence layer selection needs some text")
+    scores = block_influence(model, sequences, pad_id=pad_id)
+    middle = sorted(range(1, total - 1), key=lambda i: -scores[i])[: num_layers - 2]
+    chosen = sorted({0, total - 1, *middle})
+    log.info("block influence %s -> layers %s", [round(s, 4) for s in scores], chosen)
+    return chosen
+
+
+def build_lm_student(teacher: Any, layers: Sequence[int], *, ffn_size: int | None = None) -> Any:
+    """The teacher's class with `layers` (and optionally a narrower FFN) copied from it."""
+    return build_student(teacher, DistillConfig(layers=list(layers), num_layers=None, ffn_size=ffn_size))
+
+
+# -- the loss --------------------------------------------------------------------------------------------------
+
+
+def causal_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, *, temperature: float, alpha_kd: float = 1.0,
+                   alpha_ce: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level KD over real positions (B, T, V) + next-token cross-entropy; (loss, parts)."""
+    real = attention_mask.bool()  # (B, T)
+    parts: dict[str, float] = {}
+    loss = student_logits.new_zeros((), dtype=torch.float32)
+    if alpha_kd > 0:
+        kd = kd_loss(student_logits[real], teacher_logits[real], temperature)
+        loss = loss + alpha_kd * kd
+        parts["kd"] = float(kd.detach())
+    if alpha_ce > 0:
+        nxt = real[:, 1:]
+        ce = F.cross_entropy(student_logits[:, :-1][nxt].float(), input_ids[:, 1:][nxt])
+        loss = loss + alpha_ce * ce
+        parts["ce"] = float(ce.detach())
+    return loss, parts
+
+
+# -- sequence-level KD data ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_teacher_texts(teacher: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                         temperature: float = 0.8, top_p: float = 0.95, seed: int = 0,
+                         batch_size: int = 8) -> list[str]:
+    """Continuations of `prompts` sampled from the teacher (prompt included): text for sequence-level KD."""
+    torch.manual_seed(seed)
+    pad = _pad_id(tokenizer, teacher)
+    teacher.eval()
+    out: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True)
+            gen = teacher.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad)
+            out += tokenizer.batch_decode(gen, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [t.strip() for t in out if t.strip()]
+
+
+# -- the verb ----------------------------------------------------------------------------------------------------
+
+
+def distill_causal_lm(
+    teacher: Any,
+    data: TaskData,
+    config: DistillConfig,
+    lm: CausalLMConfig | None = None,
+    work_dir: str | os.PathLike[str] = "work/causal-lm",
+    *,
+    progress: bool = True,
+) -> TrainedModel:
+    """Build a student from the teacher's layers and distil it on `data` (see the module docstring).
+
+    Returns a TrainedModel (task text-generation) whose `metrics` hold: the layers kept, perplexity of teacher /
+    initial student / distilled student on the validation and test splits, training tokens, tokens/s and wall
+    time, and the evaluation history. Rerunning the same call resumes from `work_dir`.
+    """
+    lm = lm or CausalLMConfig()
+    tm = load_teacher_lm(teacher)
+    tmodel, tok = tm.model, tm.tokenizer
+    tmodel.eval()
+    for p in tmodel.parameters():
+        p.requires_grad_(False)
+    pad = _pad_id(tok, tmodel)
+    length = int(data.max_length or 128)
+    texts = list(data.train.texts)
+    if lm.teacher_samples:
+        rng = np.random.default_rng(config.seed)
+        seeds = [" ".join(texts[i].split()[:4]) for i in rng.choice(len(texts), lm.teacher_samples, replace=False)]
+        sampled = sample_teacher_texts(tmodel, tok, seeds, max_new_tokens=lm.sample_tokens, seed=config.seed)
+        log.info("sampled %d teacher texts for sequence-level KD", len(sampled))
+        texts += sampled
+    train_ids = encode_lm(tok, texts, length)
+    val_ids = encode_lm(tok, data.validation.texts, length)
+    test_ids = encode_lm(tok, data.test.texts, length)
+    if not train_ids or not val_ids:
+        raise DataError(f"causal LM distillation needs training and validation text; got {len(train_ids)} / "
+                        f"{len(val_ids)} usable rows")
+    val_eval = val_ids[: lm.eval_rows]
+
+    total = len(tmodel.model.layers)
+    if config.layers is not None:
+        layers = sorted(config.layers)
+        bad = [i for i in layers if not 0 <= i < total]
+        if bad:
+            raise ConfigError(f"distill.layers = {config.layers}: {bad} out of range (teacher has {total} layers)")
+    else:
+        layers = choose_lm_layers(tmodel, int(config.num_layers or total), method=lm.layer_selection,
+                                  sequences=val_eval[:128], pad_id=pad)
+    student = build_lm_student(tmodel, layers, ffn_size=config.ffn_size)
+    if lm.freeze_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)
+        student.get_output_embeddings().weight.requires_grad_(False)
+
+    metrics: dict[str, Any] = {"teacher_layers": layers, "teacher_num_layers": total, "ffn_size": config.ffn_size,
+                               "layer_selection": "given" if config.layers is not None else lm.layer_selection}
+    ppl: dict[str, Any] = {"teacher_validation": lm_perplexity(tmodel, val_eval, pad_id=pad)["perplexity"],
+                           "student_initial_validation": lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]}
+    log.info("perplexity before distillation: teacher %.2f, student %.2f", ppl["teacher_validation"],
+             ppl["student_initial_validation"])
+
+    def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            t_logits = tmodel(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        s_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return causal_kd_loss(s_logits, t_logits, ids, mask, temperature=config.temperature,
+                              alpha_kd=config.alpha_kd, alpha_ce=config.alpha_ce)
+
+    def eval_fn(model: Any) -> dict[str, float]:
+        return {"perplexity": lm_perplexity(model, val_eval, pad_id=pad)["perplexity"]}
+
+    batches = TokenBatches(train_ids, config.batch_size, config.seed, pad_id=pad)
+    options = LoopOptions.from_config(config, max_steps=lm.max_steps)
+    tokens_per_epoch = sum(len(s) for s in train_ids)
+    started = time.perf_counter()
+    result = train_loop(
+        student, loss_fn, batches, options=options, work_dir=work_dir, eval_fn=eval_fn, metric="perplexity",
+        higher_is_better=False, progress=progress, desc="distil causal LM",
+        fingerprint={"layers": layers, "rows": len(train_ids), "tokens": tokens_per_epoch, "lm": dataclasses.asdict(lm),
+                     "distill": dataclasses.asdict(config)},
+    )
+    student = result.model
+    student.eval()
+    steps_per_epoch = len(batches)
+    trained_tokens = int(tokens_per_epoch * result.steps / max(steps_per_epoch, 1))
+    ppl["student_validation"] = lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]
+    if test_ids:
+        ppl["teacher_test"] = lm_perplexity(tmodel, test_ids, pad_id=pad)["perplexity"]
+        ppl["student_initial_test"] = lm_perplexity(build_lm_student(tmodel, layers, ffn_size=config.ffn_size),
+                                                    test_ids, pad_id=pad)["perplexity"]
+        ppl["student_test"] = lm_perplexity(student, test_ids, pad_id=pad)["perplexity"]
+    metrics.update({
+        "perplexity": ppl,
+        "steps": result.steps,
+        "precision": result.precision,
+        "train_rows": len(train_ids),
+        "train_tokens": trained_tokens,
+        "train_wall_s": result.wall_s,
+        "train_tokens_per_s": trained_tokens / result.wall_s if result.wall_s else None,
+        "history": result.history,
+        "best": result.best,
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "teacher_samples": lm.teacher_samples,
+        "data": {"validation_rows_scored": len(val_eval), "test_rows": len(test_ids)},
+    })
+    setattr(student.config, STUDENT_KEY, {"teacher_layers": layers, "teacher_num_layers": total,
+                                          "ffn_size": config.ffn_size})
+    return TrainedModel(model=student, tokenizer=tok, task="text-generation", source=tm.source, metrics=metrics)
+
