@@ -393,14 +393,17 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--repeat", type=int, default=None, help="Timed batch-1 calls per length.")
 @click.option("--cold-runs", type=int, default=None, help="Fresh processes for cold start and peak memory (0: skip).")
 @click.option("--max-examples", type=int, default=None, help="Cap on test sentences for accuracy.")
+@click.option("--prompt-tokens", type=int, default=None, help="Generators: prompt length in tokens.")
+@click.option("--new-tokens", type=int, default=None, help="Generators: tokens generated per run.")
 @click.option("--name", default=None, help="Result name (default: the artifact folder's name).")
 @click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
               help="Where NAME.json, NAME.md and NAME.png go.")
 def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], teacher: str | None,
               no_baselines: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
-              repeat: int | None, cold_runs: int | None, max_examples: int | None, name: str | None,
-              output_dir: str) -> None:
-    """Measure every model of ARTIFACT side by side (latency, throughput, cold start, memory, size, accuracy)."""
+              repeat: int | None, cold_runs: int | None, max_examples: int | None, prompt_tokens: int | None,
+              new_tokens: int | None, name: str | None, output_dir: str) -> None:
+    """Measure every model of ARTIFACT side by side with the teacher (and Optimum INT8): latency, throughput, cold
+    start, peak memory, size, accuracy; for generators first-token time, tokens/s and perplexity."""
     import os
     import shlex
     from pathlib import Path
@@ -408,7 +411,8 @@ def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], 
     from edgellm.bench import run_benchmark
 
     given = {"threads": threads, "lengths": lengths, "batch_sizes": batch_sizes, "repeat": repeat,
-             "cold_runs": cold_runs, "max_examples": max_examples}
+             "cold_runs": cold_runs, "max_examples": max_examples, "prompt_tokens": prompt_tokens,
+             "new_tokens": new_tokens}
     settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if no_baselines:
         settings["baselines"] = False

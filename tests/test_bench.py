@@ -532,52 +532,6 @@ def test_bench_run_default_artifact_missing_says_how_to_build_it(monkeypatch: py
     assert "artifacts/sentiment-minilm does not exist; build it first: make demo" in err
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the PyTorch reference generator (tiny seeded Llama)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import save_tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = save_tiny_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def test_torch_generator_streams_greedy_tokens_and_scores(tiny_llama_dir: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from edgellm.bench import TorchGenerator
-
-    gen = TorchGenerator(tiny_llama_dir, threads=1)
-    prompt = gen.tokenizer.encode("the film was a very good story and the acting").ids
-    streamed = list(gen.stream(prompt, 12))
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    ids = torch.tensor([prompt])
-    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
-                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
-    assert streamed == expected and len(streamed) == 12
-    # perplexity from the scorer equals exp(transformers' mean cross-entropy)
-    seq = prompt + streamed
-    with torch.no_grad():
-        loss = model(torch.tensor([seq]), labels=torch.tensor([seq])).loss.item()
-    result = perplexity(gen.score, [seq])
-    assert result["perplexity"] == pytest.approx(np.exp(loss), rel=1e-5) and result["tokens"] == len(seq) - 1
-    stats = measure_generation(gen.stream, prompt, max_new_tokens=6, warmup=0, repeat=1)
-    assert stats["new_tokens"] == 6 and stats["decode_tokens_per_s"] > 0 and stats["time_to_first_token_ms"] > 0
-    gen.close()
-
-
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat only")
 def test_wait_until_quiet_returns_the_last_reading_at_the_deadline() -> None:
     from bench.run import wait_until_quiet
@@ -585,3 +539,4 @@ def test_wait_until_quiet_returns_the_last_reading_at_the_deadline() -> None:
     # threshold -1 can never be met: it returns at the deadline with the reading it took
     reading = wait_until_quiet(0.0, threshold=-1.0, window_s=0.05)
     assert reading is not None and reading >= 0
+

@@ -15,15 +15,15 @@ Generation: `measure_generation(stream, prompt_ids, ...)` times any token stream
 decode tokens/s); `perplexity(score, sequences)` takes any next-token log-probability function.
 
 Modules: stats (timers), machine (machine facts), subjects (engines and models), inputs (texts of exact token
-lengths, the test split), process (cold start, peak memory), encoders (the run), report (JSON / Markdown / PNG),
-generation. Nothing heavy is imported here.
+lengths, the test split, held-out text), process (cold start, peak memory), benchmark (the run), report
+(JSON / Markdown / PNG), generation (token-stream timing, perplexity, the PyTorch reference generator). Nothing heavy is imported here.
 """
 
 from __future__ import annotations
 
-from edgellm.bench.encoders import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
+from edgellm.bench.benchmark import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
 from edgellm.bench.generation import TokenScorer, TokenStream, TorchGenerator, measure_generation, perplexity
-from edgellm.bench.inputs import centroid_accuracy, load_test_split, texts_of_length
+from edgellm.bench.inputs import centroid_accuracy, load_heldout_texts, load_test_split, texts_of_length
 from edgellm.bench.machine import CpuMonitor, machine_info, parse_cpuinfo, parse_proc_stat
 from edgellm.bench.process import cold_start
 from edgellm.bench.report import plot_results, render_markdown, write_results
@@ -46,6 +46,7 @@ __all__ = [
     "open_subject",
     "texts_of_length",
     "load_test_split",
+    "load_heldout_texts",
     "centroid_accuracy",
     "measure_subject",
     "cold_start",

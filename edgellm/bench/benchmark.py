@@ -1,0 +1,346 @@
+"""The benchmark run: every model of an artifact (and of the artifacts compared with it) side by side with the
+baselines, measured in one run. Encoders (classification, embeddings) and generators."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgellm.bench.generation import measure_generation, perplexity
+from edgellm.bench.inputs import (
+    centroid_accuracy,
+    label_ids,
+    load_heldout_texts,
+    load_test_split,
+    plain_tokenizer,
+    texts_of_length,
+    token_stats,
+)
+from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
+from edgellm.bench.process import cold_fields, cold_start
+from edgellm.bench.report import check_result_name, write_results
+from edgellm.bench.stats import time_calls
+from edgellm.bench.subjects import Subject, artifact_subjects, open_subject, optimum_subject, teacher_subject
+from edgellm.config import check_range, from_dict, to_dict
+from edgellm.errors import ConfigError, ModelError
+
+__all__ = ["BenchSettings", "measure_subject", "run_benchmark", "RESULT_SCHEMA", "UNITS"]
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = "edgellm-bench/1"
+UNITS = {
+    "*_ms": "milliseconds per call (one call = one batch)",
+    "*_s": "seconds",
+    "*_bytes": "bytes",
+    "*_mb": "megabytes (1e6 bytes)",
+    "texts_per_s": "texts per second (batch size / median batch latency)",
+    "tokens_per_s": "tokens per second",
+    "*_pct": "percent (0-100)",
+}
+
+
+
+@dataclass
+class BenchSettings:
+    """What the benchmark measures and how often. Suites (bench/suites/*.yaml) are these fields."""
+
+    threads: int | None = None  # intra-op threads for every engine; None -> the machine's physical cores
+    lengths: list[int] = field(default_factory=lambda: [32, 128])  # padded input lengths, tokens incl. specials
+    batch_sizes: list[int] = field(default_factory=lambda: [8, 32])  # throughput batches
+    warmup: int = 10  # untimed calls before each timed series
+    repeat: int = 100  # timed batch-1 calls per length
+    throughput_repeat: int = 20  # timed batch calls per (batch size, length)
+    real_sample: int = 300  # test sentences timed one by one at batch 1, real lengths (0: skip)
+    cold_runs: int = 3  # fresh processes per engine for cold start and peak memory (0: skip)
+    max_examples: int | None = None  # cap on test examples for accuracy (None: the whole test split)
+    baselines: bool = True  # also measure the teacher in FP32 PyTorch (and, for encoders, Optimum INT8)
+    timeout_s: float = 600.0  # per cold-start process
+    prompt_tokens: int = 128  # generators: prompt length in tokens, built from held-out text
+    new_tokens: int = 128  # generators: tokens generated per run (end-of-sequence does not stop it)
+    generation_warmup: int = 1  # generators: untimed runs first
+    generation_repeat: int = 3  # generators: timed runs (medians reported)
+    perplexity_texts: int = 200  # generators: held-out texts scored for perplexity
+
+    def validate(self, where: str) -> None:
+        check_range(f"{where}.threads", self.threads, low=1)
+        if not self.lengths:
+            raise ConfigError(f"{where}.lengths is empty; give at least one length such as [32, 128]")
+        for i, n in enumerate(self.lengths):
+            check_range(f"{where}.lengths[{i}]", n, low=4)
+        for i, n in enumerate(self.batch_sizes):
+            check_range(f"{where}.batch_sizes[{i}]", n, low=1)
+        check_range(f"{where}.warmup", self.warmup, low=0)
+        check_range(f"{where}.repeat", self.repeat, low=1)
+        check_range(f"{where}.throughput_repeat", self.throughput_repeat, low=1)
+        check_range(f"{where}.real_sample", self.real_sample, low=0)
+        check_range(f"{where}.cold_runs", self.cold_runs, low=0)
+        check_range(f"{where}.max_examples", self.max_examples, low=2)
+        check_range(f"{where}.timeout_s", self.timeout_s, low=1.0)
+        check_range(f"{where}.prompt_tokens", self.prompt_tokens, low=1)
+        check_range(f"{where}.new_tokens", self.new_tokens, low=2)
+        check_range(f"{where}.generation_warmup", self.generation_warmup, low=0)
+        check_range(f"{where}.generation_repeat", self.generation_repeat, low=1)
+        check_range(f"{where}.perplexity_texts", self.perplexity_texts, low=1)
+        self.lengths = sorted(set(self.lengths))
+        self.batch_sizes = sorted(set(self.batch_sizes))
+
+    def resolved_threads(self) -> int:
+        return int(self.threads or physical_cores() or os.cpu_count() or 1)
+
+
+def _open(subject: Subject, settings: BenchSettings) -> tuple[Any, float]:
+    start = time.perf_counter()
+    runner = open_subject(subject, threads=settings.resolved_threads())
+    return runner, time.perf_counter() - start
+
+
+def measure_subject(subject: Subject, settings: BenchSettings, data: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Warm measurements of one subject in this process. Encoders: batch-1 latency per length and on the real test
+    sentences, throughput per batch size and length, accuracy on the test split. Generators: time to first token,
+    prompt and decode tokens/s, perplexity on held-out text.
+
+    Returns (fields, outputs): fields hold "cold_work" for `cold_start`; outputs are the encoder's predictions on
+    the test split (None for generators).
+    """
+    runner, load_s = _open(subject, settings)
+    try:
+        if subject.task == "text-generation":
+            fields: dict[str, Any] = _measure_generator(runner, subject, settings, data)
+            outputs = None
+        else:
+            fields, outputs = _measure_encoder(runner, subject, settings, data)
+        return {"load_s": load_s, "threads": settings.resolved_threads(), "runtime": runner.info, **fields}, outputs
+    finally:
+        runner.close()
+        del runner
+        gc.collect()
+
+
+def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings,
+                     data: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    texts = data["texts"]
+    count = max([*settings.batch_sizes, 8])
+    padded = {n: texts_of_length(runner.tokenizer, texts, n, count) for n in settings.lengths}
+    latency: dict[str, Any] = {}
+    for n in settings.lengths:
+        cycle = itertools.cycle(padded[n])
+        latency[str(n)] = time_calls(lambda: runner.predict([next(cycle)]), warmup=settings.warmup,
+                                     repeat=settings.repeat)
+    if settings.real_sample:
+        sample = texts[: settings.real_sample]
+        cycle = itertools.cycle(sample)
+        stats = time_calls(lambda: runner.predict([next(cycle)]), warmup=min(settings.warmup, len(sample)),
+                           repeat=len(sample))
+        latency["real"] = {**stats, **token_stats(runner.tokenizer, sample, subject.max_length)}
+    throughput: dict[str, Any] = {}
+    for b in settings.batch_sizes:
+        throughput[str(b)] = {}
+        for n in settings.lengths:
+            batch = padded[n][:b]
+            stats = time_calls(lambda: runner.predict(batch), warmup=min(settings.warmup, 3),
+                               repeat=settings.throughput_repeat)
+            throughput[str(b)][str(n)] = {"texts_per_s": b / (stats["p50_ms"] / 1e3), **stats}
+    start = time.perf_counter()
+    predictions = runner.predict(texts)
+    fields: dict[str, Any] = {
+        "latency": latency,
+        "throughput": throughput,
+        "eval_s": time.perf_counter() - start,
+        "cold_work": {"probe": texts[0],
+                      "batch": padded[max(settings.lengths)][: max(settings.batch_sizes, default=1)]},
+    }
+    if subject.task == "text-classification":
+        from edgellm.evaluate import classification_metrics
+
+        gold = label_ids(data, subject.labels)
+        metrics = classification_metrics(predictions.argmax(1).tolist(), gold, predictions.shape[1])
+        fields.update(accuracy_pct=metrics["accuracy"], macro_f1_pct=metrics["macro_f1"],
+                      examples=metrics["examples"], accuracy_metric="accuracy on the test split")
+    else:
+        fields.update(accuracy_pct=centroid_accuracy(predictions, data["labels"]), examples=len(texts),
+                      accuracy_metric="nearest class centroid (leave-one-out, cosine) on the test split")
+    return fields, predictions
+
+
+def _measure_generator(runner: Any, subject: Subject, settings: BenchSettings, data: dict[str, Any]) -> dict[str, Any]:
+    tok = plain_tokenizer(runner.tokenizer)
+    prompt_ids = tok.encode(texts_of_length(tok, data["texts"], settings.prompt_tokens, 1)[0]).ids
+    stats = measure_generation(runner.stream, prompt_ids, max_new_tokens=settings.new_tokens,
+                               warmup=settings.generation_warmup, repeat=settings.generation_repeat)
+    held_out = data["texts"][: settings.perplexity_texts]
+    start = time.perf_counter()
+    ppl = perplexity(runner.score, [tok.encode(t).ids[: subject.max_length] for t in held_out])
+    return {
+        "generation": stats,
+        "perplexity": ppl["perplexity"],
+        "perplexity_tokens": ppl["tokens"],
+        "perplexity_texts": len(held_out),
+        "eval_s": time.perf_counter() - start,
+        "cold_work": {"prompt_ids": list(prompt_ids), "new_tokens": settings.new_tokens},
+    }
+
+
+def _default_teacher(manifest: Any) -> str | None:
+    source = manifest.source or {}
+    return source.get("teacher") or source.get("model")
+
+
+def _check_fits(subjects: list[Subject], settings: BenchSettings) -> None:
+    for subject in subjects:
+        if subject.task == "text-generation":
+            need = settings.prompt_tokens + settings.new_tokens
+            if need > subject.max_length:
+                raise ConfigError(f"prompt_tokens + new_tokens = {need} exceed {subject.name}'s context of "
+                                  f"{subject.max_length} tokens; ask for fewer")
+            continue
+        too_long = [n for n in settings.lengths if n > subject.max_length]
+        if too_long:
+            raise ConfigError(f"length(s) {too_long} exceed {subject.name}'s max_length of {subject.max_length} "
+                              f"tokens; choose lengths up to {subject.max_length}")
+
+
+def run_benchmark(
+    artifact: str | os.PathLike[str],
+    *,
+    compare: Sequence[str | os.PathLike[str]] = (),
+    models: Sequence[str] | None = None,
+    teacher: str | None = None,
+    settings: BenchSettings | dict[str, Any] | None = None,
+    name: str | None = None,
+    output_dir: str | os.PathLike[str] | None = "bench/results",
+    data: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Benchmark every model entry of `artifact` (or those named in `models`) and of each `compare` artifact, plus
+    the baselines unless `settings.baselines` is false: the teacher in FP32 PyTorch, and for encoders Optimum's
+    INT8 (ORTModel export + ORTQuantizer avx512_vnni dynamic), all measured in this run.
+
+    Writes NAME.json, NAME.md and NAME.png into `output_dir` (None: write nothing) and returns the result dict
+    (with "paths" when written). `data` overrides the evaluation data: {"texts", "labels", "label_names", "info"}
+    for encoders (the test split), {"texts", "info"} for generators (held-out text).
+    """
+    from edgellm.artifact import read_manifest
+
+    settings = from_dict(BenchSettings, to_dict(settings or {}), "settings")  # validates a caller-built one too
+    folder = Path(artifact)
+    manifest = read_manifest(folder)
+    folders = [folder, *(Path(c) for c in compare)]
+    many = len(folders) > 1
+    subjects: list[Subject] = []
+    for k, f in enumerate(folders):
+        found = artifact_subjects(f, models if k == 0 else None, prefix=f"{f.name}:" if many else "")
+        if found[0].task != manifest.task:
+            raise ConfigError(f"cannot compare {f} ({found[0].task}) with {folder} ({manifest.task}): tasks differ")
+        subjects.extend(found)
+    names = [s.name for s in subjects]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two artifacts share a folder name; subject names collide: {names}")
+    result_name = name or folder.name
+    check_result_name(result_name)
+    _check_fits(subjects, settings)
+    base = None
+    if settings.baselines:
+        source = teacher or _default_teacher(manifest)
+        if not source:
+            raise ModelError(f"{folder}'s manifest names no teacher; pass --teacher PATH or --no-baselines")
+        base = teacher_subject(source, task=manifest.task, labels=manifest.labels, max_length=manifest.max_length,
+                               pooling=manifest.pooling, normalize=manifest.normalize)
+    generating = manifest.task == "text-generation"
+    if data is None:
+        data = (load_heldout_texts(manifest) if generating
+                else load_test_split(manifest, max_examples=settings.max_examples))
+    threads = settings.resolved_threads()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with tempfile.TemporaryDirectory(prefix="edgellm-bench-") as work:
+        if base is not None:
+            subjects = [base, *subjects] if generating else [base, *subjects, optimum_subject(base, Path(work) / "optimum")]
+        rows = []
+        outputs: dict[str, Any] = {}
+        for subject in subjects:
+            log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
+            with CpuMonitor() as monitor:
+                fields, outputs[subject.name] = measure_subject(subject, settings, data)
+                work_spec = fields.pop("cold_work")
+                runs = [cold_start(subject, threads=threads, work=work_spec, timeout_s=settings.timeout_s)
+                        for _ in range(settings.cold_runs)]
+            rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
+                         **cold_fields(runs), "contention": monitor.result})
+    if manifest.task == "feature-extraction":
+        _add_agreement(rows, outputs)
+    if generating:
+        _add_generation_ratios(rows)
+    else:
+        _add_ratios(rows, max(settings.lengths))
+    result = {
+        "schema": RESULT_SCHEMA,
+        "name": result_name,
+        "created": started,
+        "command": command,
+        "task": manifest.task,
+        "artifacts": [str(f) for f in folders],
+        "machine": machine_info(),
+        "settings": {**to_dict(settings), "threads": threads},
+        "data": data["info"],
+        "units": UNITS,
+        "subjects": rows,
+    }
+    if output_dir is not None:
+        result["paths"] = write_results(result, output_dir, result["name"])
+    return result
+
+
+def _add_agreement(rows: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
+    """Embeddings: agreement of every subject with the reference (the teacher, else the first subject)."""
+    from edgellm.evaluate import embedding_agreement
+
+    ref = next((r for r in rows if r["kind"] == "pytorch"), rows[0])["name"]
+    n = len(outputs[ref])
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, n, size=(min(2000, n * (n - 1) // 2), 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    for row in rows:
+        row["agreement"] = {"reference": ref, **embedding_agreement(outputs[ref], outputs[row["name"]], pairs)}
+
+
+def _add_ratios(rows: list[dict[str, Any]], length: int) -> None:
+    """Per subject: p50 speed-up (batch 1, `length` tokens), size ratio and accuracy retained vs the teacher and
+    vs the Optimum baseline."""
+    key = str(length)
+    for kind, field_name in (("pytorch", "vs_teacher"), ("optimum", "vs_optimum")):
+        ref = next((r for r in rows if r["kind"] == kind), None)
+        if ref is None:
+            continue
+        for row in rows:
+            row[field_name] = {
+                "length": length,
+                "p50_speedup": ref["latency"][key]["p50_ms"] / row["latency"][key]["p50_ms"],
+                "size_ratio": ref["size_bytes"] / max(row["size_bytes"], 1),
+                "accuracy_retained_pct": 100.0 * row["accuracy_pct"] / ref["accuracy_pct"] if ref["accuracy_pct"] else None,
+            }
+
+
+def _add_generation_ratios(rows: list[dict[str, Any]]) -> None:
+    """Per generator vs the teacher: decode and first-token speed-ups, size ratio, perplexity ratio."""
+    ref = next((r for r in rows if r["kind"] == "pytorch"), None)
+    if ref is None:
+        return
+    base = ref["generation"]
+    for row in rows:
+        gen = row["generation"]
+        row["vs_teacher"] = {
+            "decode_speedup": gen["decode_tokens_per_s"] / base["decode_tokens_per_s"],
+            "first_token_speedup": base["time_to_first_token_ms"] / gen["time_to_first_token_ms"],
+            "size_ratio": ref["size_bytes"] / max(row["size_bytes"], 1),
+            "perplexity_ratio": row["perplexity"] / ref["perplexity"],
+        }
