@@ -86,8 +86,7 @@ class TargetProfile:
         for key, dev in [("device", self.device), *((f"fallback[{i}]", d) for i, d in enumerate(self.fallback))]:
             if dev not in known:
                 raise ConfigError(
-                    f"{where}.{key} = {dev!r} is not a {self.backend} device{suggest(dev, known)} "
-                    f"(known: {', '.join(known)})"
+                    f"{where}.{key} = {dev!r} is not a device of {self.backend} (known: {', '.join(known)})"
                 )
         if len(set(self.devices)) != len(self.devices):
             raise ConfigError(f"{where}.fallback = {self.fallback} repeats a device of the chain {self.devices}")

