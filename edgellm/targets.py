@@ -59,7 +59,7 @@ class TargetQuantization:
     """INT8 for this target, applied by the quantize stage (`edgellm compress`) to the exported model."""
 
     preset: str  # CPU-family / device preset key of edgellm.quantize (avx512-vnni, avx2, arm64, ...)
-    mode: Literal["dynamic", "static"] = "dynamic"  # static = calibrated on the task's data (QDQ / NNCF)
+    mode: Literal["dynamic", "static", "weight-only"] = "dynamic"  # static = calibrated on the task's data
 
 
 @dataclass
@@ -108,6 +108,24 @@ class TargetProfile:
         for key, value in self.provider_options.items():
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.provider_options.{key} must be a string, not {value!r}")
+
+    def check_quantization(self) -> None:
+        """The INT8 section against edgellm.quantize's presets (needs the full install; export calls it)."""
+        if self.quantization is None:
+            return
+        from edgellm.quantize.presets import PRESETS
+
+        where, q = f"target {self.name}: quantization", self.quantization
+        preset = PRESETS.get(q.preset)
+        if preset is None:
+            raise ConfigError(f"{where}.preset = {q.preset!r} is not a preset{suggest(q.preset, PRESETS)} "
+                              f"(known: {', '.join(PRESETS)})")
+        if self.backend not in preset.backends:
+            raise ConfigError(
+                f"{where}.preset = {q.preset!r} makes INT8 for {list(preset.backends)}, not {self.backend}"
+            )
+        if q.mode not in preset.modes:
+            raise ConfigError(f"{where}.mode = {q.mode!r}: preset {q.preset!r} runs {list(preset.modes)}")
 
     @property
     def devices(self) -> list[str]:

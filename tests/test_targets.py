@@ -226,3 +226,36 @@ def test_cli_targets_list_and_show() -> None:
     missing = invoke("targets", "show", "intel-npo")
     assert missing.exit_code == 1
     assert missing.output.startswith("error (UnsupportedTargetError): unknown target 'intel-npo'; did you mean")
+
+
+def test_int8_sections_name_presets_of_the_quantizer() -> None:
+    from edgellm.quantize.presets import PRESETS
+
+    for name in EXPECTED:
+        profile = load_target(name)
+        profile.check_quantization()
+        if profile.quantization:
+            preset = PRESETS[profile.quantization.preset]
+            assert profile.arch == preset.arch, name  # CPU presets name their architecture, device ones none
+
+
+# (INT8 section of the intel-npu profile, words of the ConfigError)
+BAD_INT8 = [
+    ({"preset": "avx512-vni"}, "quantization.preset = 'avx512-vni' is not a preset; did you mean 'avx512-vnni'?"),
+    ({"preset": "qnn-htp", "mode": "static"}, "makes INT8 for ['onnxruntime'], not openvino"),
+    ({"preset": "intel-npu", "mode": "dynamic"}, "quantization.mode = 'dynamic': preset 'intel-npu' runs ['static'"),
+]
+
+
+@pytest.mark.parametrize("section,words", BAD_INT8)
+def test_int8_section_must_fit_the_preset(section: dict[str, Any], words: str, tiny_classifier_dir: Path,
+                                          tmp_path: Path) -> None:
+    profile = target_from_dict({**load_target("intel-npu").to_dict(), "quantization": section})
+    with pytest.raises(ConfigError) as info:
+        profile.check_quantization()
+    assert words in str(info.value)
+    (tmp_path / "bad-npu.yaml").write_text(json.dumps({**profile.to_dict(), "name": "bad-npu"}))
+    with pytest.raises(ConfigError, match="quantization"):  # export refuses it before any work
+        export(tiny_classifier_dir, tmp_path / "out", task="text-classification",
+               targets=[str(tmp_path / "bad-npu.yaml")])
+    assert not (tmp_path / "out").exists()
