@@ -172,8 +172,8 @@ def all_targets() -> list[TargetProfile]:
     return [load_target(name) for name in list_targets()]
 
 
-def load_target(name: str | os.PathLike[str]) -> TargetProfile:
-    """A profile by name (searched in `target_dirs()`) or by path to a .yaml / .json file."""
+def load_target(name: str | os.PathLike[str] | TargetProfile) -> TargetProfile:
+    """A profile by name (searched in `target_dirs()`) or by path to a .yaml / .json file; a profile as is."""
     if isinstance(name, TargetProfile):
         return name
     text = str(name)

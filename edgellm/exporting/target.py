@@ -77,7 +77,7 @@ def export_for_target(
     The FP32 ONNX export is checked at `atol`, the FP16 model at `max(atol, FP16_ATOL)`; a mismatch raises
     ExportMismatchError. Returns the model entry, named after the target.
     """
-    profile = profile if isinstance(profile, TargetProfile) else load_target(profile)
+    profile = load_target(profile)
     if task not in ENCODER_TASKS:
         raise ConfigError(f"target export handles encoder tasks {list(ENCODER_TASKS)}, not {task!r}")
     profile.check_quantization()  # the quantize stage will apply it: refuse a bad preset before any work
