@@ -118,6 +118,45 @@ def run_cmd(artifact: str, texts: tuple[str, ...], as_json: bool, backend: str, 
         raise click.UsageError("this artifact generates text: use `edgellm generate`")
 
 
+@cli.command("generate")
+@click.argument("artifact", type=click.Path())
+@click.argument("prompt")
+@click.option("--chat", is_flag=True, help="Send PROMPT as a user message through the tokenizer's chat template.")
+@click.option("--system", default=None, help="With --chat: a system message first.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy; > 0 samples.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely (0 = all).")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1].")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="> 1 discourages repeats.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
+@click.option("--seed", type=int, default=None, help="Sampling seed.")
+@click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, gpu, npu ...")
+@click.option("--model", "model_name", default=None, help="A model name from the manifest.")
+@click.option("--threads", type=int, default=None, help="Inference threads.")
+def generate_cmd(artifact: str, prompt: str, chat: bool, system: str | None, max_new_tokens: int, temperature: float,
+                 top_k: int, top_p: float, repetition_penalty: float, stop: tuple[str, ...], seed: int | None,
+                 backend: str, device: str, model_name: str | None, threads: int | None) -> None:
+    """Generate text from PROMPT ('-' reads stdin) with a text-generation ARTIFACT, streamed to the terminal."""
+    from edgellm.runtime import load
+
+    text = sys.stdin.read() if prompt == "-" else prompt
+    model = load(artifact, backend=backend, device=device, model=model_name, threads=threads)
+    if model.task != "text-generation":
+        raise click.UsageError(f"this artifact is for {model.task}: use `edgellm run`")
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "repetition_penalty": repetition_penalty, "stop": list(stop), "seed": seed}
+    if chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        pieces = model.chat(messages, stream=True, **options)
+    else:
+        pieces = model.stream(text, **options)
+    for piece in pieces:
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
 @cli.command("inspect")
 @click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")

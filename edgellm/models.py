@@ -24,6 +24,11 @@ __all__ = [
     "default_max_length",
     "count_parameters",
     "is_local_model",
+    "is_causal_lm",
+    "load_causal_lm",
+    "gguf_to_folder",
+    "plain_causal_lm",
+    "causal_lm_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,3 +190,108 @@ def count_parameters(model: Any) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Causal language models (decoders): Hugging Face folders, hub ids and GGUF files.
+
+
+def is_causal_lm(config: Any) -> bool:
+    """True for decoder-only LM configs (Llama, Mistral, Qwen2, GPT-2 ...)."""
+    archs = getattr(config, "architectures", None) or []
+    return config.model_type in _CAUSAL_TYPES or any(a.endswith("ForCausalLM") for a in archs)
+
+
+def gguf_to_folder(gguf: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> Path:
+    """De-quantize a GGUF file into a plain FP32 Hugging Face folder (config, safetensors, tokenizer).
+
+    transformers loads GGUF through `gguf_file=` (about 20 s for SmolLM2-135M) but refuses to `save_pretrained`
+    such a model; the model is rebuilt as a plain `*ForCausalLM` and saved. Without `output` the folder goes to the
+    user cache (`$EDGELLM_CACHE/gguf/NAME-SHA`), keyed by the file's sha256, and later calls reuse it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgellm.artifact import sha256_file
+    from edgellm.data import cache_dir
+
+    src = Path(gguf)
+    if not src.is_file() or src.suffix != ".gguf":
+        raise ModelError(f"{str(src)!r} is not a .gguf file")
+    if output is None:
+        out = cache_dir() / "gguf" / f"{src.stem}-{sha256_file(src)[:12]}"
+        if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+            return out
+    else:
+        out = Path(output)
+    log.info("converting %s to a Hugging Face folder %s (once)", src.name, out)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"transformers cannot load the GGUF file {src.name}: {exc}") from exc
+    model = plain_causal_lm(loaded)
+    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    stage.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save_pretrained(stage, safe_serialization=True)
+        tok.save_pretrained(stage)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def plain_causal_lm(model: Any) -> Any:
+    """The same weights in a freshly built model of the same class, without GGUF / quantization config."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = ""
+    fresh = type(model)(config)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    fresh.eval()
+    return fresh
+
+
+def load_causal_lm(name: str | os.PathLike[str]) -> Any:
+    """Load a causal LM (folder, hub id, .gguf file or embedded:SmolLM2-135M-Instruct) in FP32 eval mode.
+
+    GGUF files are de-quantized once into a cached Hugging Face folder (`gguf_to_folder`); use `load_tokenizer`
+    on the same name (or on `causal_lm_folder(name)`) for its tokenizer.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = causal_lm_folder(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise ModelError(f"cannot read the model config of {name!r}: {exc}") from exc
+    if not is_causal_lm(config):
+        raise ModelError(
+            f"{name!r} is a {config.model_type} model, not a causal LM; text-generation needs a decoder "
+            f"({', '.join(sorted(_CAUSAL_TYPES))} ...)"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"cannot load {name!r} as a causal LM: {exc}") from exc
+    model.eval()
+    return model
+
+
+def causal_lm_folder(name: str | os.PathLike[str]) -> str:
+    """`resolve_model`, with GGUF files turned into their cached Hugging Face folder."""
+    path = resolve_model(name)
+    if path.endswith(".gguf"):
+        return str(gguf_to_folder(path))
+    return path

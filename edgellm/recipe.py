@@ -27,6 +27,7 @@ __all__ = [
     "QuantizeConfig",
     "ExportConfig",
     "EvaluateConfig",
+    "CausalLMConfig",
     "Recipe",
     "load_recipe",
     "recipe_from_dict",
@@ -238,6 +239,29 @@ class EvaluateConfig:
 
 
 @dataclass
+class CausalLMConfig:
+    """text-generation extras (edgellm.train.causal, edgellm.exporting.decoder). The student's layers, KD
+    temperature and schedule come from `distill`; the INT8 modes from `quantize.mode`; formats from `export`."""
+
+    layer_selection: Literal["block-influence", "uniform"] = "block-influence"  # how distill.num_layers teacher layers are picked when distill.layers is null
+    corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "nyt-editorials", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way
+    teacher_samples: int = 0  # texts sampled from the teacher and added to training (sequence-level KD)
+    sample_tokens: int = 64  # new tokens per teacher sample
+    freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
+    eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation
+    max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
+    context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
+    stateful: bool = True  # export: also an OpenVINO IR whose KV cache is internal state
+
+    def validate(self, where: str) -> None:
+        check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
+        check_range(f"{where}.sample_tokens", self.sample_tokens, low=1)
+        check_range(f"{where}.eval_rows", self.eval_rows, low=1)
+        check_range(f"{where}.max_steps", self.max_steps, low=1)
+        check_range(f"{where}.context_length", self.context_length, low=2)
+
+
+@dataclass
 class Recipe:
     """The whole pipeline. `teacher` and `task` are required; a stage set to null is skipped."""
 
@@ -252,6 +276,7 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     targets: list[str] = field(default_factory=list)  # device profiles from targets/; [] = generic CPU
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    causal_lm: CausalLMConfig | None = None  # text-generation only: student choice, LM text, decoder export
 
     def validate(self, where: str) -> None:
         needs_data = [n for n in ("finetune", "distill", "prune") if getattr(self, n) is not None]

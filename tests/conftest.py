@@ -165,3 +165,101 @@ def target_artifact(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPath
     export(tiny_classifier_dir, out, task="text-classification", formats=["onnx"],
            targets=["intel-npu", "qualcomm-npu", "nvidia-small-gpu", "cpu-arm64"])
     return out
+
+
+# --- causal LM (tests/test_lm_*.py, tests/runtime/test_generate.py) ---------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def save_tiny_bpe_tokenizer(folder: Path, *, vocab_size: int = 320, chat_template: bool = True) -> Any:
+    """A byte-level BPE tokenizer trained (deterministically) on the sample texts: any text encodes, emoji too.
+    Specials: <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2 (the EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from edgellm.data import SAMPLE_TEXTS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = list(SAMPLE_TEXTS) + [" ".join(_WORDS[i:i + 9]) for i in range(0, len(_WORDS), 3)]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=128)
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                     intermediate: int = 128, max_positions: int = 128, seed: int = 0, init_std: float = 0.15,
+                     chat_template: bool = True) -> Path:
+    """A seeded Llama-style causal LM (grouped-query attention, tied embeddings) with a byte-level tokenizer.
+
+    `init_std` is larger than Llama's 0.02 so that next-token distributions are peaked (greedy decoding then has
+    clear winners, which makes exact token comparisons meaningful)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = save_tiny_bpe_tokenizer(folder, chat_template=chat_template)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=init_std,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, rope_theta=10000.0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build (and cache per argument set) tiny seeded Llama folders."""
+    cache: dict[tuple, Path] = {}
+
+    def make(**kwargs: Any) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            cache[key] = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama_factory: Callable[..., Path]) -> Path:
+    return tiny_llama_factory()
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny text-generation artifact: ONNX FP32 + INT8 dynamic, OpenVINO FP32 + INT8 weight-only, stateful
+    (session-wide, read-only)."""
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.exporting.decoder import export_causal_lm
+
+    out = tmp_path_factory.mktemp("artifacts") / "lm"
+    export_causal_lm(tiny_llama_dir, out, quantize=("dynamic",), formats=("onnx", "openvino"), texts=SAMPLE_TEXTS[:3])
+    return out
+
+
+@pytest.fixture(scope="session")
+def lm_artifact_no_template(tiny_llama_factory: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny text-generation artifact whose tokenizer has no chat template, 32-token context, ONNX FP32 only."""
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.exporting.decoder import export_causal_lm
+
+    out = tmp_path_factory.mktemp("artifacts") / "lm-no-template"
+    export_causal_lm(tiny_llama_factory(chat_template=False, layers=2), out, quantize=(), formats=("onnx",),
+                     context_length=32, texts=SAMPLE_TEXTS[:2])
+    return out

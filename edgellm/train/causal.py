@@ -47,6 +47,7 @@ __all__ = [
     "load_teacher_lm",
     "encode_lm",
     "lm_perplexity",
+    "lm_kl",
     "block_influence",
     "choose_lm_layers",
     "build_lm_student",
@@ -152,6 +153,22 @@ def lm_perplexity(model: Any, sequences: Sequence[Sequence[int]], *, pad_id: int
     if count == 0:
         raise DataError("no token to score: every sequence has fewer than 2 tokens")
     return {"perplexity": math.exp(total / count), "nll_per_token": total / count, "tokens": count}
+
+
+@torch.no_grad()
+def lm_kl(teacher: Any, student: Any, sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+          batch_size: int = EVAL_BATCH) -> float:
+    """Mean KL(teacher || student) of the next-token distributions over every real position, in FP32 (nats)."""
+    total, count = 0.0, 0
+    with torch.autocast("cpu", enabled=False):
+        for batch in eval_batches([list(s) for s in sequences], batch_size=batch_size, pad_id=pad_id):
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            real = mask.bool()
+            t = F.log_softmax(teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()[real], -1)
+            s = F.log_softmax(student(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()[real], -1)
+            total += float((t.exp() * (t - s)).sum())
+            count += int(real.sum())
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -323,8 +340,9 @@ def distill_causal_lm(
                                "layer_selection": "given" if config.layers is not None else lm.layer_selection}
     ppl: dict[str, Any] = {"teacher_validation": lm_perplexity(tmodel, val_eval, pad_id=pad)["perplexity"],
                            "student_initial_validation": lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]}
-    log.info("perplexity before distillation: teacher %.2f, student %.2f", ppl["teacher_validation"],
-             ppl["student_initial_validation"])
+    kl: dict[str, float] = {"initial_validation": lm_kl(tmodel, student, val_eval, pad_id=pad)}
+    log.info("before distillation: perplexity teacher %.2f, student %.2f; KL(teacher || student) %.4f",
+             ppl["teacher_validation"], ppl["student_initial_validation"], kl["initial_validation"])
 
     def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -352,6 +370,7 @@ def distill_causal_lm(
     steps_per_epoch = len(batches)
     trained_tokens = int(tokens_per_epoch * result.steps / max(steps_per_epoch, 1))
     ppl["student_validation"] = lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]
+    kl["validation"] = lm_kl(tmodel, student, val_eval, pad_id=pad)
     if test_ids:
         ppl["teacher_test"] = lm_perplexity(tmodel, test_ids, pad_id=pad)["perplexity"]
         ppl["student_initial_test"] = lm_perplexity(build_lm_student(tmodel, layers, ffn_size=config.ffn_size),
@@ -359,6 +378,7 @@ def distill_causal_lm(
         ppl["student_test"] = lm_perplexity(student, test_ids, pad_id=pad)["perplexity"]
     metrics.update({
         "perplexity": ppl,
+        "kl_teacher_student": kl,
         "steps": result.steps,
         "precision": result.precision,
         "train_rows": len(train_ids),

@@ -1,0 +1,592 @@
+"""Causal LM -> one decoder ONNX with a KV cache (past / present), checked against torch; INT8; OpenVINO IR.
+
+The graph is written here for the Llama family (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query
+attention, gated MLP) from the Hugging Face model's own modules, so that every step is explicit and traces into a
+small, fully dynamic graph:
+
+    inputs   input_ids (B, T) int64, attention_mask (B, P+T) int64, position_ids (B, T) int64,
+             num_logits_to_keep () int64, past_key_values.{i}.key / .value (B, KV, P, D) float32
+    outputs  logits (B, K, vocab) for the last K = num_logits_to_keep positions,
+             present.{i}.key / .value (B, KV, P+T, D)
+
+Prefill feeds P = 0 (empty past) and asks for 1 logit row (or T rows to score text); each decode step feeds
+T = 1. The same file runs without a cache by always feeding an empty past and the whole sequence.
+
+    manifest = export_causal_lm(student, "artifacts/smollm2-student", tokenizer=tok, quantize=("dynamic",))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
+from edgellm.errors import ConfigError, ExportError, ExportMismatchError
+
+__all__ = [
+    "DECODER_TYPES",
+    "INT8_MODES",
+    "DecoderSpec",
+    "decoder_spec",
+    "export_decoder_onnx",
+    "check_decoder",
+    "torch_references",
+    "TorchReference",
+    "quantize_decoder",
+    "quantize_decoder_openvino",
+    "decoder_to_openvino",
+    "generation_config",
+    "write_decoder_models",
+    "export_causal_lm",
+]
+
+log = logging.getLogger(__name__)
+
+DECODER_TYPES = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
+INT8_MODES = ("dynamic", "weight-only")  # ONNX INT8 variants: activations+weights / weights only
+OPSET = 17
+DEFAULT_ATOL = 1e-3  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
+DEFAULT_CONTEXT = 2048  # tokens, when the model allows more
+GREEDY_CHECK_STEPS = 32
+
+
+@dataclass
+class DecoderSpec:
+    """Input / output names and KV-cache layout of an exported decoder (also written to the manifest)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    past_names: list[str] = field(default_factory=list)  # past_key_values.{i}.key, .value, in layer order
+    present_names: list[str] = field(default_factory=list)
+
+    def kv_cache(self) -> dict[str, Any]:
+        """The manifest's `generation.kv_cache` entry."""
+        return {
+            "layout": "batch, kv_heads, sequence, head_dim",
+            "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "dtype": "float32",
+            "past": self.past_names,
+            "present": self.present_names,
+        }
+
+
+def decoder_spec(model: Any) -> DecoderSpec:
+    """Names and shapes of the decoder graph for `model` (refuses architectures the wrapper cannot write)."""
+    cfg = model.config
+    if cfg.model_type not in DECODER_TYPES:
+        raise ExportError(
+            f"decoder export writes the graph for {list(DECODER_TYPES)}; {cfg.model_type!r} is not one of them"
+        )
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    layers = int(cfg.num_hidden_layers)
+    past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    present = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    return DecoderSpec(
+        num_layers=layers,
+        num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        vocab_size=int(cfg.vocab_size),
+        inputs=["input_ids", "attention_mask", "position_ids", "num_logits_to_keep", *past],
+        outputs=["logits", *present],
+        past_names=past,
+        present_names=present,
+    )
+
+
+def _check_supported(model: Any, context_length: int) -> None:
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and int(window) < context_length:
+        raise ExportError(
+            f"{cfg.model_type} uses sliding-window attention ({window} tokens) but the export's context is "
+            f"{context_length}; export with context_length <= {window}"
+        )
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else "default"
+    if kind == "dynamic":
+        raise ExportError("dynamic RoPE scaling changes with the sequence length and cannot be exported as a graph")
+    if getattr(model.model.layers[0].self_attn, "q_norm", None) is not None:
+        raise ExportError(f"{cfg.model_type} normalises q / k per head (q_norm); the decoder wrapper does not")
+
+
+def _wrapper(model: Any) -> Any:
+    import torch
+
+    spec = decoder_spec(model)
+    base = model.model
+    attn0 = base.layers[0].self_attn
+    heads = int(model.config.num_attention_heads)
+    kv = spec.num_kv_heads
+    rep = heads // kv
+    dim = spec.head_dim
+    scaling = float(getattr(attn0, "scaling", dim**-0.5))
+
+    def rotate_half(x: Any) -> Any:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    class DecoderWrapper(torch.nn.Module):
+        """Positional inputs in `spec.inputs` order; returns (logits, *present)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, keep: Any, *past: Any) -> Any:
+            x = base.embed_tokens(input_ids)  # (B, T, C)
+            bsz, seq = input_ids.shape[0], input_ids.shape[1]
+            cos, sin = base.rotary_emb(x, position_ids)  # (B, T, D)
+            cos = cos.unsqueeze(1)  # (B, 1, T, D)
+            sin = sin.unsqueeze(1)
+            plen = past[0].shape[2]
+            key_pos = torch.arange(plen + seq, dtype=torch.int64)  # (S,)
+            query_pos = torch.arange(seq, dtype=torch.int64) + plen  # (T,)
+            causal = key_pos[None, :] <= query_pos[:, None]  # (T, S)
+            allowed = causal[None, :, :] & attention_mask[:, None, :].bool()  # (B, T, S)
+            neg = torch.finfo(torch.float32).min
+            bias = torch.where(allowed, 0.0, neg).to(torch.float32)[:, None, None, :, :]  # (B, 1, 1, T, S)
+            present = []
+            for i, layer in enumerate(base.layers):
+                attn = layer.self_attn
+                h = layer.input_layernorm(x)
+                q = attn.q_proj(h).view(bsz, seq, heads, dim).transpose(1, 2)  # (B, H, T, D)
+                k = attn.k_proj(h).view(bsz, seq, kv, dim).transpose(1, 2)  # (B, KV, T, D)
+                v = attn.v_proj(h).view(bsz, seq, kv, dim).transpose(1, 2)
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
+                k = torch.cat([past[2 * i], k], dim=2)  # (B, KV, S, D)
+                v = torch.cat([past[2 * i + 1], v], dim=2)
+                present += [k, v]
+                q5 = q.reshape(bsz, kv, rep, seq, dim)  # grouped-query: no copy of K / V per head
+                scores = torch.matmul(q5, k.unsqueeze(2).transpose(-1, -2)) * scaling + bias  # (B, KV, rep, T, S)
+                probs = torch.softmax(scores, dim=-1)
+                out = torch.matmul(probs, v.unsqueeze(2))  # (B, KV, rep, T, D)
+                out = out.reshape(bsz, heads, seq, dim).transpose(1, 2).reshape(bsz, seq, heads * dim)
+                x = x + attn.o_proj(out)
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+            rows = torch.arange(seq - keep, seq, dtype=torch.int64)  # the last `keep` positions
+            x = base.norm(torch.index_select(x, 1, rows))
+            logits = model.lm_head(x).float()  # (B, K, V)
+            return (logits, *present)
+
+    return DecoderWrapper().eval()
+
+
+def _sample_inputs(spec: DecoderSpec, *, batch: int = 1, seq: int = 3, past: int = 2) -> tuple[Any, ...]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, spec.vocab_size, (batch, seq), generator=gen)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    pos = torch.arange(past, past + seq).unsqueeze(0).repeat(batch, 1)
+    keep = torch.tensor(seq, dtype=torch.int64)
+    kv = [torch.randn(batch, spec.num_kv_heads, past, spec.head_dim, generator=gen) for _ in spec.past_names]
+    return (ids, mask, pos, keep, *kv)
+
+
+def export_decoder_onnx(model: Any, path: Path, *, context_length: int = DEFAULT_CONTEXT) -> DecoderSpec:
+    """Write `model` as one decoder ONNX with KV-cache inputs / outputs (weights inside the file when < 2 GB)."""
+    import torch
+
+    spec = decoder_spec(model)
+    _check_supported(model, context_length)
+    wrapper = _wrapper(model)
+    dynamic: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "kept"},
+    }
+    for name in spec.past_names:
+        dynamic[name] = {0: "batch", 2: "past_sequence"}
+    for name in spec.present_names:
+        dynamic[name] = {0: "batch", 2: "total_sequence"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = sum(p.numel() for p in model.parameters()) * 4 > 1.8e9
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                _sample_inputs(spec),
+                str(path),
+                input_names=spec.inputs,
+                output_names=spec.outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    if big:
+        raise ExportError(f"{type(model).__name__} has over 1.8 GB of FP32 weights; this exporter keeps one file")
+    return spec
+
+
+# -- checking an exported decoder against torch, through the runtime's own Generator ---------------------------
+
+
+@dataclass
+class TorchReference:
+    """Torch's greedy continuation of one prompt and its logits at every position of prompt + continuation."""
+
+    prompt: list[int]
+    tokens: list[int]  # greedy, never stopping at EOS
+    logits: np.ndarray  # (len(prompt) + len(tokens), V) float64
+
+
+def torch_references(model: Any, prompts: Sequence[list[int]], steps: int = GREEDY_CHECK_STEPS, *,
+                     context_length: int | None = None) -> list[TorchReference]:
+    """Greedy tokens (HF KV cache) and, for the check, one no-cache forward over prompt + continuation.
+
+    With `context_length`, prompts are cut to half of it and the steps to what still fits."""
+    import torch
+
+    refs = []
+    with torch.no_grad():
+        for p in prompts:
+            if context_length is not None:
+                p = list(p)[: max(1, context_length // 2)]
+                steps = min(steps, context_length - len(p))
+            out = model(torch.tensor([p]), use_cache=True)
+            cache = out.past_key_values
+            tokens: list[int] = []
+            for _ in range(steps):
+                tokens.append(int(torch.argmax(out.logits[0, -1])))
+                out = model(torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+            logits = model(torch.tensor([list(p) + tokens]), use_cache=False).logits[0].double().numpy()
+            refs.append(TorchReference(list(p), tokens, logits))
+    return refs
+
+
+def check_decoder(
+    references: Sequence[TorchReference],
+    generator: Any,
+    *,
+    atol: float = DEFAULT_ATOL,
+    label: str = "decoder",
+    exact: bool = True,
+) -> dict[str, Any]:
+    """Compare an exported decoder, run by the runtime's `Generator`, with torch (`torch_references`).
+
+    For each prompt: the greedy tokens through the KV cache must equal torch's, and the logits of every position
+    of prompt + torch's continuation must agree within `atol` (no cache). With `exact=False` (INT8) nothing
+    raises; the statistics (max logit difference, share of greedy tokens that agree before the first
+    difference, perplexity ratio on those sequences) are returned for the manifest.
+    """
+    if not references:
+        raise ConfigError("no prompts to check the decoder export with")
+    max_diff = 0.0
+    agree = total = count = 0
+    nll_ref = nll_got = 0.0
+    mismatch = None
+    for ref in references:
+        got_tokens = list(generator.tokens(ref.prompt, len(ref.tokens), ignore_eos=True))
+        same = next((i for i, (a, b) in enumerate(zip(got_tokens, ref.tokens)) if a != b), len(ref.tokens))
+        agree += same
+        total += len(ref.tokens)
+        if same < len(ref.tokens) and mismatch is None:
+            mismatch = (same, ref.tokens[same], got_tokens[same] if same < len(got_tokens) else None)
+        seq = ref.prompt + ref.tokens
+        got = generator.logits(seq).astype(np.float64)
+        max_diff = max(max_diff, float(np.abs(ref.logits - got).max()))
+        targets = np.asarray(seq[1:])
+        rows = np.arange(len(targets))
+        nll_ref -= float(_log_softmax(ref.logits[:-1])[rows, targets].sum())
+        nll_got -= float(_log_softmax(got[:-1])[rows, targets].sum())
+        count += len(targets)
+    stats: dict[str, Any] = {
+        "max_abs_diff": max_diff,
+        "greedy_agreement": agree / max(total, 1),
+        "greedy_steps": max(len(r.tokens) for r in references),
+        "prompts": len(references),
+        "perplexity_ratio": float(np.exp((nll_got - nll_ref) / max(count, 1))),
+        "tolerance": atol if exact else None,
+    }
+    if exact:
+        if not max_diff <= atol:  # also catches NaN
+            raise ExportMismatchError(
+                f"{label} differs from torch by max abs {max_diff:.3g} in the logits on {len(references)} real "
+                f"prompts (tolerance {atol:g}); the export is wrong, not saved", max_abs_diff=max_diff, tolerance=atol)
+        if mismatch is not None:
+            raise ExportMismatchError(
+                f"{label}: greedy tokens with the KV cache differ from torch at step {mismatch[0]} (torch "
+                f"{mismatch[1]}, exported {mismatch[2]}); the export is wrong, not saved",
+                max_abs_diff=max_diff, tolerance=atol)
+    log.info("%s vs torch: max abs logit diff %.3g, greedy agreement %.3f", label, max_diff, stats["greedy_agreement"])
+    return stats
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return x - (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)
+
+
+# -- INT8 and OpenVINO -------------------------------------------------------------------------------------------
+
+
+def quantize_decoder(src: Path, dst: Path, *, mode: str) -> dict[str, Any]:
+    """INT8 copy of an exported ONNX decoder through `edgellm.quantize.quantize_onnx` (no fusion, no calibration).
+
+    "dynamic": int8 weights per channel, activations quantized per call (DynamicQuantizeLinear + MatMulInteger; the
+    embedding Gather reads int8 too). "weight-only": int8 weights in MatMulNBits blocks, int8 compute
+    (accuracy_level 4); the embedding table stays FP32. Returns the settings and op counts for the manifest.
+    """
+    if mode not in INT8_MODES:
+        raise ConfigError(f"unknown INT8 mode {mode!r}; choose from {list(INT8_MODES)}")
+    from edgellm.quantize import quantize_onnx
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    result = quantize_onnx(src, dst, mode=mode, model_type=None, fuse=False)
+    return {**result.settings, "ops": result.ops}
+
+
+def decoder_to_openvino(onnx_path: Path, xml_path: Path, spec: DecoderSpec, *, stateful: bool) -> list[str]:
+    """ONNX decoder -> OpenVINO IR (FP32 weights). With `stateful`, the KV cache becomes internal model state
+    (ReadValue / Assign pairs): past / present leave the inputs and outputs, the batch is fixed to 1, and the
+    runtime resets the state for each prompt (OpenVINO's own stateful-LLM form)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ExportError("OpenVINO export needs the openvino package: pip install 'edgellm[openvino]'") from exc
+    try:
+        model = ov.convert_model(str(onnx_path))
+        if stateful:
+            from openvino._offline_transformations import apply_make_stateful_transformation
+
+            shapes = {}
+            for port in model.inputs:
+                shape = port.get_partial_shape()
+                if shape.rank.is_static and shape.rank.get_length() > 0:
+                    shape[0] = 1  # the state's initial value needs a static batch
+                shapes[port.get_any_name()] = shape
+            model.reshape(shapes)
+            apply_make_stateful_transformation(model, dict(zip(spec.past_names, spec.present_names)))
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    except Exception as exc:
+        raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {exc}") from exc
+    return [xml_path.name, xml_path.with_suffix(".bin").name]
+
+
+def quantize_decoder_openvino(src_xml: Path, dst_xml: Path) -> tuple[list[str], dict[str, Any], str]:
+    """INT8 weights (NNCF compress_weights, asymmetric per channel) of an OpenVINO decoder IR; activations stay
+    float. Returns (files, settings, inference precision hint)."""
+    from edgellm.quantize import quantize_openvino
+
+    result = quantize_openvino(src_xml, dst_xml, mode="weight-only")
+    return [f.name for f in result.files], {**result.settings, "ops": result.ops}, result.inference_precision
+
+
+# -- artifact ----------------------------------------------------------------------------------------------------
+
+
+def generation_config(model: Any, tokenizer: Any, spec: DecoderSpec, *, context_length: int) -> dict[str, Any]:
+    """The manifest's `generation` dict: stop tokens, special tokens, chat template, context, KV layout."""
+    eos: list[int] = []
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        for tid in value if isinstance(value, (list, tuple)) else [value]:
+            if tid is not None and int(tid) not in eos:
+                eos.append(int(tid))
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return {
+        "context_length": int(context_length),
+        "eos_token_ids": eos,
+        "bos_token_id": getattr(tokenizer, "bos_token_id", None),
+        "pad_token_id": int(pad) if pad is not None else (eos[0] if eos else 0),
+        "special_tokens": {
+            "bos_token": getattr(tokenizer, "bos_token", None),
+            "eos_token": getattr(tokenizer, "eos_token", None),
+        },
+        "chat_template": template or None,
+        "vocab_size": spec.vocab_size,
+        "logits_to_keep_input": "num_logits_to_keep",
+        "kv_cache": spec.kv_cache(),
+    }
+
+
+def _context_length(model: Any, context_length: int | None) -> int:
+    limit = int(getattr(model.config, "max_position_embeddings", DEFAULT_CONTEXT) or DEFAULT_CONTEXT)
+    if context_length is None:
+        return min(limit, DEFAULT_CONTEXT)
+    if not isinstance(context_length, int) or context_length < 2:
+        raise ConfigError(f"context_length must be an int >= 2, not {context_length!r}")
+    if context_length > limit:
+        raise ConfigError(f"context_length {context_length} exceeds the model's max_position_embeddings {limit}")
+    return context_length
+
+
+def _size(folder: Path, files: Sequence[str]) -> int:
+    return sum((folder / f).stat().st_size for f in files)
+
+
+def _generator(folder: Path, entry: ModelEntry, generation: dict[str, Any], inputs: list[str]) -> Any:
+    """The runtime's Generator over one model file of a staging folder (tokenizer.json already written)."""
+    from edgellm.runtime.generate import Generator
+
+    manifest = Manifest(task="text-generation", models=[entry], default_model=entry.name,
+                        max_length=int(generation["context_length"]), inputs=inputs, generation=generation)
+    if entry.backend == "openvino":
+        from edgellm.runtime.openvino import OpenVINOBackend
+
+        backend: Any = OpenVINOBackend(folder / entry.path, device="cpu", threads=None,
+                                       options={"inference_precision": entry.inference_precision or "f32"})
+    else:
+        from edgellm.runtime.ort import OrtBackend
+
+        backend = OrtBackend(folder / entry.path, device="cpu", threads=None, options={})
+    return Generator(folder, manifest, entry, backend)
+
+
+def write_decoder_models(
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
+    *,
+    prompts: Sequence[list[int]],
+    formats: Sequence[str] = ("onnx", "openvino"),
+    quantize: Sequence[str] = ("dynamic",),
+    context_length: int,
+    atol: float = DEFAULT_ATOL,
+    stateful: bool = True,
+) -> tuple[dict[str, Any], list[str], list[ModelEntry]]:
+    """Write the decoder models of an artifact into `folder` (which already holds tokenizer.json).
+
+    ONNX FP32 is checked (logits within `atol`, identical greedy tokens for 32 cached steps) and so is the
+    OpenVINO FP32 IR; INT8 models (`quantize`: ONNX "dynamic" / "weight-only"; OpenVINO always NNCF weight-only)
+    record their agreement with torch. Returns (generation dict, input names, entries: INT8 first).
+    """
+    unknown = [f for f in formats if f not in ("onnx", "openvino")]
+    if unknown or not formats:
+        raise ConfigError(f"unknown export format(s) {unknown or list(formats)}; choose from ['onnx', 'openvino']")
+    bad = [m for m in quantize if m not in INT8_MODES]
+    if bad:
+        raise ConfigError(f"unknown INT8 mode(s) {bad}; choose from {list(INT8_MODES)}")
+    fp32 = folder / "model.onnx"
+    spec = export_decoder_onnx(model, fp32, context_length=context_length)
+    generation = generation_config(model, tokenizer, spec, context_length=context_length)
+    inputs = list(spec.inputs)
+
+    references = torch_references(model, prompts, context_length=context_length)
+
+    def checked(entry: ModelEntry, exact: bool, label: str) -> ModelEntry:
+        stats = check_decoder(references, _generator(folder, entry, generation, inputs), atol=atol, label=label,
+                              exact=exact)
+        entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
+        return entry
+
+    onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32"),
+                            True, "ONNX FP32 decoder")]
+    for mode in quantize:
+        dst = folder / ("model_int8.onnx" if mode == "dynamic" else "model_int8_weights.onnx")
+        info = quantize_decoder(fp32, dst, mode=mode)
+        onnx_entries.insert(len(onnx_entries) - 1, checked(
+            ModelEntry(name=f"onnx-int8-{mode}", path=dst.name, backend="onnxruntime", precision="int8",
+                       quantization=info), False, f"ONNX INT8 {mode} decoder"))
+    ov_entries = []
+    if "openvino" in formats:
+        xml = folder / "openvino_model.xml"
+        files = decoder_to_openvino(fp32, xml, spec, stateful=stateful)
+        ov_fp32 = checked(ModelEntry(name="openvino-fp32", path=xml.name, backend="openvino", precision="fp32",
+                                     files=files, inference_precision="f32", metrics={"stateful": stateful}),
+                          True, "OpenVINO FP32 decoder")
+        ov_entries.append(ov_fp32)
+        if quantize:
+            qxml = folder / "openvino_model_int8.xml"
+            qfiles, info, hint = quantize_decoder_openvino(xml, qxml)
+            ov_entries.insert(0, checked(
+                ModelEntry(name="openvino-int8-weight-only", path=qxml.name, backend="openvino", precision="int8",
+                           files=qfiles, inference_precision=hint, quantization=info, metrics={"stateful": stateful}),
+                False, "OpenVINO INT8 weight-only decoder"))
+    if "onnx" not in formats:
+        for entry in onnx_entries:
+            (folder / entry.path).unlink()
+        onnx_entries = []
+    return generation, inputs, [*onnx_entries, *ov_entries]
+
+
+def export_causal_lm(
+    model: Any,
+    output: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    formats: Sequence[str] = ("onnx", "openvino"),
+    quantize: Sequence[str] = ("dynamic",),
+    context_length: int | None = None,
+    texts: Sequence[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    stateful: bool = True,
+    source: str = "",
+    metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Export a causal LM (a loaded model, a TrainedModel, or a name for `load_causal_lm`) into a text-generation
+    artifact.
+
+    The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
+    for 32 cached steps) before anything is published; INT8 models record their agreement with torch. The default
+    model is the first INT8 one (or FP32 when `quantize` is empty). `metrics` (e.g. distillation and perplexity)
+    go into the manifest. Written atomically: on error nothing appears at `output`.
+    """
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.models import count_parameters, load_causal_lm, load_tokenizer
+
+    if hasattr(model, "tokenizer") and hasattr(model, "model") and not hasattr(model, "config"):  # a TrainedModel
+        tokenizer = tokenizer or model.tokenizer
+        source = source or getattr(model, "source", "")
+        metrics = {**getattr(model, "metrics", {}), **(metrics or {})}
+        model = model.model
+    if isinstance(model, (str, os.PathLike)):
+        source = source or str(model)
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_causal_lm(model)
+    if tokenizer is None:
+        raise ConfigError("export_causal_lm needs the tokenizer of the model")
+    model.eval()
+    length = _context_length(model, context_length)
+    prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
+    prompts = [p for p in prompts if p] or [[0]]
+    with staging(output, overwrite=overwrite) as stage:
+        tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
+        generation, inputs, entries = write_decoder_models(
+            model, tokenizer, stage, prompts=prompts, formats=formats, quantize=quantize, context_length=length,
+            atol=atol, stateful=stateful)
+        cfg = model.config
+        manifest = Manifest(
+            task="text-generation",
+            models=entries,
+            default_model=entries[0].name,
+            max_length=length,
+            inputs=inputs,
+            generation=generation,
+            source={
+                "model": source,
+                "architecture": type(model).__name__,
+                "model_type": cfg.model_type,
+                "parameters": count_parameters(model),
+                "hidden_size": int(cfg.hidden_size),
+                "num_hidden_layers": int(cfg.num_hidden_layers),
+            },
+        )
+        manifest.metrics.update(metrics or {})
+        manifest.metrics["export"] = {e.name: e.metrics for e in entries}
+        write_manifest(stage, manifest)
+    return manifest

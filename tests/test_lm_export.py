@@ -1,0 +1,202 @@
+"""Causal-LM export: the decoder graph with a KV cache, its checks against torch, the artifact, the runtime's
+greedy output against Hugging Face `generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from edgellm.data import SAMPLE_TEXTS
+
+PROMPTS = [t for t in SAMPLE_TEXTS if t.strip()][:10]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models: one torch thread is faster, and immune to a busy machine's spinning thread pools."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir: Path) -> tuple[Any, Any]:
+    from edgellm.models import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(tiny_llama_dir), load_tokenizer(tiny_llama_dir)
+
+
+def test_manifest_records_generation_layout(lm_artifact: Path) -> None:
+    from edgellm.artifact import read_manifest, verify_artifact
+
+    manifest = verify_artifact(lm_artifact)
+    assert manifest.task == "text-generation"
+    assert [m.name for m in manifest.models] == ["onnx-int8-dynamic", "onnx-fp32", "openvino-int8-weight-only",
+                                                "openvino-fp32"]
+    assert manifest.default_model == "onnx-int8-dynamic"
+    gen = manifest.generation
+    assert gen["eos_token_ids"] == [2] and gen["bos_token_id"] == 1 and gen["pad_token_id"] == 0
+    assert gen["context_length"] == 128  # the tiny model's max_position_embeddings (< the 2048 default cap)
+    assert gen["chat_template"].startswith("{% for message in messages %}")
+    kv = gen["kv_cache"]
+    assert (kv["num_layers"], kv["num_kv_heads"], kv["head_dim"]) == (4, 2, 16)
+    assert kv["past"][:2] == ["past_key_values.0.key", "past_key_values.0.value"] and len(kv["present"]) == 8
+    assert manifest.inputs[:4] == ["input_ids", "attention_mask", "position_ids", "num_logits_to_keep"]
+    fp32 = manifest.model("onnx-fp32").metrics["vs_torch"]
+    assert fp32["max_abs_diff"] < 1e-3 and fp32["greedy_agreement"] == 1.0 and fp32["greedy_steps"] == 32
+    ov = manifest.model("openvino-fp32")
+    assert ov.metrics["stateful"] is True and ov.metrics["vs_torch"]["greedy_agreement"] == 1.0
+    int8 = manifest.model("onnx-int8-dynamic")
+    assert int8.quantization["ops"]["MatMulInteger"] == 4 * 7 + 1  # q k v o gate up down per layer + LM head
+    assert int8.metrics["size_bytes"] < 0.5 * fp32_size(manifest)
+    assert 0.9 < int8.metrics["vs_torch"]["perplexity_ratio"] < 1.1
+    assert json.loads((lm_artifact / "edgellm.json").read_text())["generation"]["logits_to_keep_input"] == \
+        "num_logits_to_keep"
+    assert read_manifest(lm_artifact).source["num_hidden_layers"] == 4
+
+
+def fp32_size(manifest: Any) -> int:
+    return manifest.model("onnx-fp32").metrics["size_bytes"]
+
+
+def test_onnx_graph_has_kv_inputs_and_dynamic_axes(lm_artifact: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(lm_artifact / "model.onnx"))
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert inputs["input_ids"] == ["batch", "sequence"]
+    assert inputs["past_key_values.3.value"] == ["batch", 2, "past_sequence", 16]
+    assert inputs["num_logits_to_keep"] == []
+    assert outputs["present.0.key"] == ["batch", 2, "total_sequence", 16]
+    assert outputs["logits"][:2] == ["batch", "kept"] and len(outputs) == 1 + 8
+
+
+def test_runtime_greedy_equals_hf_generate_on_10_prompts(lm_artifact: Path, tiny: tuple[Any, Any]) -> None:
+    import torch
+
+    from edgellm.runtime import load
+
+    model, tok = tiny
+    gen = load(lm_artifact, model="onnx-fp32", threads=1)
+    for prompt in PROMPTS:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            ref = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        if ref and ref[-1] == 2:  # HF keeps the EOS it stopped at; the runtime stops before yielding it
+            ref = ref[:-1]
+        assert list(gen.tokens(prompt, 24)) == ref, prompt
+    assert len(PROMPTS) == 10
+
+
+def test_kv_cache_path_equals_no_cache_path(lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+
+    for name in ("onnx-fp32", "openvino-fp32"):
+        gen = load(lm_artifact, model=name, threads=1)
+        for prompt in PROMPTS[:4]:
+            cached = list(gen.tokens(prompt, 20, ignore_eos=True))
+            plain = list(gen.tokens(prompt, 20, ignore_eos=True, use_cache=False))
+            assert cached == plain, (name, prompt)
+            sampled = list(gen.tokens(prompt, 20, temperature=0.9, top_p=0.9, seed=7))
+            assert sampled == list(gen.tokens(prompt, 20, temperature=0.9, top_p=0.9, seed=7, use_cache=False))
+        # logits of the cached step equal the full-sequence logits
+        ids = gen.encode(PROMPTS[0])
+        session = gen._session()
+        session.feed(ids[:-3])
+        stepped = [session.feed([t])[-1] for t in ids[-3:]]
+        full = gen.logits(ids)[-3:]
+        np.testing.assert_allclose(np.stack(stepped), full, atol=1e-4, rtol=0)
+
+
+def test_onnx_and_openvino_stateful_agree(lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+
+    ort = load(lm_artifact, model="onnx-fp32", threads=1)
+    ov = load(lm_artifact, model="openvino-fp32", threads=1)
+    assert ov.stateful and not ort.stateful
+    assert [spec.name for spec in ov.backend.inputs] == ["input_ids", "attention_mask", "position_ids",
+                                                         "num_logits_to_keep"]
+    for prompt in PROMPTS[:3]:
+        assert list(ort.tokens(prompt, 16, ignore_eos=True)) == list(ov.tokens(prompt, 16, ignore_eos=True))
+    np.testing.assert_allclose(ort.logits(ort.encode(PROMPTS[4])), ov.logits(ov.encode(PROMPTS[4])), atol=1e-4, rtol=0)
+
+
+def test_batched_padded_graph_matches_torch(lm_artifact: Path, tiny: tuple[Any, Any]) -> None:
+    """The graph takes a right-padded batch with an attention mask (what the runtime never needs, users may)."""
+    import onnxruntime as ort
+    import torch
+
+    model, tok = tiny
+    rows = [tok(t).input_ids for t in PROMPTS[:3]]
+    width = max(len(r) for r in rows)
+    ids = np.zeros((3, width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    sess = ort.InferenceSession(str(lm_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.tile(np.arange(width), (3, 1)),
+             "num_logits_to_keep": np.array(width, np.int64)}
+    feeds.update({n: np.zeros((3, 2, 0, 16), np.float32) for n in [i.name for i in sess.get_inputs()][4:]})
+    got = sess.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(got - ref)[real].max() < 1e-4
+
+
+def test_export_mismatch_raises_and_leaves_nothing(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from edgellm.errors import ExportMismatchError
+    from edgellm.exporting.decoder import export_causal_lm
+
+    out = tmp_path / "lm"
+    with pytest.raises(ExportMismatchError, match=r"ONNX FP32 decoder differs from torch by max abs [0-9.e-]+ .*\(tolerance 0\)"):
+        export_causal_lm(tiny_llama_dir, out, quantize=(), formats=("onnx",), atol=0.0, texts=PROMPTS[:1])
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"formats": ("tflite",)}, "ConfigError", "unknown export format"),  # not a format we write
+        ({"quantize": ("static",)}, "ConfigError", "unknown INT8 mode"),  # LM INT8 is dynamic / weight-only
+        ({"context_length": 4096}, "ConfigError", "exceeds the model's max_position_embeddings 128"),
+        ({"context_length": 1}, "ConfigError", "context_length must be an int >= 2"),
+    ],
+)
+def test_export_bad_options(tiny_llama_dir: Path, tmp_path: Path, kwargs: dict, error: str, message: str) -> None:
+    import edgellm.errors as errors
+    from edgellm.exporting.decoder import export_causal_lm
+
+    with pytest.raises(getattr(errors, error), match=message):
+        export_causal_lm(tiny_llama_dir, tmp_path / "lm", texts=PROMPTS[:1], **kwargs)
+    assert not (tmp_path / "lm").exists()
+
+
+def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from edgellm.errors import ExportError
+    from edgellm.exporting.decoder import export_decoder_onnx
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).eval()
+    with pytest.raises(ExportError, match=r"\['llama', 'mistral', 'qwen2'\]; 'gpt2' is not one of them"):
+        export_decoder_onnx(model, tmp_path / "m.onnx")
+
+
+def test_load_causal_lm_refuses_an_encoder(tiny_encoder_dir: Path) -> None:
+    from edgellm.errors import ModelError
+    from edgellm.models import load_causal_lm
+
+    with pytest.raises(ModelError, match="is a bert model, not a causal LM"):
+        load_causal_lm(tiny_encoder_dir)
