@@ -154,3 +154,27 @@ def test_target_auto_loads_the_default_model_on_this_machine(target_artifact: Pa
     model = load(target_artifact, target="auto")
     assert model.entry.name == ("cpu-arm64" if machine_arch() == "aarch64" else "onnx-fp32")
     np.testing.assert_allclose(model.scores(TEXTS), load(target_artifact).scores(TEXTS), atol=1e-6)
+
+
+def test_device_choice_is_torch_free(target_artifact: Path) -> None:
+    """Profiles are read and devices chosen with torch, transformers and the quantizer blocked from import."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, json\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'optimum', 'nncf', 'onnx') or "
+        "name.startswith('edgellm.quantize'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgellm.runtime import load\n"
+        "m = load(sys.argv[1], target='intel-npu')\n"
+        "print(json.dumps({'sel': m.describe()['selection']['chain'], 'n': len(m.classify(['a great film']))}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(target_artifact)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"sel": ["npu", "gpu", "cpu"], "n": 1}
