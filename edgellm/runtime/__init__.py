@@ -59,12 +59,13 @@ def _target_entry(manifest: Manifest, backend: str, model: str | None, target: s
         raise UnsupportedTargetError(
             f"the artifact has no {'' if backend == 'auto' else backend + ' '}model"
             f"{'' if model is None else ' named ' + repr(model)} built for target {target!r}; it was built for "
-            f"{targets or 'no target (generic models only)'}. Rebuild it with --target {target}, or load without target="
+            f"{targets or 'no target (generic models only)'}. Rebuild it with --target {target}, or load without "
+            "target="
         )
     for entry in built:
         if entry.name == manifest.default_model:
             return entry
-    return min(built, key=lambda m: -PRECISIONS.index(m.precision))  # int8 before fp16 before fp32
+    return max(built, key=lambda m: PRECISIONS.index(m.precision))  # int8 before fp16 before fp32
 
 
 def load(
@@ -108,7 +109,7 @@ def load(
     if target == "auto":
         target = best_target(folder, manifest, backend)
     entry = _pick_entry(manifest, backend, model, target)
-    runner, _ = open_backend(folder, manifest, entry, device=device, threads=threads, strict=strict)
+    runner = open_backend(folder, manifest, entry, device=device, threads=threads, strict=strict)
     log.info("loaded %s: model %s on %s %s", folder, entry.name, runner.name, runner.device)
     if manifest.task == "text-classification":
         return Classifier(folder, manifest, entry, runner, batch_size=batch_size)

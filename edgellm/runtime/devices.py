@@ -5,8 +5,8 @@ artifact at export) and takes the first device that really starts; a generic mod
 device passed over is logged with its reason, and `strict=True` refuses to pass over the first one. A named device
 (`device="gpu"`) is a demand: it runs there or raises UnsupportedTargetError listing the available devices.
 
-    runner, choice = open_backend(folder, manifest, entry, device="auto")
-    choice.device, choice.fallback, choice.reason    # 'cpu', True, "npu: ... not available ...; gpu: ..."
+    runner = open_backend(folder, manifest, entry, device="auto")
+    runner.selection    # {'device': 'cpu', 'fallback': True, 'passed_over': {'npu': "... not available ..."}, ...}
 """
 
 from __future__ import annotations
@@ -125,17 +125,18 @@ def open_backend(
     device: str = "auto",
     threads: int | None = None,
     strict: bool = False,
-) -> tuple[Backend, DeviceChoice]:
-    """Compile `entry` on `device` ("auto": the best device of its chain that starts). See the module doc."""
+) -> Backend:
+    """Compile `entry` on `device` ("auto": the best device of its chain that starts); the backend's `selection`
+    records the DeviceChoice. See the module doc."""
     profile = entry_profile(folder, manifest, entry)
     if threads is None and profile is not None:
         threads = profile.threads
     target = entry.target
     if device != "auto":  # a demand: the backend raises, naming the available devices, if it cannot
         runner = _make_backend(folder, entry, device, threads, profile)
-        choice = DeviceChoice(entry.backend, device, device, [device], target,
-                              reason=f"device {device!r} was asked for")
-        return _attach(runner, choice)
+        runner.selection = DeviceChoice(entry.backend, device, device, [device], target,
+                                        reason=f"device {device!r} was asked for").to_dict()
+        return runner
     chain = device_chain(entry, profile)
     where = f"target {target}'s chain" if profile is not None else "the generic chain"
     passed: dict[str, str] = {}
@@ -163,15 +164,12 @@ def open_backend(
         else:
             reason = f"auto: {dev} is the first device of {where} {chain}"
             log.info("%s runs on %s: %s", entry.name, dev, reason)
-        return _attach(runner, DeviceChoice(entry.backend, "auto", dev, chain, target, bool(passed), passed, reason))
+        choice = DeviceChoice(entry.backend, "auto", dev, chain, target, bool(passed), passed, reason)
+        runner.selection = choice.to_dict()
+        return runner
     # the last device's error class says what kind of failure it was (absent device, or a model that will not load)
     raise type(last)(
         f"model {entry.name!r} runs on none of {where} {chain}: "
         + "; ".join(f"{d}: {why}" for d, why in passed.items())
         + f". Available devices: {available_devices()}"
     ) from last
-
-
-def _attach(runner: Backend, choice: DeviceChoice) -> tuple[Backend, DeviceChoice]:
-    runner.selection = choice.to_dict()
-    return runner, choice
