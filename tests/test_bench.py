@@ -540,3 +540,82 @@ def test_wait_until_quiet_returns_the_last_reading_at_the_deadline() -> None:
     reading = wait_until_quiet(0.0, threshold=-1.0, window_s=0.05)
     assert reading is not None and reading >= 0
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# generators (the tiny seeded Llama of conftest)
+
+
+def test_torch_generator_streams_greedy_tokens_and_scores(tiny_llama_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgellm.bench import TorchGenerator
+
+    gen = TorchGenerator(tiny_llama_dir, threads=1)
+    prompt = gen.tokenizer.encode("the film was a very good story and the acting").ids
+    streamed = list(gen.stream(prompt, 12))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = torch.tensor([prompt])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    assert streamed == expected and len(streamed) == 12
+    # perplexity from the scorer equals exp(transformers' mean cross-entropy)
+    seq = prompt + streamed
+    with torch.no_grad():
+        loss = model(torch.tensor([seq]), labels=torch.tensor([seq])).loss.item()
+    result = perplexity(gen.score, [seq])
+    assert result["perplexity"] == pytest.approx(np.exp(loss), rel=1e-5) and result["tokens"] == len(seq) - 1
+    stats = measure_generation(gen.stream, prompt, max_new_tokens=6, warmup=0, repeat=1)
+    assert stats["new_tokens"] == 6 and stats["decode_tokens_per_s"] > 0 and stats["time_to_first_token_ms"] > 0
+    gen.close()
+
+
+@pytest.fixture(scope="module")
+def llama_artifact(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgellm.exporting.decoder import export_causal_lm
+
+    out = tmp_path_factory.mktemp("lm") / "tiny-lm"
+    export_causal_lm(str(tiny_llama_dir), out, formats=("onnx",), quantize=(), source=str(tiny_llama_dir))
+    return out
+
+
+@pytest.mark.slow  # exporting the tiny decoder (with its torch checks) takes 10-30 s
+def test_generation_benchmark_teacher_and_artifact(llama_artifact: Path, tiny_llama_dir: Path,
+                                                   tmp_path: Path) -> None:
+    from edgellm.bench import load_heldout_texts
+    from edgellm.runtime import load
+
+    settings = {"threads": 1, "prompt_tokens": 16, "new_tokens": 8, "generation_warmup": 0, "generation_repeat": 2,
+                "perplexity_texts": 12, "cold_runs": 1}
+    result = run_benchmark(llama_artifact, teacher=str(tiny_llama_dir), settings=settings, name="lm",
+                           output_dir=tmp_path, command="edgellm bench lm")
+    manifest = json.loads((llama_artifact / "edgellm.json").read_text())
+    rows = {r["name"]: r for r in result["subjects"]}
+    assert list(rows) == ["teacher-pytorch-fp32", *(m["name"] for m in manifest["models"])]
+    assert result["task"] == "text-generation" and result["data"]["corpus"] == "movie-reviews"
+    teacher = rows["teacher-pytorch-fp32"]
+    held_out = load_heldout_texts(None, max_texts=12)["texts"]
+    for name, row in rows.items():
+        gen = row["generation"]
+        assert (gen["prompt_tokens"], gen["new_tokens"], gen["repeat"]) == (16, 8, 2)
+        assert gen["time_to_first_token_ms"] > 0 and gen["decode_tokens_per_s"] > 0 and gen["prompt_tokens_per_s"] > 0
+        assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 10
+        assert row["perplexity_texts"] == 12 and row["perplexity_tokens"] > 12
+        assert row["vs_teacher"]["decode_speedup"] == pytest.approx(
+            gen["decode_tokens_per_s"] / teacher["generation"]["decode_tokens_per_s"])
+        assert row["vs_teacher"]["perplexity_ratio"] == pytest.approx(row["perplexity"] / teacher["perplexity"])
+        if row["kind"] == "edgellm":  # the runtime's own perplexity on the same texts
+            assert row["perplexity"] == pytest.approx(load(llama_artifact, model=row["model"]).perplexity(held_out),
+                                                      rel=1e-9)
+    # the FP32 export scores text as the FP32 teacher does
+    assert rows["onnx-fp32"]["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-4)
+    md = Path(result["paths"]["md"]).read_text()
+    assert "| teacher | teacher-pytorch-fp32 |" in md and "| decode tok/s |" in md
+    assert f"| {rows['onnx-fp32']['perplexity']:.2f} |" in md
+    assert Path(result["paths"]["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_benchmark_refuses_a_prompt_over_the_context(llama_artifact: Path) -> None:
+    with pytest.raises(ConfigError, match=r"prompt_tokens \+ new_tokens = 200 exceed \S+'s context of 128 tokens"):
+        run_benchmark(llama_artifact, settings={"prompt_tokens": 100, "new_tokens": 100, "baselines": False},
+                      output_dir=None)
