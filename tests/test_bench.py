@@ -165,6 +165,15 @@ def test_texts_of_length_with_the_minilm_tokenizer(split: dict[str, Any]) -> Non
         assert len(set(texts)) == 32
 
 
+def test_texts_of_length_repeats_a_short_source(classifier_artifact: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(classifier_artifact / "tokenizer.json"))
+    texts = texts_of_length(tok, ["a good film."], 32, 3)  # one short sentence, repeated until 32 tokens
+    assert texts == [texts[0]] * 3 and texts[0].startswith("a good film. a good film.")
+    assert len(tok.encode(texts[0]).ids) == 32
+
+
 def test_texts_of_length_bad_inputs(classifier_artifact: Path) -> None:
     from tokenizers import Tokenizer
 
