@@ -251,7 +251,8 @@ class CausalLMConfig:
     eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
-    stateful: bool = True  # export: also an OpenVINO IR whose KV cache is internal state
+    stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
+    logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text
 
     def validate(self, where: str) -> None:
         check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
@@ -259,6 +260,7 @@ class CausalLMConfig:
         check_range(f"{where}.eval_rows", self.eval_rows, low=1)
         check_range(f"{where}.max_steps", self.max_steps, low=1)
         check_range(f"{where}.context_length", self.context_length, low=2)
+        check_range(f"{where}.logits_atol", self.logits_atol, low=0.0)
 
 
 @dataclass

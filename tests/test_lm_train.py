@@ -178,3 +178,73 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     again = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
     assert again.metrics["steps"] == m["steps"]
     torch.testing.assert_close(again.model.model.layers[0].mlp.up_proj.weight, student.model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_quantize_modes_for_decoders() -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import QuantizeConfig
+    from edgellm.train.causal import lm_quantize_modes
+
+    assert lm_quantize_modes(None) == ((), False)
+    assert lm_quantize_modes(QuantizeConfig(mode="none")) == ((), False)
+    assert lm_quantize_modes(QuantizeConfig(mode="dynamic")) == (("dynamic", "weight-only"), True)
+    assert lm_quantize_modes(QuantizeConfig(mode="weight-only", backends=["onnxruntime"])) == (("weight-only",), False)
+    with pytest.raises(ConfigError, match="'static' is not supported for text-generation"):
+        lm_quantize_modes(QuantizeConfig(mode="static"))
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_on_a_tiny_teacher(tiny_llama_factory: Any, text_file: Path, tmp_path: Path) -> None:
+    """data -> student (distilled) -> decoder ONNX FP32 / INT8 + OpenVINO -> artifact with perplexity per model."""
+    from edgellm.artifact import verify_artifact
+    from edgellm.recipe import recipe_from_dict
+    from edgellm.runtime import load
+    from edgellm.train.causal import compress_causal_lm
+
+    recipe = recipe_from_dict({
+        "teacher": str(tiny_llama_factory(layers=6)),
+        "task": "text-generation",
+        "data": {"path": str(text_file), "split": {"validation": 0.1, "test": 0.1}, "max_length": 32},
+        "finetune": None,
+        "distill": {"num_layers": 3, "epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "temperature": 1.0,
+                    "eval_every": 1000, "precision": "fp32"},
+        "quantize": {"mode": "dynamic"},
+        "causal_lm": {"corpora": [], "eval_rows": 20, "layer_selection": "uniform", "context_length": 64},
+    })
+    manifest = compress_causal_lm(recipe, tmp_path / "art", work_dir=tmp_path / "work", progress=False)
+    verify_artifact(tmp_path / "art")
+    assert [m.name for m in manifest.models] == ["onnx-int8-dynamic", "onnx-int8-weight-only", "onnx-fp32",
+                                                 "openvino-int8-weight-only", "openvino-fp32"]
+    assert manifest.source["num_hidden_layers"] == 3 and manifest.generation["context_length"] == 64
+    distill = manifest.metrics["distill"]
+    assert distill["teacher_layers"] == [0, 2, 5] and set(distill["perplexity"]) >= {"teacher_test", "student_test"}
+    fp32 = manifest.model("onnx-fp32").metrics["perplexity"]
+    # the exported FP32 student scores the held-out test rows like torch did
+    assert fp32["perplexity"] == pytest.approx(distill["perplexity"]["student_test"], rel=1e-3)
+    for entry in manifest.models:
+        assert entry.metrics["perplexity"]["tokens"] == fp32["tokens"]
+    assert manifest.data["split"]["sizes"]["test"] > 0 and manifest.recipe["task"] == "text-generation"
+    assert len(list(load(tmp_path / "art", threads=1).tokens("the film", 5, ignore_eos=True))) == 5
+
+
+def test_smollm2_recipe_is_valid() -> None:
+    from edgellm.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "export" / "lm-smollm2.yaml")
+    assert recipe.task == "text-generation" and recipe.teacher == "embedded:SmolLM2-135M-Instruct"
+    assert recipe.finetune is None and recipe.distill is not None and recipe.causal_lm is not None
+    assert recipe.causal_lm.corpora == ["movie-reviews", "tweets", "nyt-editorials", "amazon-reviews"]
+    assert recipe.distill.temperature == 1.0 and recipe.quantize is not None and recipe.quantize.mode == "dynamic"
+
+
+def test_causal_lm_config_rejects_bad_values() -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import recipe_from_dict
+
+    base = {"teacher": "x", "task": "text-generation"}
+    with pytest.raises(ConfigError, match=r"causal_lm.layer_selection"):
+        recipe_from_dict({**base, "causal_lm": {"layer_selection": "random"}})
+    with pytest.raises(ConfigError, match=r"causal_lm.context_length = 1 is outside"):
+        recipe_from_dict({**base, "causal_lm": {"context_length": 1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'corpus'; did you mean 'corpora'"):
+        recipe_from_dict({**base, "causal_lm": {"corpus": ["tweets"]}})

@@ -434,6 +434,19 @@ def _context_length(model: Any, context_length: int | None) -> int:
     return context_length
 
 
+def _perplexity(generator: Any, sequences: Sequence[Sequence[int]]) -> dict[str, float]:
+    """exp(mean NLL) over every predicted token of `sequences`, each scored on its own through the runtime."""
+    total, count = 0.0, 0
+    for ids in sequences:
+        if len(ids) >= 2:
+            lp = generator.log_probs(list(ids))
+            total -= float(lp.sum())
+            count += lp.size
+    if count == 0:
+        raise ConfigError("no held-out sequence of 2 or more tokens to measure perplexity on")
+    return {"perplexity": float(np.exp(total / count)), "nll_per_token": total / count, "tokens": count}
+
+
 def _size(folder: Path, files: Sequence[str]) -> int:
     return sum((folder / f).stat().st_size for f in files)
 
@@ -467,12 +480,16 @@ def write_decoder_models(
     context_length: int,
     atol: float = DEFAULT_ATOL,
     stateful: bool = True,
+    openvino_int8: bool | None = None,
+    eval_sequences: Sequence[Sequence[int]] = (),
 ) -> tuple[dict[str, Any], list[str], list[ModelEntry]]:
     """Write the decoder models of an artifact into `folder` (which already holds tokenizer.json).
 
     ONNX FP32 is checked (logits within `atol`, identical greedy tokens for 32 cached steps) and so is the
-    OpenVINO FP32 IR; INT8 models (`quantize`: ONNX "dynamic" / "weight-only"; OpenVINO always NNCF weight-only)
-    record their agreement with torch. Returns (generation dict, input names, entries: INT8 first).
+    OpenVINO FP32 IR; INT8 models (`quantize`: ONNX "dynamic" / "weight-only"; OpenVINO NNCF weight-only, made
+    when `openvino_int8`, by default whenever `quantize` is not empty) record their agreement with torch. With
+    `eval_sequences` (held-out token ids), every model's perplexity on them is measured through the runtime.
+    Returns (generation dict, input names, entries: INT8 first).
     """
     unknown = [f for f in formats if f not in ("onnx", "openvino")]
     if unknown or not formats:
@@ -491,6 +508,9 @@ def write_decoder_models(
         stats = check_decoder(references, _generator(folder, entry, generation, inputs), atol=atol, label=label,
                               exact=exact)
         entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
+        if eval_sequences:
+            runner = _generator(folder, entry, generation, inputs)
+            entry.metrics["perplexity"] = _perplexity(runner, eval_sequences)
         return entry
 
     onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32"),
@@ -509,7 +529,7 @@ def write_decoder_models(
                                      files=files, inference_precision="f32", metrics={"stateful": stateful}),
                           True, "OpenVINO FP32 decoder")
         ov_entries.append(ov_fp32)
-        if quantize:
+        if openvino_int8 if openvino_int8 is not None else bool(quantize):
             qxml = folder / "openvino_model_int8.xml"
             qfiles, info, hint = quantize_decoder_openvino(xml, qxml)
             ov_entries.insert(0, checked(
@@ -534,8 +554,13 @@ def export_causal_lm(
     texts: Sequence[str] | None = None,
     atol: float = DEFAULT_ATOL,
     stateful: bool = True,
+    openvino_int8: bool | None = None,
+    eval_texts: Sequence[str] = (),
+    eval_max_length: int | None = None,
     source: str = "",
     metrics: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Export a causal LM (a loaded model, a TrainedModel, or a name for `load_causal_lm`) into a text-generation
@@ -543,8 +568,9 @@ def export_causal_lm(
 
     The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
     for 32 cached steps) before anything is published; INT8 models record their agreement with torch. The default
-    model is the first INT8 one (or FP32 when `quantize` is empty). `metrics` (e.g. distillation and perplexity)
-    go into the manifest. Written atomically: on error nothing appears at `output`.
+    model is the first INT8 one (or FP32 when `quantize` is empty). `eval_texts` (held-out text, cut to
+    `eval_max_length` tokens): each model's perplexity on them, through the runtime, goes into its metrics. `metrics` (e.g. distillation), `data` (the
+    split record) and `recipe` go into the manifest. Written atomically: on error nothing appears at `output`.
     """
     from edgellm.data import SAMPLE_TEXTS
     from edgellm.models import count_parameters, load_causal_lm, load_tokenizer
@@ -568,7 +594,9 @@ def export_causal_lm(
         tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
         generation, inputs, entries = write_decoder_models(
             model, tokenizer, stage, prompts=prompts, formats=formats, quantize=quantize, context_length=length,
-            atol=atol, stateful=stateful)
+            atol=atol, stateful=stateful, openvino_int8=openvino_int8,
+            eval_sequences=[ids[: min(length, eval_max_length or length)]
+                            for ids in (tokenizer(t).input_ids for t in eval_texts) if len(ids) >= 2])
         cfg = model.config
         manifest = Manifest(
             task="text-generation",
@@ -586,6 +614,8 @@ def export_causal_lm(
                 "num_hidden_layers": int(cfg.num_hidden_layers),
             },
         )
+        manifest.data = data
+        manifest.recipe = recipe
         manifest.metrics.update(metrics or {})
         manifest.metrics["export"] = {e.name: e.metrics for e in entries}
         write_manifest(stage, manifest)

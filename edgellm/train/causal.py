@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from edgellm.data import VADER_CORPORA, Examples, TaskData, load_task_data
 from edgellm.errors import ConfigError, DataError
-from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig
+from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, QuantizeConfig, Recipe
 from edgellm.train.data import TokenBatches, encode_texts, eval_batches
 from edgellm.train.loop import LoopOptions, train_loop
 from edgellm.train.losses import kd_loss
@@ -54,6 +54,8 @@ __all__ = [
     "causal_kd_loss",
     "sample_teacher_texts",
     "distill_causal_lm",
+    "compress_causal_lm",
+    "lm_quantize_modes",
 ]
 
 log = logging.getLogger(__name__)
@@ -395,3 +397,52 @@ def distill_causal_lm(
                                           "ffn_size": config.ffn_size})
     return TrainedModel(model=student, tokenizer=tok, task="text-generation", source=tm.source, metrics=metrics)
 
+
+
+# -- the whole text-generation recipe --------------------------------------------------------------------------
+
+
+def lm_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:
+    """(ONNX INT8 modes, whether to make an OpenVINO INT8 model) for a decoder from the recipe's quantize stage.
+
+    dynamic -> ONNX dynamic + weight-only; weight-only -> ONNX weight-only; OpenVINO INT8 is always NNCF
+    weight-only for decoders. Calibrated static INT8 is not offered for decoders (ConfigError)."""
+    if config is None or config.mode == "none":
+        return (), False
+    if config.mode == "static":
+        raise ConfigError("quantize.mode = 'static' is not supported for text-generation (a KV-cache decoder); "
+                          "use dynamic or weight-only")
+    modes = ("dynamic", "weight-only") if config.mode == "dynamic" else ("weight-only",)
+    onnx_modes = modes if "onnxruntime" in config.backends else ()
+    return onnx_modes, "openvino" in config.backends
+
+
+def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_dir: str | os.PathLike[str],
+                       overwrite: bool = False, progress: bool = True) -> Any:
+    """Run a text-generation recipe end to end and write the artifact; returns its Manifest.
+
+    data (+ causal_lm.corpora) -> student from the teacher's layers, distilled (distill; null exports the teacher
+    itself) -> decoder ONNX FP32 checked against torch, INT8 (quantize), OpenVINO IR (export.formats) -> artifact
+    with every model's perplexity on held-out test text (through the runtime), the distillation metrics, the data
+    split and the recipe. Distillation resumes from `work_dir` when rerun.
+    """
+    from edgellm.exporting.decoder import export_causal_lm
+
+    if recipe.task != "text-generation":
+        raise ConfigError(f"compress_causal_lm runs text-generation recipes, not {recipe.task!r}")
+    lm = recipe.causal_lm or CausalLMConfig()
+    data = load_lm_data(recipe.data, corpora=lm.corpora)
+    teacher = load_teacher_lm(recipe.teacher)
+    if recipe.distill is not None:
+        model = distill_causal_lm(teacher, data, recipe.distill, lm, Path(work_dir) / "distill", progress=progress)
+    else:
+        model = teacher
+    onnx_modes, ov_int8 = lm_quantize_modes(recipe.quantize)
+    held_out = list(data.test.texts)  # the same rows distill_causal_lm reports the torch perplexities on
+    return export_causal_lm(
+        model, output, formats=recipe.export.formats, quantize=onnx_modes, openvino_int8=ov_int8,
+        context_length=lm.context_length, atol=lm.logits_atol, stateful=lm.stateful, eval_texts=held_out,
+        eval_max_length=int(data.max_length or 128),
+        source=recipe.teacher, data=data.describe(), recipe=recipe.to_dict(), overwrite=overwrite,
+        metrics={"distill": model.metrics} if recipe.distill is not None else {},
+    )
