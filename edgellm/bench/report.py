@@ -191,10 +191,13 @@ def plot_results(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     area = 40 + 1400 * sizes / max(float(sizes.max()), 1e-9)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     colors = plt.get_cmap("tab10")(np.arange(len(rows)) % 10)
-    ax.scatter(x, y, s=area, c=colors, alpha=0.6, edgecolors="black", linewidths=0.6)
-    for xi, yi, r in zip(x, y, rows):
-        ax.annotate(f"{r['name']}\n{r['size_mb']:.1f} MB", (xi, yi), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8)
+    for k, (xi, yi, ai, r) in enumerate(zip(x, y, area, rows)):
+        ax.scatter([xi], [yi], s=[ai], color=colors[k], alpha=0.6, edgecolors="black", linewidths=0.6,
+                   label=f"{k + 1}  {r['name']} ({r['size_mb']:.1f} MB)")
+        ax.annotate(str(k + 1), (xi, yi), ha="center", va="center", fontsize=8, fontweight="bold")
+    legend = ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])  # uniform legend markers; the plot's areas carry the sizes
     if max(x) / max(min(x), 1e-9) > 10:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
