@@ -200,3 +200,35 @@ def test_load_causal_lm_refuses_an_encoder(tiny_encoder_dir: Path) -> None:
 
     with pytest.raises(ModelError, match="is a bert model, not a causal LM"):
         load_causal_lm(tiny_encoder_dir)
+
+
+def test_ortvalue_session_equals_numpy_session(lm_artifact: Path) -> None:
+    """The ONNX Runtime fast path (KV cache kept as OrtValues) computes what the plain numpy loop computes."""
+    from edgellm.runtime import load
+    from edgellm.runtime.generate import _OrtValueSession, _Session
+
+    gen = load(lm_artifact, model="onnx-int8-dynamic", threads=1)
+    fast = gen._session()
+    assert isinstance(fast, _OrtValueSession)
+    plain = _Session(gen)
+    ids = gen.encode(PROMPTS[1])
+    np.testing.assert_array_equal(fast.feed(ids), plain.feed(ids))
+    for token in (5, 17, 200):
+        np.testing.assert_array_equal(fast.feed([token]), plain.feed([token]))
+    assert fast.length == plain.length == len(ids) + 3
+
+
+def test_interleaved_generations_do_not_share_state(lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+
+    for name in ("onnx-fp32", "openvino-fp32"):
+        gen = load(lm_artifact, model=name, threads=1)
+        alone_a = list(gen.tokens(PROMPTS[2], 10, ignore_eos=True))
+        alone_b = list(gen.tokens(PROMPTS[3], 10, ignore_eos=True))
+        a = gen.tokens(PROMPTS[2], 10, ignore_eos=True)
+        b = gen.tokens(PROMPTS[3], 10, ignore_eos=True)
+        mixed_a, mixed_b = [], []
+        for x, y in zip(a, b):
+            mixed_a.append(x)
+            mixed_b.append(y)
+        assert (mixed_a, mixed_b) == (alone_a, alone_b), name

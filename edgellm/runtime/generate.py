@@ -247,12 +247,45 @@ class _Session:
         return out[0][0]
 
 
+class _OrtValueSession:
+    """`_Session` on ONNX Runtime keeping the KV cache as OrtValues: present tensors go straight back in as the
+    next step's past, never copied into numpy (only the logits are)."""
+
+    def __init__(self, gen: Generator, session: Any) -> None:
+        from onnxruntime import OrtValue
+
+        self.gen = gen
+        self.session = session
+        self.value = OrtValue.ortvalue_from_numpy
+        self.past: list[Any] = [self.value(a) for a in gen._empty_past()]
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        gen = self.gen
+        total = self.length + len(ids)
+        arrays = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :],
+            gen._keep_name: np.array(keep, dtype=np.int64),
+        }  # kept alive here while ONNX Runtime reads them
+        feeds = {name: self.value(a) for name, a in arrays.items()}
+        feeds.update(zip(gen._past_names, self.past))
+        try:
+            out = self.session.run_with_ort_values(gen._outputs, feeds)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed running {gen.entry.path}: {exc}") from exc
+        self.past = list(out[1:])
+        self.length = total
+        return out[0].numpy()[0]
+
+
 class _StatefulSession:
     """Decoding state held inside an OpenVINO stateful model (KV cache as ReadValue / Assign variables)."""
 
     def __init__(self, gen: Generator) -> None:
         self.gen = gen
-        self.request = gen._stateful_request()
+        self.request = gen._stateful_request()  # its own request: sessions may interleave, threads too
         self.request.reset_state()
         self.length = 0
 
@@ -300,7 +333,6 @@ class Generator(EdgeModel):
         if self.stateful and backend.name != "openvino":
             raise ArtifactError(f"model {entry.name!r} has no past_key_values inputs; only OpenVINO runs stateful models")
         self._outputs = ["logits"] if self.stateful else ["logits", *self._present_names]
-        self._request: Any = None
 
     # -- tokens ----------------------------------------------------------------------------------------------
 
@@ -386,7 +418,12 @@ class Generator(EdgeModel):
         return self._session().feed(sequence)[-1]
 
     def _session(self) -> Any:
-        return _StatefulSession(self) if self.stateful else _Session(self)
+        if self.stateful:
+            return _StatefulSession(self)
+        session = getattr(self.backend, "_session", None)  # OrtBackend's InferenceSession
+        if session is not None and hasattr(session, "run_with_ort_values"):
+            return _OrtValueSession(self, session)
+        return _Session(self)
 
     def _empty_past(self) -> list[np.ndarray]:
         heads, dim = self._kv_shape
@@ -394,12 +431,10 @@ class Generator(EdgeModel):
         return [empty] * len(self._past_names)
 
     def _stateful_request(self) -> Any:
-        compiled = getattr(self.backend, "_compiled", None)
+        compiled = getattr(self.backend, "_compiled", None)  # OpenVINOBackend's CompiledModel
         if compiled is None:
             raise BackendError("this OpenVINO backend exposes no compiled model for a stateful infer request")
-        if self._request is None:
-            self._request = compiled.create_infer_request()
-        return self._request
+        return compiled.create_infer_request()
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """The generated text in pieces as it is produced; stop strings end it (and are not yielded)."""
