@@ -250,6 +250,7 @@ class CausalLMConfig:
     freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
     eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
+    budget_minutes: float | None = None  # train about this long: distill.epochs cut to what fits, from timed trial steps
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
     stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
     logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text
@@ -259,6 +260,7 @@ class CausalLMConfig:
         check_range(f"{where}.sample_tokens", self.sample_tokens, low=1)
         check_range(f"{where}.eval_rows", self.eval_rows, low=1)
         check_range(f"{where}.max_steps", self.max_steps, low=1)
+        check_range(f"{where}.budget_minutes", self.budget_minutes, low=0.0, low_open=True)
         check_range(f"{where}.context_length", self.context_length, low=2)
         check_range(f"{where}.logits_atol", self.logits_atol, low=0.0)
 

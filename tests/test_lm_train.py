@@ -248,3 +248,20 @@ def test_causal_lm_config_rejects_bad_values() -> None:
         recipe_from_dict({**base, "causal_lm": {"context_length": 1}})
     with pytest.raises(ConfigError, match=r"unknown key 'corpus'; did you mean 'corpora'"):
         recipe_from_dict({**base, "causal_lm": {"corpus": ["tweets"]}})
+
+
+def test_time_budget_plans_the_epochs(teacher: Any, text_file: Path, tmp_path: Path) -> None:
+    import json
+
+    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
+    from edgellm.train.causal import distill_causal_lm, load_lm_data
+
+    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
+    config = DistillConfig(num_layers=2, epochs=1000, batch_size=16, learning_rate=1e-3, eval_every=1000,
+                           precision="fp32")
+    lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, budget_minutes=0.02)  # 1.2 s
+    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
+    plan = json.loads((tmp_path / "work" / "budget.json").read_text())
+    assert plan == student.metrics["budget"] and plan["budget_minutes"] == 0.02
+    assert plan["planned_steps"] == max(1, int(0.9 * 1.2 / (plan["seconds_per_step"] + 1.5 * plan["eval_seconds"] / 1000)))
+    assert student.metrics["steps"] == math.ceil(plan["epochs"] * plan["steps_per_epoch"]) < 1000 * plan["steps_per_epoch"]

@@ -214,8 +214,10 @@ def export_decoder_onnx(model: Any, path: Path, *, context_length: int = DEFAULT
         dynamic[name] = {0: "batch", 2: "past_sequence"}
     for name in spec.present_names:
         dynamic[name] = {0: "batch", 2: "total_sequence"}
+    if sum(p.numel() for p in model.parameters()) * 4 > 1.8e9:
+        raise ExportError(f"{type(model).__name__} has over 1.8 GB of FP32 weights; this exporter writes one file "
+                          "(protobuf's 2 GB limit)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    big = sum(p.numel() for p in model.parameters()) * 4 > 1.8e9
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -232,8 +234,6 @@ def export_decoder_onnx(model: Any, path: Path, *, context_length: int = DEFAULT
             )
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
-    if big:
-        raise ExportError(f"{type(model).__name__} has over 1.8 GB of FP32 weights; this exporter keeps one file")
     return spec
 
 

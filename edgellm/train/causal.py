@@ -54,6 +54,7 @@ __all__ = [
     "causal_kd_loss",
     "sample_teacher_texts",
     "distill_causal_lm",
+    "plan_budget",
     "compress_causal_lm",
     "lm_quantize_modes",
 ]
@@ -286,6 +287,52 @@ def sample_teacher_texts(teacher: Any, tokenizer: Any, prompts: Sequence[str], *
 # -- the verb ----------------------------------------------------------------------------------------------------
 
 
+def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: LoopOptions, *, budget_minutes: float,
+                eval_s: float, work_dir: Path, trial_steps: int = 4) -> dict[str, Any]:
+    """Epochs that fit `budget_minutes` of training: a few optimizer steps are timed on a copy of the student (after
+    one untimed step), evaluations and checkpoints counted in, 10% kept in reserve. The plan is written to
+    `work_dir/budget.json` and reused when the same budget is asked again (so a resumed run keeps its schedule)."""
+    import copy
+    import json
+
+    from edgellm.train.loop import autocast_dtype, device_for
+
+    path = work_dir / "budget.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("budget_minutes") == budget_minutes:
+            return saved
+    device = device_for(options)
+    dtype = autocast_dtype(options.precision, device)
+    trial = copy.deepcopy(student).to(device).train()
+    params = [p for p in trial.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.learning_rate)
+    plan_batches = list(batches.epoch(0))[: trial_steps + 1]
+    times = []
+    for i, batch in enumerate(plan_batches):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = loss_fn(trial, {k: v.to(device) for k, v in batch.items()})
+        (out[0] if isinstance(out, tuple) else out).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - started)
+    del trial, optimizer
+    step_s = float(np.median(times)) if times else 1.0
+    per_step = step_s + 1.5 * eval_s / max(options.eval_every, 1)  # evaluation + checkpoint, spread over the steps
+    steps = max(1, int(0.9 * budget_minutes * 60 / per_step))
+    epochs = min(float(options.epochs), steps / max(len(batches), 1))
+    plan = {"budget_minutes": budget_minutes, "seconds_per_step": step_s, "eval_seconds": eval_s,
+            "planned_steps": min(steps, math.ceil(options.epochs * len(batches))), "epochs": epochs,
+            "steps_per_epoch": len(batches)}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=2))
+    log.info("budget %.0f min: %.2f s/step -> %d steps (%.3f epochs)", budget_minutes, step_s, plan["planned_steps"],
+             epochs)
+    return plan
+
+
 def distill_causal_lm(
     teacher: Any,
     data: TaskData,
@@ -340,8 +387,10 @@ def distill_causal_lm(
 
     metrics: dict[str, Any] = {"teacher_layers": layers, "teacher_num_layers": total, "ffn_size": config.ffn_size,
                                "layer_selection": "given" if config.layers is not None else lm.layer_selection}
-    ppl: dict[str, Any] = {"teacher_validation": lm_perplexity(tmodel, val_eval, pad_id=pad)["perplexity"],
-                           "student_initial_validation": lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]}
+    ppl: dict[str, Any] = {"teacher_validation": lm_perplexity(tmodel, val_eval, pad_id=pad)["perplexity"]}
+    eval_started = time.perf_counter()
+    ppl["student_initial_validation"] = lm_perplexity(student, val_eval, pad_id=pad)["perplexity"]
+    eval_s = time.perf_counter() - eval_started
     kl: dict[str, float] = {"initial_validation": lm_kl(tmodel, student, val_eval, pad_id=pad)}
     log.info("before distillation: perplexity teacher %.2f, student %.2f; KL(teacher || student) %.4f",
              ppl["teacher_validation"], ppl["student_initial_validation"], kl["initial_validation"])
@@ -359,6 +408,11 @@ def distill_causal_lm(
 
     batches = TokenBatches(train_ids, config.batch_size, config.seed, pad_id=pad)
     options = LoopOptions.from_config(config, max_steps=lm.max_steps)
+    if lm.budget_minutes is not None:
+        plan = plan_budget(student, loss_fn, batches, options, budget_minutes=lm.budget_minutes, eval_s=eval_s,
+                           work_dir=Path(work_dir))
+        options = dataclasses.replace(options, epochs=plan["epochs"])
+        metrics["budget"] = plan
     tokens_per_epoch = sum(len(s) for s in train_ids)
     started = time.perf_counter()
     result = train_loop(
