@@ -52,8 +52,8 @@ def heldout(recipe: Any, student: Path) -> dict[str, Any]:
                              f"({str(recorded)[:12]}); rebuild the student or use its recipe")
     order = np.random.default_rng(0).permutation(len(data.test))
     return {"texts": [data.test.texts[i] for i in order],
-            "info": {"corpus": "+".join(p.get("name", "?") for p in data.source["parts"]), "split": "test",
-                     "rows": len(data.test), "sha256": sha, "matches_manifest": True, "seed": data.split.seed,
+            "info": {"corpus": " + ".join(str(p.get("name") or p.get("path")) for p in data.source["parts"]),
+                     "split": "test", "rows": len(data.test), "examples": len(data.test), "sha256": sha, "matches_manifest": True, "seed": data.split.seed,
                      "test_fraction": data.split.test}}
 
 
@@ -158,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                              generation_repeat=args.repeat, perplexity_texts=args.perplexity_texts,
                              cold_runs=args.cold_runs, baselines=True)
     command = "python -m bench.generate_smollm2 " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    from edgellm.models import causal_lm_folder
+
+    teacher_folder = causal_lm_folder(recipe.teacher)  # the FP32 Hugging Face folder (GGUF de-quantized once)
     result = run_benchmark(student, compare=[teacher_artifact], settings=settings, name=args.name, data=data,
-                           command=command, output_dir=None)
+                           teacher=teacher_folder, command=command, output_dir=None)
     summary = targets(result, student.name)
     result["targets"] = summary
     manifest = read_manifest(student)
