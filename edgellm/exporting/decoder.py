@@ -22,12 +22,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
 from edgellm.errors import ConfigError, ExportError, ExportMismatchError
+from edgellm.recipe import CausalLMConfig
 
 __all__ = [
     "DECODER_TYPES",
@@ -51,8 +52,8 @@ log = logging.getLogger(__name__)
 DECODER_TYPES = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
 INT8_MODES = ("dynamic", "weight-only")  # ONNX INT8 variants: activations+weights / weights only
 OPSET = 17
-DEFAULT_ATOL = 1e-3  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
-DEFAULT_CONTEXT = 2048  # tokens, when the model allows more
+DEFAULT_ATOL = CausalLMConfig.logits_atol  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
+DEFAULT_CONTEXT = CausalLMConfig.context_length  # tokens, when the model allows more
 GREEDY_CHECK_STEPS = 32
 
 
