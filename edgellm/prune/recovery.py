@@ -2,15 +2,15 @@
 
 Encoders go through `edgellm.train.distill(teacher, data, config, work_dir, student=pruned)` (soft targets + hard
 labels for classifiers, pooled-vector loss for embedders). Causal LMs go through the trainer's loop
-(`edgellm.train.loop.train_loop`) with token-level KD (`edgellm.train.losses.kd_loss` on every real token) plus the
-next-token loss; the best validation perplexity is kept. No second training loop lives here.
+(`edgellm.train.loop.train_loop`) with the causal-LM stage's token-level KD (`edgellm.train.causal.causal_kd_loss`:
+KL on every real token plus the next-token loss); the best validation perplexity (`lm_perplexity`) is kept. No
+second training loop lives here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -54,63 +54,47 @@ def recover(student: Any, teacher: Any, data: Any, *, epochs: float, work_dir: s
 
 def _recover_causal_lm(student: Any, teacher: Any, tokenizer: Any, data: Any, config: DistillConfig,
                        work: Path, progress: bool) -> dict[str, Any]:
+    """Token-level KD of the pruned decoder from the unpruned one: the causal-LM stage's loss and perplexity, the
+    trainer's loop (the causal stage's own verb builds its student from teacher layers, so it is not reused)."""
     import torch
-    import torch.nn.functional as F
 
-    from edgellm.train.data import TokenBatches, encode_texts, eval_batches
+    from edgellm.train.causal import causal_kd_loss, encode_lm, lm_perplexity
+    from edgellm.train.data import TokenBatches
     from edgellm.train.loop import LoopOptions, device_for, train_loop
-    from edgellm.train.losses import kd_loss
 
     if tokenizer is None:
         raise DataError("causal-LM recovery needs the tokenizer")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    max_length = int(data.max_length or 128)
-    ids = [x for x in encode_texts(tokenizer, data.train.texts, max_length) if len(x) > 1]
+    pad = next((v for v in (tokenizer.pad_token_id, teacher.config.pad_token_id, tokenizer.eos_token_id)
+                if isinstance(v, int)), 0)
+    length = int(data.max_length or 128)
+    ids = encode_lm(tokenizer, data.train.texts, length)
     if not ids:
         raise DataError("recovery needs texts of at least two tokens")
+    held = encode_lm(tokenizer, data.validation.texts, length)
     plan = TokenBatches(ids, config.batch_size, config.seed, pad_id=int(pad))
     options = LoopOptions.from_config(config)
-    device = device_for(options)
-    teacher.to(device).eval()
+    teacher.to(device_for(options)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
 
-    def loss_fn(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-        feeds = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-        s_logits = model(**feeds).logits  # (B, T, V)
-        mask = batch["attention_mask"].bool()
-        parts = {}
-        if config.alpha_kd > 0:
-            with torch.no_grad():
-                t_logits = teacher(**feeds).logits
-            parts["kd"] = kd_loss(s_logits[mask], t_logits[mask], config.temperature) * config.alpha_kd
-        if config.alpha_ce > 0:
-            target = batch["input_ids"][:, 1:].masked_fill(~mask[:, 1:], -100)
-            parts["ce"] = F.cross_entropy(s_logits[:, :-1].float().transpose(1, 2), target) * config.alpha_ce
-        total = torch.stack(list(parts.values())).sum()
-        return total, {k: float(v.detach()) for k, v in parts.items()}
-
-    held = [x for x in encode_texts(tokenizer, data.validation.texts, max_length) if len(x) > 1]
+    def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
+        ids_, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids_, attention_mask=mask, use_cache=False).logits
+        s_logits = model(input_ids=ids_, attention_mask=mask, use_cache=False).logits
+        return causal_kd_loss(s_logits, t_logits, ids_, mask, temperature=config.temperature,
+                              alpha_kd=config.alpha_kd, alpha_ce=config.alpha_ce)
 
     def eval_fn(model: Any) -> dict[str, float]:
-        total, count = 0.0, 0
-        dev = next(model.parameters()).device
-        for batch in eval_batches(held, batch_size=16, pad_id=int(pad)):
-            mask = batch["attention_mask"].to(dev)
-            target = batch["input_ids"].to(dev)[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=mask, use_cache=False).logits
-            n = int((target != -100).sum())
-            total += float(F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target)) * n
-            count += n
-        return {"perplexity": math.exp(total / max(count, 1))}
+        return {"perplexity": lm_perplexity(model, held, pad_id=int(pad))["perplexity"]}
 
     started = time.perf_counter()
-    result = train_loop(student, loss_fn, plan, options=options, work_dir=work / "checkpoints",
+    result = train_loop(student, loss_fn, plan, options=options, work_dir=work / "train",
                         eval_fn=eval_fn if held else None, metric="perplexity", higher_is_better=False,
                         fingerprint={"task": "prune-recovery-causal-lm", "rows": len(ids)}, progress=progress,
                         desc="recovery")
     student.eval()
-    return {"method": "edgellm.train.loop.train_loop (token KD)", "epochs": config.epochs,
-            "learning_rate": config.learning_rate, "temperature": config.temperature, "alpha_kd": config.alpha_kd,
-            "alpha_ce": config.alpha_ce, "wall_s": round(time.perf_counter() - started, 1), "steps": result.steps,
-            "best": result.best}
+    return {"method": "edgellm.train.loop.train_loop + edgellm.train.causal.causal_kd_loss",
+            "epochs": config.epochs, "learning_rate": config.learning_rate, "temperature": config.temperature,
+            "alpha_kd": config.alpha_kd, "alpha_ce": config.alpha_ce,
+            "wall_s": round(time.perf_counter() - started, 1), "steps": result.steps, "best": result.best}

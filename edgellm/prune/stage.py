@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -70,26 +69,16 @@ def _load(path: str, task: str) -> tuple[Any, Any, Any]:
     return tm.model, tm.tokenizer, tm
 
 
-def _perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int = 8) -> float:
-    import torch
+def _perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int) -> float:
+    """The causal-LM stage's perplexity (every token after the first of each text, FP32)."""
+    from edgellm.train.causal import encode_lm, lm_perplexity
 
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-            tokens = int((labels[:, 1:] != -100).sum())
-            if tokens == 0:
-                continue
-            loss = model(**enc, labels=labels, use_cache=False).loss
-            total += float(loss) * tokens
-            count += tokens
-    if count == 0:
-        raise DataError("no tokens to measure perplexity on")
-    return math.exp(total / count)
+    pad = next((v for v in (tokenizer.pad_token_id, model.config.pad_token_id, tokenizer.eos_token_id)
+                if isinstance(v, int)), 0)
+    sequences = encode_lm(tokenizer, texts, max_length)
+    if not sequences:
+        raise DataError("no texts of two tokens or more to measure perplexity on")
+    return float(lm_perplexity(model, sequences, pad_id=int(pad))["perplexity"])
 
 
 def _metrics(model: Any, tokenizer: Any, tm: Any, data: Any, *, task: str, max_length: int,
