@@ -539,3 +539,24 @@ def test_prune_folder_recovers_a_causal_lm_and_it_still_generates(tmp_path: Path
     prompt = AutoTokenizer.from_pretrained(tmp_path / "out")(["the film was"], return_tensors="pt")["input_ids"]
     assert model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id).shape[1] == \
         prompt.shape[1] + 6
+
+
+def test_prune_folder_recovers_an_embedder_against_the_unpruned_vectors(tiny_bert_factory: Any, reviews_csv: Path,
+                                                                         tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from edgellm.prune import prune
+    from edgellm.recipe import DataConfig, DistillConfig
+
+    folder = tiny_bert_factory(task="feature-extraction")
+    report = prune(folder, tmp_path / "emb", config=PruneConfig(heads=0.25, ffn=0.25, recovery_epochs=1.0),
+                   data=DataConfig(path=str(reviews_csv)),
+                   distill=DistillConfig(batch_size=16, learning_rate=1e-3, eval_every=2, precision="fp32"),
+                   progress=False)
+    assert report["task"] == "feature-extraction"
+    assert report["importance"] == "magnitude"  # a bare encoder has no task loss to take gradients of
+    metrics = report["metrics"]
+    assert metrics["before"] is None  # an embedder is judged against the unpruned vectors, after pruning only
+    assert -1.0 <= metrics["after"]["spearman"] <= 1.0 and metrics["after"]["pairs"] > 0
+    assert metrics["recovery"]["train"]["steps"] == 4
+    assert params(AutoModel.from_pretrained(tmp_path / "emb", add_pooling_layer=False)) == report["after"]["parameters"]
