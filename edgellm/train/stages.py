@@ -57,6 +57,8 @@ def finetune(teacher: Any, data: TaskData, config: FinetuneConfig, work_dir: str
     if data.task != "text-classification":
         return load_model(teacher, task=data.task)
     if isinstance(teacher, TrainedModel):
+        if teacher.task != "text-classification":
+            raise ConfigError(f"finetune: the teacher is a {teacher.task} model; give a classifier or a model folder")
         tm = teacher
         has_head = True
     else:
@@ -124,9 +126,7 @@ def distill(teacher: Any, data: TaskData, config: DistillConfig, work_dir: str |
     if task == "text-classification":
         labels = list(data.train.labels or []) + [IGNORE_LABEL] * len(augment)
     plan = TokenBatches(ids, config.batch_size, config.seed, labels=labels, pad_id=_pad(tm))
-    tm.model.to(device).eval()
-    for p in tm.model.parameters():
-        p.requires_grad_(False)
+    tm.model.to(device).eval()  # its forward passes run under no_grad; its parameters are not optimised
     pairing = _pairing(st.model, tm.model, config)
     cache = _TeacherCache(tm, ids, _pad(tm), device, dtype) if pairing is None else None
     if task == "text-classification":
