@@ -9,7 +9,8 @@ against torch); add INT8 models to it with edgellm.quantize.quantize_models, one
 dynamic (the avx512-vnni preset: fused transformer ops, per-channel; and without the fusion, without INT8
 embeddings, per-tensor), static QDQ (minmax / entropy / percentile calibration on 300 training texts), weight-only
 (MatMulNBits 8-bit); OpenVINO NNCF static INT8, weight-only INT8 (compress_weights) and FP16 IR; accuracy-aware
-runs; neural-compressor RTN and PT2E static exported to ONNX; and the peers: Optimum's ORTQuantizer avx512_vnni
+runs (static INT8 with a 0.5-point tolerance: ONNX Runtime keeps its most sensitive ops in float, OpenVINO runs
+NNCF's quantize_with_accuracy_control); neural-compressor RTN and PT2E static exported to ONNX; and the peers: Optimum's ORTQuantizer avx512_vnni
 dynamic INT8 and the teacher in FP32 PyTorch, built from the same fine-tuned model. Then every model is measured in
 this process: accuracy on the test split, file size, and p50 latency at batch 1, 128 tokens, 2 threads
 (edgellm.bench.time_calls), engines measured in alternating rounds, each round's load from other processes
@@ -64,7 +65,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--teacher", default="embedded:all-MiniLM-L6-v2")
     p.add_argument("--teacher-epochs", type=float, default=1.0)
     p.add_argument("--samples", type=int, default=300, help="calibration texts")
-    p.add_argument("--tolerance", type=float, default=0.2, help="accuracy-aware runs: max drop on validation")
+    p.add_argument("--tolerance", type=float, default=0.5, help="accuracy-aware runs: max drop on validation")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--length", type=int, default=128, help="tokens per latency input")
     p.add_argument("--repeat", type=int, default=40, help="timed calls per model and round")
@@ -144,7 +145,7 @@ def _build(fp32: Path, zoo: Path, model_dir: Path, data: Any, args: argparse.Nam
             quantize_models(stage, manifest, config=config, data=qdata, threads=args.threads, suffix=suffix)
             timings[suffix or "default"] = time.perf_counter() - start
             log.info("variant %s done in %.0f s", suffix or "default", timings[suffix or "default"])
-        for backend, mode in (("onnxruntime", "dynamic"), ("openvino", "static")):
+        for backend, mode in (("onnxruntime", "static"), ("openvino", "static")):  # static: where INT8 costs most
             start = time.perf_counter()
             config = QuantizeConfig(mode=mode, backends=[backend], tolerance=args.tolerance, max_fallback=0.5,
                                     calibration_samples=args.samples)
@@ -229,7 +230,7 @@ def _describe(entry: Any) -> str:
 def main() -> int:
     args = _parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("nncf", "neural_compressor", "torch", "transformers", "onnxruntime", "root"):
+    for noisy in ("nncf", "neural_compressor", "torch", "transformers", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from edgellm.artifact import read_manifest
     from edgellm.bench import artifact_subjects, machine_info, optimum_subject, teacher_subject

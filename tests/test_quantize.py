@@ -569,3 +569,69 @@ def test_quantize_onnx_on_a_decoder_with_kv_cache(tmp_path: Path) -> None:
         got = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
         np.testing.assert_allclose(got, expected, atol=0.05)
         assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+# -- neural-compressor ----------------------------------------------------------------------------------------------
+
+
+def test_fold_weight_quantize_stores_int8_weights(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgellm.quantize.inc import fold_weight_quantize
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 4)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=1),
+         helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], axis=1),
+         helper.make_node("MatMul", ["x", "wd"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
+         numpy_helper.from_array(np.zeros(4, np.int8), "z")])
+    path = tmp_path / "qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = {"x": rng.normal(size=(3, 8)).astype(np.float32)}
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert fold_weight_quantize(path) == 1
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert {i.name: i.data_type for i in model.graph.initializer}["wq"] == TensorProto.INT8
+    assert "w" not in {i.name for i in model.graph.initializer}  # the FP32 weight is gone
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_array_equal(after, before)
+
+
+def test_inc_rtn_reaches_onnx_as_fp32_weights(tiny_classifier_dir: Path, classifier_artifact: Path,
+                                              tmp_path: Path) -> None:
+    from edgellm.models import load_encoder
+    from edgellm.quantize.inc import inc_quantize_onnx
+
+    model = load_encoder(tiny_classifier_dir, task="text-classification")
+    r = inc_quantize_onnx(model, tmp_path / "rtn.onnx", method="rtn", tokenizer=classifier_artifact / "tokenizer.json",
+                          texts=sentences(10), samples=4, max_length=64)
+    assert "QuantizeLinear" not in r.ops and "MatMulInteger" not in r.ops  # INC's int8 never reaches the file
+    assert r.settings["mode"] == "weight-only" and "de-quantized FP32 weights" in r.settings["export"]
+    assert abs(r.path.stat().st_size / (classifier_artifact / "model.onnx").stat().st_size - 1) < 0.1
+    feeds = feeds_for(classifier_artifact, 4)
+    np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(classifier_artifact / "model.onnx", feeds), atol=0.01)
+
+
+@pytest.mark.slow
+def test_inc_pt2e_static_exports_a_qdq_graph(tiny_classifier_dir: Path, classifier_artifact: Path,
+                                             tmp_path: Path) -> None:
+    from edgellm.models import load_encoder
+    from edgellm.quantize.inc import inc_quantize_onnx
+
+    model = load_encoder(tiny_classifier_dir, task="text-classification")
+    r = inc_quantize_onnx(model, tmp_path / "pt2e.onnx", method="pt2e-static",
+                          tokenizer=classifier_artifact / "tokenizer.json", texts=sentences(10), samples=6,
+                          max_length=64)
+    assert r.settings["calibration"] == {"samples": 6}
+    assert r.settings["int8_weights_folded"] == WEIGHT_MATMULS + GEMMS  # every Linear's weight stored as int8
+    int8 = [i for i in onnx.load(str(r.path)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) >= WEIGHT_MATMULS + GEMMS and r.ops["DequantizeLinear"] > r.ops["QuantizeLinear"]
+    feeds = feeds_for(classifier_artifact, 4)  # batch 1, their own lengths: the batch and sequence stayed dynamic
+    np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(classifier_artifact / "model.onnx", feeds), atol=0.05)

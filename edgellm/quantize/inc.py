@@ -12,6 +12,7 @@ Methods and what reaches the runtime (measured in bench/quantize_minilm.py):
     pt2e-static  PT2E static INT8 (X86InductorQuantizer defaults): `neural_compressor.torch.export` ->
                  prepare -> calibrate -> convert, then `torch.onnx.export(dynamo=True)` writes a QDQ graph
                  (QuantizeLinear / DequantizeLinear around each Linear) that ONNX Runtime fuses into INT8 kernels.
+                 The exported graph quantizes FP32 weights at run time; `fold_weight_quantize` stores them as int8.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from edgellm.config import suggest
 from edgellm.errors import ConfigError, QuantizationError
 
-__all__ = ["INC_METHODS", "IncResult", "inc_quantize_onnx"]
+__all__ = ["INC_METHODS", "IncResult", "inc_quantize_onnx", "fold_weight_quantize"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,50 @@ def _calibration_batches(tokenizer: str | Path, texts: Sequence[str], samples: i
     feeds = text_feeds(tokenizer, texts, samples=samples, max_length=max_length, input_names=names,
                        static_shape=(1, pad_to) if pad_to else None)
     return [tuple(torch.from_numpy(f[n]) for n in names) for f in feeds]
+
+
+def fold_weight_quantize(path: Path) -> int:
+    """Store weights as int8: replace every QuantizeLinear whose input is a float initializer by its result.
+
+    The PT2E graph quantizes its FP32 weights at run time (Q -> DQ on each weight), so the exported file keeps
+    FP32 weights; folding gives the int8 file the QDQ format intends (ONNX Runtime computes the same values).
+    Returns the number of weights folded.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    folded: list[Any] = []
+    new_inits = []
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or not all(i in inits for i in node.input[:3]) or len(node.input) < 3:
+            continue
+        w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)  # float32 math, as ORT rounds
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[node.input[2]])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:  # per channel along `axis`
+            shape = [1] * w.ndim
+            shape[axis] = scale.size
+            scale, zero_b = scale.reshape(shape), zero.astype(np.float32).reshape(shape)
+        else:
+            zero_b = zero.astype(np.float32)
+        info = np.iinfo(zero.dtype)
+        q = np.clip(np.round(w / scale) + zero_b, info.min, info.max).astype(zero.dtype)
+        new_inits.append(numpy_helper.from_array(q, node.output[0]))
+        folded.append(node)
+    if not folded:
+        return 0
+    for node in folded:
+        model.graph.node.remove(node)
+    model.graph.initializer.extend(new_inits)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.save_model(model, str(path))
+    return len(folded)
 
 
 def _model_folder(model: Any, dst: Path) -> str:
@@ -142,6 +189,7 @@ def inc_quantize_onnx(
                 program = torch.export.export(quantized, example, dynamic_shapes=flat)  # the graph takes flat args
                 torch.onnx.export(program, example, str(dst), input_names=names, output_names=[output],
                                   dynamo=True, external_data=False, optimize=True)
+                folded = fold_weight_quantize(dst)
     except (QuantizationError, ConfigError):
         raise
     except Exception as exc:
@@ -160,4 +208,6 @@ def inc_quantize_onnx(
     }
     if calib:
         settings["calibration"] = {"samples": fed}
+    if method == "pt2e-static":
+        settings["int8_weights_folded"] = folded
     return IncResult(dst, settings, counts, names)
