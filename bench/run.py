@@ -3,6 +3,7 @@
     python -m bench.run                          # suite `reference`: artifacts/sentiment-minilm (built by make demo)
     python -m bench.run artifacts/other          # the same suite on another artifact (more paths: compared)
     python -m bench.run --suite minilm-embed     # the MiniLM-L6 FP32 embedding export
+    python -m bench.run --suite minilm-embed --readme-only   # re-render tables and README from NAME.json
     make bench                                   # = python -m bench.run
 
 Each suite is bench/suites/NAME.yaml (validated: unknown keys and bad values are refused). The run writes
@@ -14,6 +15,7 @@ the command produced. Run it alone on the machine (here: under `flock /tmp/edgel
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -22,11 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgellm.bench import BenchSettings, run_benchmark
+from edgellm.bench import BenchSettings, run_benchmark, write_results
 from edgellm.config import from_dict
 from edgellm.errors import ConfigError, EdgeLLMError
 
-__all__ = ["Suite", "load_suite", "update_readme", "wait_until_quiet", "main", "ROOT", "SUITES"]
+__all__ = ["Suite", "load_suite", "update_readme", "readme_text", "wait_until_quiet", "main", "ROOT", "SUITES"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "bench" / "suites"
@@ -105,11 +107,19 @@ def _from_root(path: str) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def readme_text(markdown: str, png: str, title: str) -> str:
+    """A result's Markdown for README (its own `###` title dropped: README's section names it) and its plot."""
+    body = markdown.split("\n", 2)[2] if markdown.startswith("### ") else markdown
+    return f"{body.strip()}\n\n![{title}]({png})\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="*", help="artifact(s) to measure instead of the suite's (first = main)")
     parser.add_argument("--suite", default="reference", help="bench/suites/NAME.yaml (default: reference)")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="measure nothing: re-render NAME.md, NAME.png and README's block from NAME.json")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS until other processes leave the cores idle")
@@ -119,21 +129,30 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         suite = load_suite(args.suite)
-        paths = [Path(a) for a in args.artifacts] or [_from_root(suite.artifact), *map(_from_root, suite.compare)]
-        for path in paths:
-            if not path.exists():
-                how = f"build it first: {suite.produced_by}" if suite.produced_by and not args.artifacts else \
-                    "give an existing artifact folder"
-                sys.stderr.write(f"bench.run: artifact {path} does not exist; {how} "
-                                 f"(or pass artifact paths: python -m bench.run PATH [PATH ...])\n")
+        if args.readme_only:
+            recorded = Path(args.output_dir) / f"{suite.name}.json"
+            if not recorded.is_file():
+                sys.stderr.write(f"bench.run: no recorded result {recorded}; run the suite first (without "
+                                 "--readme-only)\n")
                 return 2
-        if args.wait_quiet > 0:
-            wait_until_quiet(args.wait_quiet)
-        command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
-        result = run_benchmark(paths[0], compare=paths[1:], models=suite.models,
-                               teacher=str(_from_root(suite.teacher)) if suite.teacher else None,
-                               settings=suite.settings, name=suite.name, output_dir=args.output_dir,
-                               command=command.strip())
+            result = json.loads(recorded.read_text(encoding="utf-8"))
+            result["paths"] = write_results(result, args.output_dir, suite.name)
+        else:
+            paths = [Path(a) for a in args.artifacts] or [_from_root(suite.artifact), *map(_from_root, suite.compare)]
+            for path in paths:
+                if not path.exists():
+                    how = f"build it first: {suite.produced_by}" if suite.produced_by and not args.artifacts else \
+                        "give an existing artifact folder"
+                    sys.stderr.write(f"bench.run: artifact {path} does not exist; {how} "
+                                     f"(or pass artifact paths: python -m bench.run PATH [PATH ...])\n")
+                    return 2
+            if args.wait_quiet > 0:
+                wait_until_quiet(args.wait_quiet)
+            command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+            result = run_benchmark(paths[0], compare=paths[1:], models=suite.models,
+                                   teacher=str(_from_root(suite.teacher)) if suite.teacher else None,
+                                   settings=suite.settings, name=suite.name, output_dir=args.output_dir,
+                                   command=command.strip())
     except EdgeLLMError as exc:
         sys.stderr.write(f"bench.run: error ({type(exc).__name__}): {exc}\n")
         return 1
@@ -141,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(table)
     if suite.readme_block and not args.no_readme and not args.artifacts:
         png = os.path.relpath(result["paths"]["png"], README.parent)
-        changed = update_readme(README, suite.readme_block, f"{table}\n![{suite.name}: latency vs accuracy]({png})\n")
+        title = f"{suite.name}: " + ("time per token vs perplexity" if result["task"] == "text-generation"
+                                     else "latency vs accuracy")
+        changed = update_readme(README, suite.readme_block, readme_text(table, png, title))
         sys.stdout.write(f"README.md block {suite.readme_block!r} {'updated' if changed else 'unchanged'}\n")
     sys.stdout.write("wrote " + ", ".join(result["paths"].values()) + "\n")
     return 0

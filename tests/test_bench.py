@@ -645,3 +645,28 @@ def test_generation_benchmark_refuses_a_prompt_over_the_context(llama_artifact: 
     with pytest.raises(ConfigError, match=r"prompt_tokens \+ new_tokens = 200 exceed \S+'s context of 128 tokens"):
         run_benchmark(llama_artifact, settings={"prompt_tokens": 100, "new_tokens": 100, "baselines": False},
                       output_dir=None)
+
+
+def test_bench_run_readme_only_rerenders_from_the_recorded_json(classifier_result: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import bench.run as bench_run
+
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "tiny.yaml").write_text("name: tiny\nartifact: nowhere\nreadme_block: tiny\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(classifier_result["paths"]["json"], results / "tiny.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("## Benchmarks\n\n### Tiny\n\n<!-- bench:tiny:begin -->\n<!-- bench:tiny:end -->\n")
+    monkeypatch.setattr(bench_run, "SUITES", suites)
+    monkeypatch.setattr(bench_run, "README", readme)
+    assert bench_run.main(["--suite", "tiny", "--readme-only", "--output-dir", str(results)]) == 0
+    block = readme.read_text().split("<!-- bench:tiny:begin -->\n")[1].split("<!-- bench:tiny:end -->")[0]
+    md = (results / "tiny.md").read_text()
+    assert md == render_markdown(classifier_result)
+    assert block == md.split("\n", 2)[2].strip() + "\n\n![tiny: latency vs accuracy](results/tiny.png)\n"
+    assert (results / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert bench_run.main(["--suite", "tiny", "--readme-only", "--output-dir", str(tmp_path)]) == 2  # no JSON there

@@ -28,7 +28,7 @@ def write_results(result: dict[str, Any], output_dir: str | os.PathLike[str], na
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / f"{name}.json"), "md": str(out / f"{name}.md"), "png": str(out / f"{name}.png")}
     body = {k: v for k, v in result.items() if k != "paths"}
-    Path(paths["json"]).write_text(json.dumps({**body, "paths": paths}, indent=2, default=_jsonable) + "\n",
+    Path(paths["json"]).write_text(json.dumps(body, indent=2, default=_jsonable) + "\n",
                                    encoding="utf-8")
     Path(paths["md"]).write_text(render_markdown(result), encoding="utf-8")
     plot_results(result, paths["png"])
