@@ -121,6 +121,10 @@ def _check_supported(model: Any, context_length: int) -> None:
         raise ExportError("dynamic RoPE scaling changes with the sequence length and cannot be exported as a graph")
     if getattr(model.model.layers[0].self_attn, "q_norm", None) is not None:
         raise ExportError(f"{cfg.model_type} normalises q / k per head (q_norm); the decoder wrapper does not")
+    mlp = model.model.layers[0].mlp
+    if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")) or \
+            getattr(mlp.gate_proj, "bias", None) is not None:
+        raise ExportError(f"{cfg.model_type}: the decoder wrapper needs a gated MLP (gate_proj, up_proj, down_proj)")
 
 
 def _wrapper(model: Any) -> Any:
@@ -140,11 +144,25 @@ def _wrapper(model: Any) -> Any:
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     class DecoderWrapper(torch.nn.Module):
-        """Positional inputs in `spec.inputs` order; returns (logits, *present)."""
+        """Positional inputs in `spec.inputs` order; returns (logits, *present).
+
+        q / k / v projections run as one MatMul and gate / up as another (weights concatenated once here): fewer,
+        larger matrix products, which is what a CPU decoding one token at a time is fastest at."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            self.qkv = torch.nn.ParameterList()
+            self.qkv_bias: list[Any] = []
+            self.gate_up = torch.nn.ParameterList()
+            for layer in base.layers:
+                a, mlp = layer.self_attn, layer.mlp
+                self.qkv.append(torch.nn.Parameter(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                                                   requires_grad=False))
+                bias = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
+                self.qkv_bias.append(torch.cat(bias) if all(b is not None for b in bias) else None)
+                self.gate_up.append(torch.nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                                                       requires_grad=False))
 
         def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, keep: Any, *past: Any) -> Any:
             x = base.embed_tokens(input_ids)  # (B, T, C)
@@ -163,9 +181,11 @@ def _wrapper(model: Any) -> Any:
             for i, layer in enumerate(base.layers):
                 attn = layer.self_attn
                 h = layer.input_layernorm(x)
-                q = attn.q_proj(h).view(bsz, seq, heads, dim).transpose(1, 2)  # (B, H, T, D)
-                k = attn.k_proj(h).view(bsz, seq, kv, dim).transpose(1, 2)  # (B, KV, T, D)
-                v = attn.v_proj(h).view(bsz, seq, kv, dim).transpose(1, 2)
+                qkv = torch.nn.functional.linear(h, self.qkv[i], self.qkv_bias[i])  # (B, T, (H + 2 KV) D)
+                q, k, v = qkv.split([heads * dim, kv * dim, kv * dim], dim=-1)
+                q = q.reshape(bsz, seq, heads, dim).transpose(1, 2)  # (B, H, T, D)
+                k = k.reshape(bsz, seq, kv, dim).transpose(1, 2)  # (B, KV, T, D)
+                v = v.reshape(bsz, seq, kv, dim).transpose(1, 2)
                 q = q * cos + rotate_half(q) * sin
                 k = k * cos + rotate_half(k) * sin
                 k = torch.cat([past[2 * i], k], dim=2)  # (B, KV, S, D)
@@ -177,7 +197,8 @@ def _wrapper(model: Any) -> Any:
                 out = torch.matmul(probs, v.unsqueeze(2))  # (B, KV, rep, T, D)
                 out = out.reshape(bsz, heads, seq, dim).transpose(1, 2).reshape(bsz, seq, heads * dim)
                 x = x + attn.o_proj(out)
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
+                gate, up = torch.nn.functional.linear(layer.post_attention_layernorm(x), self.gate_up[i]).chunk(2, -1)
+                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)  # (B, T, C)
             rows = torch.arange(seq - keep, seq, dtype=torch.int64)  # the last `keep` positions
             x = base.norm(torch.index_select(x, 1, rows))
             logits = model.lm_head(x).float()  # (B, K, V)
