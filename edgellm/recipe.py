@@ -248,6 +248,7 @@ class CausalLMConfig:
     teacher_samples: int = 0  # texts sampled from the teacher and added to training (sequence-level KD)
     sample_tokens: int = 64  # new tokens per teacher sample
     freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
+    teacher_precision: Literal["fp32", "bf16"] = "fp32"  # the frozen teacher's weights during distillation (bf16: faster where the CPU has AMX, targets rounded)
     eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
     budget_minutes: float | None = None  # train about this long: distill.epochs cut to what fits, from timed trial steps

@@ -265,3 +265,19 @@ def test_time_budget_plans_the_epochs(teacher: Any, text_file: Path, tmp_path: P
     assert plan == student.metrics["budget"] and plan["budget_minutes"] == 0.02
     assert plan["planned_steps"] == max(1, int(0.9 * 1.2 / (plan["seconds_per_step"] + 1.5 * plan["eval_seconds"] / 1000)))
     assert student.metrics["steps"] == math.ceil(plan["epochs"] * plan["steps_per_epoch"]) < 1000 * plan["steps_per_epoch"]
+
+
+def test_bf16_teacher_gives_nearly_the_same_kd_targets(teacher: Any, text_file: Path, tmp_path: Path) -> None:
+    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
+    from edgellm.train.causal import distill_causal_lm, load_lm_data
+
+    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
+    config = DistillConfig(num_layers=2, epochs=1, batch_size=16, learning_rate=1e-3, eval_every=1000,
+                           precision="fp32", alpha_ce=0.0)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, teacher_precision=precision)
+        runs[precision] = distill_causal_lm(teacher, data, config, lm, tmp_path / precision, progress=False)
+    a, b = (runs[p].metrics["history"][-1]["train_loss"] for p in ("fp32", "bf16"))
+    assert a == pytest.approx(b, rel=0.05) and a != b  # bf16 rounding changes the targets a little
+    assert teacher.model.dtype.is_floating_point and str(teacher.model.dtype) == "torch.float32"  # untouched

@@ -395,10 +395,16 @@ def distill_causal_lm(
     log.info("before distillation: perplexity teacher %.2f, student %.2f; KL(teacher || student) %.4f",
              ppl["teacher_validation"], ppl["student_initial_validation"], kl["initial_validation"])
 
+    kd_teacher = tmodel
+    if lm.teacher_precision == "bf16":  # a copy: the FP32 teacher still measures perplexity
+        import copy
+
+        kd_teacher = copy.deepcopy(tmodel).to(torch.bfloat16)
+
     def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            t_logits = tmodel(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            t_logits = kd_teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         s_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return causal_kd_loss(s_logits, t_logits, ids, mask, temperature=config.temperature,
                               alpha_kd=config.alpha_kd, alpha_ce=config.alpha_ce)
