@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=str(ROOT / "export" / "lm-smollm2.yaml"))
     parser.add_argument("--student", default=str(ROOT / "artifacts" / "lm-smollm2"))
     parser.add_argument("--teacher-artifact", default=str(ROOT / "artifacts" / "smollm2-teacher"))
-    parser.add_argument("--work", default=str(ROOT / "work" / "lm-smollm2"))
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work" / "lm-smollm2"))
     parser.add_argument("--build", action="store_true", help="Build missing artifacts (runs the distillation).")
     parser.add_argument("--name", default="generate_smollm2")
     parser.add_argument("--perplexity-texts", type=int, default=500)
