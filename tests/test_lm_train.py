@@ -225,6 +225,10 @@ def test_recipe_end_to_end_on_a_tiny_teacher(tiny_llama_factory: Any, text_file:
         assert entry.metrics["perplexity"]["tokens"] == fp32["tokens"]
     assert manifest.data["split"]["sizes"]["test"] > 0 and manifest.recipe["task"] == "text-generation"
     assert len(list(load(tmp_path / "art", threads=1).tokens("the film", 5, ignore_eos=True))) == 5
+    from edgellm.models import load_causal_lm
+
+    saved = load_causal_lm(tmp_path / "work" / "student")  # the distilled student as a Hugging Face folder
+    assert saved.config.num_hidden_layers == 3 and (tmp_path / "work" / "student" / "tokenizer.json").is_file()
 
 
 def test_smollm2_recipe_is_valid() -> None:

@@ -484,7 +484,8 @@ def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_d
     data (+ causal_lm.corpora) -> student from the teacher's layers, distilled (distill; null exports the teacher
     itself) -> decoder ONNX FP32 checked against torch, INT8 (quantize), OpenVINO IR (export.formats) -> artifact
     with every model's perplexity on held-out test text (through the runtime), the distillation metrics, the data
-    split and the recipe. Distillation resumes from `work_dir` when rerun.
+    split and the recipe. Distillation resumes from `work_dir` when rerun; the distilled student is also saved
+    there as a Hugging Face folder (`work_dir/student`).
     """
     from edgellm.exporting.decoder import export_causal_lm
 
@@ -495,6 +496,7 @@ def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_d
     teacher = load_teacher_lm(recipe.teacher)
     if recipe.distill is not None:
         model = distill_causal_lm(teacher, data, recipe.distill, lm, Path(work_dir) / "distill", progress=progress)
+        model.save(Path(work_dir) / "student", overwrite=True)  # the distilled student as a Hugging Face folder
     else:
         model = teacher
     onnx_modes, ov_int8 = lm_quantize_modes(recipe.quantize)
