@@ -158,9 +158,11 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
     config = DistillConfig(num_layers=2, epochs=8, batch_size=16, learning_rate=1e-2, temperature=1.0, alpha_ce=0.0,
                            eval_every=1000, warmup_ratio=0.0, precision="fp32")
-    lm = CausalLMConfig(layer_selection="uniform", eval_rows=40, freeze_embeddings=True)
+    lm = CausalLMConfig(layer_selection="uniform", eval_rows=40, freeze_embeddings=True, teacher_samples=4,
+                        sample_tokens=8)
     student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
     m = student.metrics
+    assert m["teacher_samples"] == 4 and m["train_rows"] == len(data.train) + 4  # sequence-level KD rows added
     assert m["teacher_layers"] == [0, 5] and student.model.config.num_hidden_layers == 2
     assert m["kl_teacher_student"]["validation"] < 0.75 * m["kl_teacher_student"]["initial_validation"]
     ppl = m["perplexity"]  # the student's validation perplexity moves to the teacher's
@@ -285,3 +287,15 @@ def test_bf16_teacher_gives_nearly_the_same_kd_targets(teacher: Any, text_file: 
     a, b = (runs[p].metrics["history"][-1]["train_loss"] for p in ("fp32", "bf16"))
     assert a == pytest.approx(b, rel=0.05) and a != b  # bf16 rounding changes the targets a little
     assert teacher.model.dtype.is_floating_point and str(teacher.model.dtype) == "torch.float32"  # untouched
+
+
+def test_teacher_samples_for_sequence_level_kd(teacher: Any) -> None:
+    from edgellm.train.causal import sample_teacher_texts
+
+    prompts = ["the film was", "a great story", "the plot"]
+    texts = sample_teacher_texts(teacher.model, teacher.tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=2)
+    again = sample_teacher_texts(teacher.model, teacher.tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=2)
+    assert texts == again and len(texts) == 3  # seeded
+    for prompt, text in zip(prompts, texts):
+        assert text.startswith(prompt) and len(teacher.tokenizer(text).input_ids) > len(teacher.tokenizer(prompt).input_ids)
+    assert teacher.tokenizer.padding_side == "right"  # restored after left-padded generation

@@ -276,8 +276,9 @@ def sample_teacher_texts(teacher: Any, tokenizer: Any, prompts: Sequence[str], *
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            gen = teacher.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
-                                   max_new_tokens=max_new_tokens, pad_token_id=pad)
+            gen = teacher.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
+                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                   pad_token_id=pad)
             out += tokenizer.batch_decode(gen, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
