@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cold-runs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-quiet", type=float, default=600.0, metavar="SECONDS",
+                        help="Before measuring, wait up to this long for other processes to leave the cores idle.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -215,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     recipe = load_recipe(args.recipe)
     data = heldout(recipe, student)
+    if args.wait_quiet > 0:
+        from bench.run import wait_until_quiet
+
+        wait_until_quiet(args.wait_quiet)
     settings = BenchSettings(threads=args.threads, prompt_tokens=128, new_tokens=128, generation_warmup=1,
                              generation_repeat=args.repeat, perplexity_texts=args.perplexity_texts,
                              cold_runs=args.cold_runs, baselines=True)
