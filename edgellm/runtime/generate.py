@@ -398,9 +398,9 @@ class Generator(EdgeModel):
         stops = set(opts.stop_token_ids) | (set() if opts.ignore_eos else set(self.eos_token_ids))
         rng = np.random.default_rng(opts.seed)
         seen = np.asarray(ids, dtype=np.int64)
-        session = self._session()
+        session = self._session() if opts.use_cache else None
         sequence = list(ids)
-        logits = session.feed(ids)[-1] if opts.use_cache else self._full(sequence)
+        logits = session.feed(ids)[-1] if session is not None else self._full(sequence)
         for _ in range(opts.max_new_tokens):
             token = next_token(logits, opts, rng, seen)
             if token in stops:
@@ -411,7 +411,7 @@ class Generator(EdgeModel):
                 seen = np.append(seen, token)
             if len(sequence) >= self.context_length:
                 return
-            logits = session.feed([token])[-1] if opts.use_cache else self._full(sequence)
+            logits = session.feed([token])[-1] if session is not None else self._full(sequence)
 
     def _full(self, sequence: list[int]) -> np.ndarray:
         """Logits of the last position with no cache: the whole sequence from an empty state."""
