@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(student)
     distill = (manifest.metrics or {}).get("distill", {})
     result["distillation"] = {k: v for k, v in distill.items() if k != "history"}
-    result["export_perplexity"] = {e.name: (e.metrics.get("perplexity") or {}).get("perplexity")
-                                   for e in manifest.models}
+    result["export_perplexity"] = {e.name: e.metrics.get("perplexity") for e in manifest.models}
     student_folder = Path(args.work) / "student"
     if student_folder.is_dir():
         result["optimum_decode_step"] = optimum_comparison(student_folder, student, threads=args.threads)

@@ -531,8 +531,9 @@ def write_decoder_models(
                               exact=exact)
         entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
         if eval_sequences:
-            runner = _generator(folder, entry, generation, inputs)
-            entry.metrics["perplexity"] = _perplexity(runner, eval_sequences)
+            ppl = _perplexity(_generator(folder, entry, generation, inputs), eval_sequences)
+            entry.metrics["perplexity"] = ppl["perplexity"]  # held-out text, through the runtime
+            entry.metrics["perplexity_tokens"] = ppl["tokens"]
         return entry
 
     onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32"),
