@@ -226,6 +226,28 @@ def targets_show_cmd(name: str) -> None:
     _echo_json(load_target(name).to_dict())
 
 
+@cli.command("compress")
+@click.argument("recipe", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")
+@click.option("--target", "targets", multiple=True, help="Device profile to add a model for (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set distill.epochs=1 (repeatable; values are YAML).")
+@click.option("--work-dir", type=click.Path(), default=None, help="Stage outputs and checkpoints "
+              "(default OUTPUT.work); a rerun skips finished stages.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def compress_cmd(recipe: str, output: str, targets: tuple[str, ...], overrides: tuple[str, ...],
+                 work_dir: str | None, overwrite: bool, no_progress: bool) -> None:
+    """Run the whole pipeline in RECIPE (distil, prune, quantize, export) and write one artifact."""
+    from edgellm.pipeline import compress
+    from edgellm.recipe import load_recipe
+
+    result = compress(load_recipe(recipe, overrides), output, targets=targets, work_dir=work_dir,
+                      overwrite=overwrite, progress=not no_progress, echo=click.echo)
+    click.echo("")
+    click.echo(result.summary_markdown)
+
+
 @cli.command("distill")
 @click.argument("teacher")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the student (Hugging Face format).")

@@ -9,10 +9,11 @@ take these dataclasses (``distill(..., config: DistillConfig)``); the CLI and th
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from edgellm.config import check_range, from_dict, to_dict
 from edgellm.errors import ConfigError
@@ -30,6 +31,7 @@ __all__ = [
     "CausalLMConfig",
     "Recipe",
     "load_recipe",
+    "apply_overrides",
     "recipe_from_dict",
 ]
 
@@ -235,7 +237,8 @@ class ExportConfig:
 class EvaluateConfig:
     latency: bool = True  # measure p50 latency per stage (batch 1)
     latency_length: int = 128  # tokens for the padded latency measurement
-    threads: int | None = 2
+    repeat: int = 100  # timed calls per latency measurement (after 10 warm-up calls)
+    threads: int | None = 2  # inference threads for every measurement (torch, ONNX Runtime, OpenVINO)
 
 
 @dataclass
@@ -285,8 +288,8 @@ class Recipe:
 
     def validate(self, where: str) -> None:
         needs_data = [n for n in ("finetune", "distill", "prune") if getattr(self, n) is not None]
-        if self.quantize is not None and self.quantize.mode == "static":
-            needs_data.append("quantize (static calibration)")
+        if self.quantize is not None and self.quantize.mode != "none":
+            needs_data.append("quantize (calibration and validation)")
         if needs_data and self.data.empty and self.task != "text-generation":
             raise ConfigError(
                 f"{where}: stage(s) {needs_data} need data, but the recipe has no data "
@@ -301,8 +304,34 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     return from_dict(Recipe, data, where)
 
 
-def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate a YAML recipe; errors name the file and the field."""
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides (values parsed as YAML: 3, 0.5, null, [0, 2], text) to a recipe dict."""
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. distill.epochs=1)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Read and validate a YAML recipe (with `dotted.key=value` overrides); errors name the file and the field."""
     import yaml
 
     file = Path(path)
@@ -312,4 +341,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    return recipe_from_dict(data, where=file.name)
+    if data is None:
+        raise ConfigError(f"{file}: the recipe is empty; it needs at least teacher and task")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: a recipe is a mapping of stages, not a {type(data).__name__}")
+    return recipe_from_dict(apply_overrides(data, overrides), where=file.name)

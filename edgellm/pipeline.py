@@ -1,0 +1,616 @@
+"""`edgellm compress RECIPE`: the whole pipeline from one recipe, cached and resumable stage by stage.
+
+    from edgellm.pipeline import compress
+    from edgellm.recipe import load_recipe
+    result = compress(load_recipe("export/sentiment-minilm.yaml"), "artifacts/sentiment-minilm")
+    print(result.summary_markdown)
+
+Encoder tasks (text-classification, feature-extraction) run these stages, each skipped when null in the recipe:
+
+    teacher   fine-tune a head on the teacher (or use its own head / the bare encoder)
+    distill   student from the teacher's layers, trained on the teacher's outputs
+    prune     structured pruning (+ recovery distillation from the unpruned student)
+    vocab     vocabulary trimmed to the training text (export.trim_vocab)
+    export    ONNX FP32 (+ OpenVINO IR) checked against torch, one extra model per device target
+    quantize  INT8 twins, each evaluated on validation
+    evaluate  test-split metrics, size and p50 latency of every stage, side by side
+
+Each stage writes into `WORK/<stage>-<key>/`, where the key hashes the stage's config, its input stage's key, the
+data split and the edgellm version. A finished stage leaves `stage.json`; a rerun with the same recipe skips
+finished stages and resumes an interrupted one from its checkpoints. The artifact itself is published atomically
+at the end (`edgellm.artifact.staging`). Causal-LM recipes (text-generation) run
+`edgellm.train.causal.compress_causal_lm`, which keeps its own resumable work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgellm.artifact import Manifest, check_output, read_manifest, staging, write_manifest
+from edgellm.config import to_dict
+from edgellm.errors import ConfigError
+from edgellm.recipe import Recipe
+
+__all__ = ["compress", "CompressResult", "StageCache", "stage_key", "fingerprint_path", "render_summary",
+           "SUMMARY_FILE", "default_work_dir"]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.md"
+STAGE_FILE = "stage.json"
+_LATENCY_TEXTS = 16  # distinct texts cycled through in latency measurements
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    folder: Path
+    metrics: dict[str, Any]
+    cached: bool
+
+
+@dataclass
+class CompressResult:
+    manifest: Manifest
+    output: Path
+    work_dir: Path
+    summary: list[dict[str, Any]]
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    @property
+    def summary_markdown(self) -> str:
+        return render_summary(self.summary)
+
+
+def default_work_dir(output: str | os.PathLike[str]) -> Path:
+    """Where stage outputs and checkpoints go unless told otherwise: `<output>.work` beside the artifact."""
+    out = Path(output)
+    return out.with_name(out.name + ".work")
+
+
+def fingerprint_path(path: str | os.PathLike[str]) -> str:
+    """sha256 over the relative names and contents of a file or folder (a hub id hashes as its name)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if not p.exists():
+        h.update(str(path).encode())
+        return h.hexdigest()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    from edgellm.artifact import sha256_file
+
+    for f in files:
+        rel = f.name if p.is_file() else f.relative_to(p).as_posix()
+        h.update(f"{rel}\t{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_key(material: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over the canonical JSON of everything a stage's output depends on."""
+    text = json.dumps(material, sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StageCache:
+    """Runs stages into `root/<name>-<key>/`; a folder holding stage.json is a finished stage and is reused."""
+
+    def __init__(self, root: Path, echo: Callable[[str], None]) -> None:
+        self.root = root
+        self.echo = echo
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, material: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> StageRecord:
+        key = stage_key({"stage": name, **material})
+        folder = self.root / f"{name}-{key}"
+        done = folder / STAGE_FILE
+        if done.is_file():
+            record = json.loads(done.read_text(encoding="utf-8"))
+            self.echo(f"[{name}] unchanged since {record.get('finished', '?')}: reusing {folder}")
+            return StageRecord(name, key, folder, record.get("metrics", {}), cached=True)
+        resumed = folder.exists() and any(folder.iterdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.echo(f"[{name}] {'resuming' if resumed else 'running'} in {folder}")
+        started = time.perf_counter()
+        metrics = fn(folder)
+        seconds = time.perf_counter() - started
+        record = {"stage": name, "key": key, "material": material, "metrics": metrics, "seconds": seconds,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = folder / (STAGE_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=_jsonable), encoding="utf-8")
+        os.replace(tmp, done)
+        self.echo(f"[{name}] done in {seconds:.0f} s")
+        return StageRecord(name, key, folder, metrics, cached=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+# --- the pipeline ---------------------------------------------------------------------------------------------------
+
+def compress(
+    recipe: Recipe,
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    targets: Sequence[str] = (),
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> CompressResult:
+    """Run `recipe` and publish the artifact at `output`.
+
+    Args:
+        targets: device profiles added to the recipe's own `targets` (one extra model each).
+        work_dir: stage outputs and checkpoints (default `<output>.work`); rerunning reuses finished stages.
+        echo: receives one line per stage event (the CLI prints them); logging gets them too.
+    """
+    say = _echo(echo)
+    out = check_output(output, overwrite=overwrite)  # refuse early, before hours of training
+    work = Path(work_dir) if work_dir else default_work_dir(out)
+    all_targets = list(dict.fromkeys([*recipe.targets, *targets]))
+    if all_targets:
+        from edgellm.targets import load_target
+
+        for name in all_targets:
+            load_target(name)  # an unknown target fails now, not after training
+    if recipe.task == "text-generation":
+        return _compress_causal_lm(recipe, out, work, overwrite=overwrite, progress=progress, say=say)
+    return _compress_encoder(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
+
+
+def _echo(echo: Callable[[str], None] | None) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        log.info(line)
+        if echo is not None:
+            echo(line)
+
+    return say
+
+
+def _compress_causal_lm(recipe: Recipe, out: Path, work: Path, *, overwrite: bool, progress: bool,
+                        say: Callable[[str], None]) -> CompressResult:
+    from edgellm.train.causal import compress_causal_lm
+
+    say(f"[text-generation] teacher {recipe.teacher}: distil, export, quantize (work folder {work})")
+    manifest = compress_causal_lm(recipe, out, work_dir=work, overwrite=overwrite, progress=progress)
+    rows = []
+    for entry in manifest.models:
+        size = sum(manifest.files.get(f, {}).get("bytes", 0) for f in entry.files)
+        rows.append({"stage": "export", "model": entry.name, "backend": entry.backend, "precision": entry.precision,
+                     "parameters": manifest.source.get("parameters"), "size_mb": size / 1e6,
+                     "metric": entry.metrics.get("perplexity"), "metric_name": "perplexity", "p50_ms": None})
+    return CompressResult(manifest=manifest, output=out, work_dir=work, summary=rows)
+
+
+def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str], *, overwrite: bool,
+                      progress: bool, say: Callable[[str], None]) -> CompressResult:
+    from edgellm import __version__
+    from edgellm.data import load_task_data
+    from edgellm.models import resolve_model
+
+    task = recipe.task
+    data = load_task_data(recipe.data, task=task)
+    described = data.describe()
+    say(f"[data] {described['source'].get('name') or described['source'].get('path')}: "
+        f"{described['split']['sizes']} rows (seed {data.split.seed}), labels {data.labels}")
+    cache = StageCache(work, say)
+    base = {"edgellm": __version__, "task": task, "data": described["split"]["sha256"], "labels": data.labels,
+            "max_length": data.max_length}
+    stages: dict[str, StageRecord] = {}
+    teacher_path = resolve_model(recipe.teacher)
+    stages["teacher"] = cache.run(
+        "teacher",
+        {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
+         "finetune": to_dict(recipe.finetune), "evaluate": to_dict(recipe.evaluate)},
+        lambda folder: _teacher_stage(recipe, data, folder, progress),
+    )
+    teacher_folder = stages["teacher"].folder / "model"
+    current = stages["teacher"]
+    if recipe.distill is not None:
+        stages["distill"] = current = cache.run(
+            "distill", {**base, "input": current.key, "distill": to_dict(recipe.distill),
+                        "evaluate": to_dict(recipe.evaluate)},
+            lambda folder: _distill_stage(recipe, data, teacher_folder, folder, progress),
+        )
+    if recipe.prune is not None:
+        source = current.folder / "model"
+        stages["prune"] = current = cache.run(
+            "prune", {**base, "input": current.key, "prune": to_dict(recipe.prune),
+                      "distill": to_dict(recipe.distill), "evaluate": to_dict(recipe.evaluate)},
+            lambda folder: _prune_stage(recipe, data, source, folder, progress, teacher_folder),
+        )
+    if recipe.export.trim_vocab:
+        source = current.folder / "model"
+        stages["vocab"] = current = cache.run(
+            "vocab", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate)},
+            lambda folder: _vocab_stage(recipe, data, source, folder, teacher_folder),
+        )
+    model_folder = current.folder / "model"
+    stages["export"] = current = cache.run(
+        "export", {**base, "input": current.key, "export": to_dict(recipe.export), "targets": targets},
+        lambda folder: _export_stage(recipe, data, model_folder, targets, folder),
+    )
+    if recipe.quantize is not None and recipe.quantize.mode != "none":
+        source = current.folder / "artifact"
+        stages["quantize"] = current = cache.run(
+            "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
+                         "threads": recipe.evaluate.threads},
+            lambda folder: _quantize_stage(recipe, data, source, folder),
+        )
+    source = current.folder / "artifact"
+    stages["evaluate"] = current = cache.run(
+        "evaluate", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate)},
+        lambda folder: _evaluate_stage(recipe, data, source, folder, teacher_folder),
+    )
+    summary = _summary_rows(stages, read_manifest(current.folder / "artifact"))
+    manifest = _publish(recipe, data, current.folder / "artifact", out, stages, summary, overwrite=overwrite)
+    say(f"wrote {out} (default model {manifest.default_model}); stage outputs kept in {work}")
+    return CompressResult(manifest=manifest, output=out, work_dir=work, summary=summary, stages=stages)
+
+
+# --- stages (each returns its metrics and leaves its output in `folder`) ------------------------------------------
+
+def _teacher_stage(recipe: Recipe, data: Any, folder: Path, progress: bool) -> dict[str, Any]:
+    from edgellm.recipe import FinetuneConfig
+    from edgellm.train import finetune, load_model
+
+    config = recipe.finetune or FinetuneConfig(enabled=False)
+    tm = finetune(recipe.teacher, data, config, folder, progress=progress)
+    model_dir = folder / "model"
+    if not (model_dir / "config.json").is_file():  # finetune saves only what it trained
+        tm.save(model_dir, overwrite=True)
+    return {"training": tm.metrics, **_torch_metrics(recipe, data, model_dir)}
+
+
+def _distill_stage(recipe: Recipe, data: Any, teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
+    from edgellm.train import distill, load_model
+
+    teacher = load_model(teacher_folder, task=recipe.task)
+    student = distill(teacher, data, recipe.distill, folder, progress=progress)
+    student.save(folder / "model", overwrite=True)
+    return {"training": student.metrics, **_torch_metrics(recipe, data, folder / "model", teacher=teacher)}
+
+
+def _prune_stage(recipe: Recipe, data: Any, source: Path, folder: Path, progress: bool,
+                 teacher_folder: Path) -> dict[str, Any]:
+    from edgellm.prune import prune
+    from edgellm.recipe import DistillConfig
+
+    report = prune(source, folder / "model", config=recipe.prune, data=data, task=recipe.task,
+                   distill=recipe.distill or DistillConfig(), work_dir=folder / "work", overwrite=True,
+                   progress=progress)
+    return {"report": report, **_torch_metrics(recipe, data, folder / "model", teacher=_embedding_teacher(recipe, teacher_folder))}
+
+
+def _embedding_teacher(recipe: Recipe, teacher_folder: Path) -> Any:
+    """The teacher embedding models are judged against (None for classification: labels judge those)."""
+    if recipe.task != "feature-extraction":
+        return None
+    from edgellm.train import load_model
+
+    return load_model(teacher_folder, task=recipe.task)
+
+
+def _vocab_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_folder: Path) -> dict[str, Any]:
+    import dataclasses
+
+    from edgellm.train import load_model
+    from edgellm.vocab import trim_vocabulary
+
+    tm = load_model(source, task=recipe.task)
+    result = trim_vocabulary(tm.model, tm.tokenizer, data.train.texts, held_out=data.validation.texts)
+    trimmed = dataclasses.replace(tm, model=result.model, tokenizer=result.tokenizer)
+    trimmed.save(folder / "model", overwrite=True, metrics={"vocab": result.report})
+    return {"report": result.report,
+            **_torch_metrics(recipe, data, folder / "model", teacher=_embedding_teacher(recipe, teacher_folder))}
+
+
+def _export_stage(recipe: Recipe, data: Any, model_folder: Path, targets: list[str], folder: Path) -> dict[str, Any]:
+    from edgellm.exporting import encoder_manifest, write_encoder_models
+    from edgellm.exporting.target import export_for_target
+    from edgellm.models import default_max_length
+    from edgellm.train import load_model
+
+    tm = load_model(model_folder, task=recipe.task)
+    max_length = recipe.export.max_length or default_max_length(tm.model, tm.tokenizer, str(model_folder))
+    texts = _check_texts(data)
+    artifact = _fresh(folder / "artifact")
+    tm.tokenizer.backend_tokenizer.save(str(artifact / "tokenizer.json"))
+    entries = write_encoder_models(tm.model, tm.tokenizer, artifact, task=recipe.task, max_length=max_length,
+                                   formats=recipe.export.formats, texts=texts, atol=recipe.export.atol)
+    for target in targets:
+        entries += export_for_target(tm.model, tm.tokenizer, artifact, target, task=recipe.task,
+                                     max_length=max_length, texts=texts, atol=recipe.export.atol)
+    manifest = encoder_manifest(tm.model, task=recipe.task, models=entries, max_length=max_length,
+                                source=recipe.teacher, embedding=tm.embedding)
+    if recipe.task == "text-classification":
+        manifest.labels = list(tm.labels or manifest.labels or [])
+    manifest.metrics["export"] = {e.name: e.metrics for e in entries}
+    write_manifest(artifact, manifest)
+    return {e.name: e.metrics for e in entries}
+
+
+def _check_texts(data: Any, count: int = 64) -> list[str]:
+    """Real task text for checking exports against torch: validation sentences (train when there are none)."""
+    texts = list(data.validation.texts[:count]) or list(data.train.texts[:count])
+    return texts if texts else ["a sentence"]
+
+
+def _quantize_stage(recipe: Recipe, data: Any, source: Path, folder: Path) -> dict[str, Any]:
+    from edgellm.quantize import quantize_models
+
+    artifact = _copy_artifact(source, folder / "artifact")
+    manifest = read_manifest(artifact)
+    quantize_models(artifact, manifest, config=recipe.quantize, data=data, threads=recipe.evaluate.threads)
+    write_manifest(artifact, manifest)
+    return dict(manifest.metrics.get("quantize", {}))
+
+
+def _evaluate_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_folder: Path) -> dict[str, Any]:
+    """Test-split metric, size and latency of every model in the artifact, through the runtime.
+
+    Classifiers: accuracy and macro-F1 on the test split. Embedders: Spearman of their test-pair similarities
+    against the teacher's (PyTorch) embeddings.
+    """
+    from edgellm.runtime import load
+
+    artifact = _copy_artifact(source, folder / "artifact")
+    manifest = read_manifest(artifact)
+    results: dict[str, Any] = {}
+    reference = _teacher_vectors(teacher_folder, data.test.texts, recipe) if recipe.task == "feature-extraction" \
+        else None
+    for entry in manifest.models:
+        model = load(artifact, model=entry.name, threads=recipe.evaluate.threads, verify=False,
+                     device="auto")
+        size = sum((artifact / f).stat().st_size for f in entry.files)
+        record: dict[str, Any] = {"size_bytes": size, "device": model.describe().get("device")}
+        if recipe.task == "text-classification":
+            from edgellm.evaluate import evaluate_classifier
+
+            record["test"] = evaluate_classifier(model, data.test.texts, data.test.labels)
+        else:
+            record["test"] = _embedding_test(model.embed(data.test.texts), reference, data)
+        if recipe.evaluate.latency:
+            record["latency"] = _runtime_latency(model, data, recipe)
+        entry.metrics["test"] = record["test"]
+        if "latency" in record:
+            entry.metrics["latency"] = record["latency"]
+        results[entry.name] = record
+    write_manifest(artifact, manifest)
+    return results
+
+
+def _teacher_vectors(teacher_folder: Path, texts: Sequence[str], recipe: Recipe) -> Any:
+    """The teacher's pooled (and, as configured, normalised) sentence embeddings, in PyTorch FP32."""
+    import numpy as np
+    import torch
+
+    from edgellm.train import load_model
+
+    tm = load_model(teacher_folder, task="feature-extraction")
+    pooling = (tm.embedding or {}).get("pooling", "mean")
+    normalize = bool((tm.embedding or {}).get("normalize", False))
+    length = recipe.export.max_length or 512
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            enc = tm.tokenizer(list(texts[start:start + 64]), padding=True, truncation=True, max_length=length,
+                               return_tensors="pt")
+            hidden = tm.model(**enc).last_hidden_state
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=1)
+            out.append(pooled.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _embedding_test(vectors: Any, reference: Any, data: Any) -> dict[str, Any]:
+    from edgellm.evaluate import embedding_agreement
+    from edgellm.train import sentence_pairs
+
+    pairs = sentence_pairs(len(vectors), 2000, data.split.seed)
+    return embedding_agreement(reference, vectors, pairs)
+
+
+# --- measurements ---------------------------------------------------------------------------------------------------
+
+def _latency_texts(tokenizer: Any, data: Any, length: int) -> tuple[list[str], list[str]]:
+    """(texts of exactly `length` tokens, real test sentences) for latency measurements."""
+    from edgellm.bench import texts_of_length
+
+    real = list(data.test.texts[:_LATENCY_TEXTS]) or list(data.train.texts[:_LATENCY_TEXTS])
+    padded = texts_of_length(tokenizer, real, length, _LATENCY_TEXTS)
+    return padded, real
+
+
+def _cycle_call(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], Any]:
+    it = itertools.cycle(items)
+    return lambda: fn(next(it))
+
+
+def _runtime_latency(model: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
+    from edgellm.bench import time_calls
+
+    length = min(recipe.evaluate.latency_length, model.manifest.max_length)
+    padded, real = _latency_texts(model.encoder.tokenizer, data, length)
+    call = model.scores if hasattr(model, "scores") else model.embed
+    repeat = recipe.evaluate.repeat
+    return {
+        "tokens": length,
+        "batch": 1,
+        "threads": recipe.evaluate.threads,
+        f"p50_ms_{length}": time_calls(_cycle_call(lambda t: call([t]), padded), warmup=10, repeat=repeat)["p50_ms"],
+        "p50_ms_real": time_calls(_cycle_call(lambda t: call([t]), real), warmup=10, repeat=repeat)["p50_ms"],
+    }
+
+
+def _torch_metrics(recipe: Recipe, data: Any, folder: Path, *, teacher: Any = None) -> dict[str, Any]:
+    """Test metrics, size on disk and PyTorch FP32 latency of a torch stage's saved model.
+
+    Embedding models are scored against `teacher` (Spearman of similarities); the teacher itself gets none.
+    """
+    from edgellm.models import count_parameters
+    from edgellm.train import evaluate_model, load_model
+
+    tm = load_model(folder, task=recipe.task)
+    out: dict[str, Any] = {"parameters": count_parameters(tm.model),
+                           "size_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors"))}
+    if recipe.task == "text-classification":
+        out["test"] = evaluate_model(tm, data, split="test")
+    elif teacher is not None:
+        out["test"] = evaluate_model(tm, data, split="test", teacher=teacher)
+    if recipe.evaluate.latency:
+        out["latency"] = _torch_latency(tm, data, recipe)
+    return out
+
+
+def _torch_latency(tm: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
+    import torch
+
+    from edgellm.bench import time_calls
+    from edgellm.bench.inputs import plain_tokenizer
+
+    threads = recipe.evaluate.threads
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    limit = int(getattr(tm.model.config, "max_position_embeddings", 512))
+    length = min(recipe.evaluate.latency_length, limit, data.max_length or limit)
+    padded, real = _latency_texts(plain_tokenizer(tm.tokenizer), data, length)
+    model = tm.model.eval()
+
+    def feed(text: str) -> Any:
+        return tm.tokenizer([text], truncation=True, max_length=length, return_tensors="pt")
+
+    padded_feeds = [feed(t) for t in padded]
+    real_feeds = [feed(t) for t in real]
+
+    def run(batch: Any) -> Any:
+        with torch.inference_mode():
+            return model(**batch)
+
+    try:
+        repeat = recipe.evaluate.repeat
+        return {
+            "tokens": length,
+            "batch": 1,
+            "threads": threads,
+            "engine": f"PyTorch {torch.__version__} FP32",
+            f"p50_ms_{length}": time_calls(_cycle_call(run, padded_feeds), warmup=10, repeat=repeat)["p50_ms"],
+            "p50_ms_real": time_calls(_cycle_call(run, real_feeds), warmup=10, repeat=repeat)["p50_ms"],
+        }
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- summary and publishing -----------------------------------------------------------------------------------------
+
+_STAGE_TITLES = {"teacher": "teacher (fine-tuned)", "distill": "student (distilled)", "prune": "pruned",
+                 "vocab": "vocabulary trimmed"}
+
+
+def _summary_rows(stages: dict[str, StageRecord], manifest: Manifest) -> list[dict[str, Any]]:
+    rows = []
+    for name, record in stages.items():
+        if name not in _STAGE_TITLES:
+            continue
+        m = record.metrics
+        latency = m.get("latency") or {}
+        rows.append({
+            "stage": _STAGE_TITLES[name], "model": "PyTorch FP32", "parameters": m.get("parameters"),
+            "size_mb": (m.get("size_bytes") or 0) / 1e6 or None, **_metric(m.get("test")),
+            "p50_ms": _p50(latency), "p50_ms_real": latency.get("p50_ms_real"),
+        })
+    for entry in manifest.models:
+        latency = entry.metrics.get("latency") or {}
+        size = sum(manifest.files.get(f, {}).get("bytes", 0) for f in entry.files)
+        stage = "quantize" if entry.precision == "int8" else "export"
+        rows.append({
+            "stage": stage + (f" ({entry.target})" if entry.target else ""),
+            "model": f"{entry.name} ({entry.backend} {entry.precision})",
+            "parameters": manifest.source.get("parameters"), "size_mb": size / 1e6,
+            **_metric(entry.metrics.get("test")), "p50_ms": _p50(latency), "p50_ms_real": latency.get("p50_ms_real"),
+        })
+    return rows
+
+
+def _p50(latency: dict[str, Any]) -> float | None:
+    return next((v for k, v in latency.items() if k.startswith("p50_ms_") and k != "p50_ms_real"), None)
+
+
+def _metric(test: dict[str, Any] | None) -> dict[str, Any]:
+    if not test:
+        return {"metric": None, "metric_name": None}
+    if "accuracy" in test:
+        return {"metric": test["accuracy"], "metric_name": "test accuracy %"}
+    return {"metric": test.get("spearman"), "metric_name": "test Spearman vs teacher"}
+
+
+def render_summary(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run table as Markdown: stage, model, parameters, size MB, metric, p50 ms (padded / real)."""
+    metric = next((r["metric_name"] for r in rows if r.get("metric_name")), "metric")
+    length_note = "p50 ms (batch 1, padded)"
+    lines = [f"| stage | model | parameters | size MB | {metric} | {length_note} | p50 ms (real lengths) |",
+             "|---|---|---|---|---|---|---|"]
+
+    def fmt(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in rows:
+        params = f"{r['parameters'] / 1e6:.2f} M" if r.get("parameters") else "-"
+        lines.append(f"| {r['stage']} | {r['model']} | {params} | {fmt(r.get('size_mb'), '.1f')} | "
+                     f"{fmt(r.get('metric'), '.2f')} | {fmt(r.get('p50_ms'), '.2f')} | {fmt(r.get('p50_ms_real'), '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _publish(recipe: Recipe, data: Any, source: Path, out: Path, stages: dict[str, StageRecord],
+             summary: list[dict[str, Any]], *, overwrite: bool) -> Manifest:
+    with staging(out, overwrite=overwrite) as stage:
+        _copy_artifact(source, stage, into_existing=True)
+        manifest = read_manifest(stage)
+        manifest.data = data.describe()
+        manifest.recipe = recipe.to_dict()
+        previous = dict(manifest.metrics)
+        manifest.metrics = {}
+        for name, record in stages.items():
+            manifest.metrics[name] = {"key": record.key, **(previous.get(name) or {}), **record.metrics}
+        manifest.metrics["summary"] = summary
+        (stage / SUMMARY_FILE).write_text(
+            f"# {recipe.name or out.name}: compress summary\n\n{render_summary(summary)}", encoding="utf-8")
+        write_manifest(stage, manifest)
+    return read_manifest(out)
+
+
+def _fresh(folder: Path) -> Path:
+    """An empty folder (a half-written one from a killed run is cleared: it is ours, inside the work folder)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _copy_artifact(source: Path, dest: Path, *, into_existing: bool = False) -> Path:
+    if not into_existing:
+        _fresh(dest)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, dest / item.name)
+    return dest
