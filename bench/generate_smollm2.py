@@ -8,7 +8,8 @@ Per engine (2 threads, batch 1): decode tokens/s and time to first token for a 1
 and 128 new tokens (greedy, end-of-sequence ignored; medians of 3 runs after 1 warm-up), perplexity on held-out
 test sentences (the recipe's seeded test split of the four VADER corpora; its sha256 is checked against the
 student artifact's record), model size, cold start and peak resident memory in a fresh process. Every number is
-produced by this script through `edgellm.bench.run_benchmark` and written to bench/results/NAME.json / .md.
+produced by this script through `edgellm.bench.run_benchmark`, written to bench/results/NAME.json / .md / .png,
+and copied into README's `generate-smollm2` block.
 
 The llama.cpp numbers in BASELINES.md were measured earlier on this machine, not in this run (llama-cpp-python is
 not part of the install); the report quotes them as such.
@@ -243,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     md = Path(paths["md"])
     md.write_text(md.read_text(encoding="utf-8") + summary_markdown(summary, distill)
                   + optimum_markdown(result.get("optimum_decode_step")), encoding="utf-8")
+    from bench.run import README, readme_text, update_readme
+
+    png = Path(paths["png"]).relative_to(ROOT).as_posix()
+    if update_readme(README, "generate-smollm2", readme_text(md.read_text(encoding="utf-8"), png, args.name)):
+        log.info("README block generate-smollm2 updated")
     print(json.dumps(summary, indent=2))
     return 0
 
