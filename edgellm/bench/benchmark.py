@@ -30,7 +30,15 @@ from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
 from edgellm.bench.stats import time_calls
-from edgellm.bench.subjects import Subject, artifact_subjects, open_subject, optimum_subject, teacher_subject
+from edgellm.bench.subjects import (
+    PIPELINE_STAGES,
+    Subject,
+    artifact_subjects,
+    open_subject,
+    optimum_subject,
+    pipeline_stage_models,
+    teacher_subject,
+)
 from edgellm.config import check_range, from_dict, to_dict
 from edgellm.errors import ConfigError, ModelError
 
@@ -65,6 +73,7 @@ class BenchSettings:
     cold_runs: int = 3  # fresh processes per engine for cold start and peak memory (0: skip)
     max_examples: int | None = None  # cap on test examples for accuracy (None: the whole test split)
     baselines: bool = True  # also measure the teacher in FP32 PyTorch (and, for encoders, Optimum INT8)
+    stages: bool = True  # also measure the pipeline's student / pruned / trimmed models (its work folder), PyTorch
     timeout_s: float = 600.0  # per cold-start process
     prompt_tokens: int = 128  # generators: prompt length in tokens, built from held-out text
     new_tokens: int = 128  # generators: tokens generated per run (end-of-sequence does not stop it)
@@ -191,9 +200,12 @@ def _measure_generator(runner: Any, subject: Subject, settings: BenchSettings, d
     }
 
 
-def _default_teacher(manifest: Any) -> str | None:
+def _default_teacher(manifest: Any, stage_models: dict[str, Path]) -> str | None:
+    """The manifest's `source.teacher`, else the fine-tuned teacher in the pipeline's work folder, else the model
+    the artifact was exported from (`source.model`)."""
     source = manifest.source or {}
-    return source.get("teacher") or source.get("model")
+    found = stage_models.get("teacher")
+    return source.get("teacher") or (str(found) if found else None) or source.get("model")
 
 
 def _check_fits(subjects: list[Subject], settings: BenchSettings) -> None:
@@ -250,12 +262,16 @@ def run_benchmark(
     check_result_name(result_name)
     _check_fits(subjects, settings)
     base = None
+    stage_models = pipeline_stage_models(folder, manifest)
+    like = {"task": manifest.task, "labels": manifest.labels, "max_length": manifest.max_length,
+            "pooling": manifest.pooling, "normalize": manifest.normalize}
     if settings.baselines:
-        source = teacher or _default_teacher(manifest)
+        source = teacher or _default_teacher(manifest, stage_models)
         if not source:
             raise ModelError(f"{folder}'s manifest names no teacher; pass --teacher PATH or --no-baselines")
-        base = teacher_subject(source, task=manifest.task, labels=manifest.labels, max_length=manifest.max_length,
-                               pooling=manifest.pooling, normalize=manifest.normalize)
+        base = teacher_subject(source, **like)
+    stage_subjects = [teacher_subject(path, stage=PIPELINE_STAGES[stage], **like)
+                      for stage, path in stage_models.items() if stage != "teacher"] if settings.stages else []
     generating = manifest.task == "text-generation"
     if data is None:
         data = (load_heldout_texts(manifest) if generating
@@ -263,6 +279,7 @@ def run_benchmark(
     threads = settings.resolved_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="edgellm-bench-") as work:
+        subjects = [*stage_subjects, *subjects]
         if base is not None:
             subjects = [base, *subjects] if generating else [base, *subjects, optimum_subject(base, Path(work) / "optimum")]
         rows = []
@@ -304,7 +321,7 @@ def _add_agreement(rows: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
     """Embeddings: agreement of every subject with the reference (the teacher, else the first subject)."""
     from edgellm.evaluate import embedding_agreement
 
-    ref = next((r for r in rows if r["kind"] == "pytorch"), rows[0])["name"]
+    ref = next((r for r in rows if r["kind"] == "pytorch" and r["stage"] == "teacher"), rows[0])["name"]
     n = len(outputs[ref])
     rng = np.random.default_rng(0)
     pairs = rng.integers(0, n, size=(min(2000, n * (n - 1) // 2), 2))
@@ -318,7 +335,7 @@ def _add_ratios(rows: list[dict[str, Any]], length: int) -> None:
     vs the Optimum baseline."""
     key = str(length)
     for kind, field_name in (("pytorch", "vs_teacher"), ("optimum", "vs_optimum")):
-        ref = next((r for r in rows if r["kind"] == kind), None)
+        ref = next((r for r in rows if r["kind"] == kind and r["stage"] in ("teacher", "baseline")), None)
         if ref is None:
             continue
         for row in rows:
@@ -332,7 +349,7 @@ def _add_ratios(rows: list[dict[str, Any]], length: int) -> None:
 
 def _add_generation_ratios(rows: list[dict[str, Any]]) -> None:
     """Per generator vs the teacher: decode and first-token speed-ups, size ratio, perplexity ratio."""
-    ref = next((r for r in rows if r["kind"] == "pytorch"), None)
+    ref = next((r for r in rows if r["kind"] == "pytorch" and r["stage"] == "teacher"), None)
     if ref is None:
         return
     base = ref["generation"]

@@ -16,7 +16,8 @@ import numpy as np
 from edgellm.bench.machine import package_version
 from edgellm.errors import ConfigError, ModelError
 
-__all__ = ["Subject", "artifact_subjects", "teacher_subject", "optimum_subject", "open_subject", "Runner"]
+__all__ = ["Subject", "artifact_subjects", "teacher_subject", "optimum_subject", "open_subject", "Runner",
+           "pipeline_stage_models", "PIPELINE_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,33 @@ class Subject:
         return cls(**data)
 
 
-def _entry_stage(manifest: Any, entry: Any) -> str:
+def _entry_stage(entry: Any) -> str:
+    """The stage column of a model entry: its own `metrics.stage`, else "export" (FP32) or its precision."""
     stage = entry.metrics.get("stage") if isinstance(entry.metrics, dict) else None
     if stage:
         return str(stage)
-    if entry.quantization or entry.precision != "fp32":
-        return entry.precision
-    return "export" if not manifest.metrics or list(manifest.metrics) == ["export"] else "student"
+    return "export" if entry.precision == "fp32" and not entry.quantization else entry.precision
+
+
+PIPELINE_STAGES = {"teacher": "teacher", "distill": "student", "prune": "pruned", "vocab": "vocab-trimmed"}
+
+
+def pipeline_stage_models(artifact: str | os.PathLike[str], manifest: Any = None) -> dict[str, Path]:
+    """The PyTorch models of the pipeline stages that built a compressed artifact (`edgellm compress`), found in
+    its default work folder `<artifact>.work/<stage>-<key>/model` from the stage keys its manifest records:
+    {"teacher": fine-tuned teacher, "distill": student, "prune": pruned, "vocab": vocabulary-trimmed}."""
+    from edgellm.artifact import read_manifest
+
+    folder = Path(artifact)
+    manifest = manifest or read_manifest(folder)
+    work = folder.with_name(folder.name + ".work")
+    found: dict[str, Path] = {}
+    for stage in PIPELINE_STAGES:
+        key = (manifest.metrics.get(stage) or {}).get("key") if isinstance(manifest.metrics, dict) else None
+        path = work / f"{stage}-{key}" / "model"
+        if key and (path / "config.json").is_file():
+            found[stage] = path
+    return found
 
 
 def artifact_subjects(artifact: str | os.PathLike[str], models: Sequence[str] | None = None, *,
@@ -74,7 +95,7 @@ def artifact_subjects(artifact: str | os.PathLike[str], models: Sequence[str] | 
             kind="edgellm",
             path=str(folder),
             task=manifest.task,
-            stage=_entry_stage(manifest, entry),
+            stage=_entry_stage(entry),
             backend=entry.backend,
             precision=entry.precision,
             size_bytes=sum(int(manifest.files.get(f, {}).get("bytes", 0)) for f in entry.files),
@@ -94,9 +115,11 @@ def _weights_bytes(folder: Path) -> int:
 
 
 def teacher_subject(teacher: str | os.PathLike[str], *, task: str, labels: Sequence[str] | None = None,
-                    max_length: int = 128, pooling: str | None = None, normalize: bool = False) -> Subject:
-    """The teacher in FP32 PyTorch (transformers). A classifier teacher must carry a trained head with `labels`;
-    a causal LM teacher may be a .gguf file (de-quantized to FP32 on load)."""
+                    max_length: int = 128, pooling: str | None = None, normalize: bool = False,
+                    stage: str = "teacher") -> Subject:
+    """A model in FP32 PyTorch (transformers): the teacher, or with `stage` another pipeline stage's model (named
+    STAGE-pytorch-fp32). A classifier must carry a trained head with `labels`; a causal LM may be a .gguf file
+    (de-quantized to FP32 on load)."""
     from edgellm.models import resolve_model
 
     path = Path(resolve_model(teacher))
@@ -125,11 +148,11 @@ def teacher_subject(teacher: str | os.PathLike[str], *, task: str, labels: Seque
         if labels and count != len(labels):
             raise ModelError(f"teacher {str(teacher)!r} has {count} labels; the artifact has {len(labels)} ({labels})")
     return Subject(
-        name="teacher-pytorch-fp32",
+        name=f"{stage}-pytorch-fp32",
         kind="pytorch",
         path=str(path),
         task=task,
-        stage="teacher",
+        stage=stage,
         backend="pytorch",
         precision="fp32",
         size_bytes=size,
