@@ -13,17 +13,23 @@ This module is torch-free: the runtime imports it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from edgellm._faults import fault_point
 
 from edgellm.errors import (
     ArtifactError,
@@ -45,6 +51,9 @@ __all__ = [
     "write_manifest",
     "verify_artifact",
     "staging",
+    "atomic_folder",
+    "atomic_write_text",
+    "check_output",
     "sha256_file",
     "is_artifact",
 ]
@@ -214,7 +223,8 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
 
 
 def verify_artifact(folder: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:
-    """Check every file the manifest lists against its sha256; raise IntegrityError naming the first bad file."""
+    """Check every file the manifest lists against its sha256, and that every ONNX external-data reference names
+    a hashed file inside the folder (`edgellm.external_data`); raise IntegrityError naming the first bad file."""
     root = Path(folder)
     manifest = manifest or read_manifest(root)
     needed = {manifest.tokenizer, *(f for m in manifest.models for f in m.files)}
@@ -231,6 +241,9 @@ def verify_artifact(folder: str | os.PathLike[str], manifest: Manifest | None = 
                 f"artifact file {rel!r} was changed after export: sha256 {actual[:16]}... "
                 f"does not match the manifest's {str(info.get('sha256'))[:16]}... Re-export it."
             )
+    from edgellm.external_data import check_external_data
+
+    check_external_data(root, list(manifest.files), listed=manifest.files)
     return manifest
 
 
@@ -239,8 +252,9 @@ def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Manife
     from edgellm import __version__
 
     root = Path(folder)
+    tmp = root / (MANIFEST_NAME + ".tmp")
     files: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p not in (root / MANIFEST_NAME, tmp)):
         rel = path.relative_to(root).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     needed = {manifest.tokenizer, *(f for m in manifest.models for f in m.files)}
@@ -251,8 +265,8 @@ def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Manife
     manifest.edgellm_version = __version__
     manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False, default=_json_default)
-    tmp = root / (MANIFEST_NAME + ".tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
+    fault_point("manifest")
     os.replace(tmp, root / MANIFEST_NAME)
     return manifest
 
@@ -265,13 +279,35 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _staged_name(prefix: str, name: str) -> str:
+    return f"{prefix}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _owner_pid(folder: Path, prefix: str, name: str) -> int | None:
+    """The pid in `<prefix><name>-<pid>-<hex>`, or None when `folder` is not such a folder of output `name`."""
+    rest = folder.name[len(prefix):]
+    base, _, tail = rest.rpartition("-")
+    base, _, pid = base.rpartition("-")
+    if base != name or not pid.isdigit() or len(tail) != 8:
+        return None
+    return int(pid)
+
+
 def _clean_stale(parent: Path, name: str) -> None:
-    """Remove staging folders left by killed runs for this output name."""
+    """Clear what killed writers of output `name` left beside it (their process is gone).
+
+    A staging folder is removed. A replaced (old) folder is renamed back into place when the output is missing
+    (the writer died between moving the old output aside and moving the new one in), else removed.
+    """
     for prefix in (_STAGING_PREFIX, _OLD_PREFIX):
-        for stale in parent.glob(f"{prefix}{name}-*"):
-            pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue  # another live process is writing it
+        for stale in sorted(parent.glob(f"{glob.escape(prefix + name)}-*")):
+            pid = _owner_pid(stale, prefix, name)
+            if pid is None or (pid != os.getpid() and _pid_alive(pid)):
+                continue  # another output's folder, or a live process is writing it
+            if prefix == _OLD_PREFIX and not (parent / name).exists():
+                log.warning("restoring %s: a killed writer left it aside as %s", parent / name, stale.name)
+                os.replace(stale, parent / name)
+                continue
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -285,45 +321,149 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def check_output(output: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Refuse an existing output unless `overwrite`; never replace a folder that is not an edgellm artifact."""
+def check_output(output: str | os.PathLike[str], *, overwrite: bool, owned: Callable[[Path], bool] = is_artifact,
+                 what: str = "an edgellm artifact") -> Path:
+    """Refuse an existing output unless `overwrite`; never replace a non-empty folder that `owned` does not
+    recognise as written by edgellm (`what` names such a folder in the message)."""
     out = Path(output)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputExistsError(f"output {str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
-        if out.is_file() or (any(out.iterdir()) and not is_artifact(out)):
+        if not out.is_dir() or (any(out.iterdir()) and not owned(out)):
             raise OutputExistsError(
-                f"output {str(out)!r} exists and is not an edgellm artifact; refusing to replace it "
+                f"output {str(out)!r} exists and is not {what}; refusing to replace it "
                 "(user files are never deleted). Choose another output folder."
             )
     return out
 
 
 @contextlib.contextmanager
-def staging(output: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Write an artifact atomically: yield an empty staging folder beside `output`, publish it on success.
+def atomic_folder(
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    owned: Callable[[Path], bool] = is_artifact,
+    what: str = "an edgellm artifact",
+    durable: bool = True,
+) -> Iterator[Path]:
+    """Write a folder atomically: yield an empty staging folder beside `output`; publish it when the block ends.
 
-    On any exception the staging folder is removed and an existing `output` is left untouched. Publishing renames
-    the old artifact aside, renames the staging folder into place, then deletes the old one, so a reader sees the
-    old artifact, or (for an instant) none, or the new one; never a half-written one.
+    The one mechanism behind every folder edgellm writes (artifacts, model folders, prune outputs, caches):
+
+    - An existing `output` is replaced only with `overwrite=True`, and only if it is empty or `owned(output)`
+      says edgellm wrote it: user folders are never deleted (OutputExistsError).
+    - On any exception the staging folder is removed and `output` is left untouched.
+    - Publishing swaps the staging folder and the old output in one `renameat2(RENAME_EXCHANGE)` on Linux, so a
+      reader sees the old folder or the new one, never a half-written one and never none. Where the exchange is
+      not available the old folder is renamed aside first; a writer killed between the two renames leaves it
+      aside, and the next writer of `output` renames it back.
+    - `durable`: fsync every file and folder before publishing, and the parent after, so that the rename cannot
+      reach the disk before the data it names.
+    - Staging and replaced folders of dead processes (`kill -9`) are cleaned up by the next writer.
     """
-    out = check_output(output, overwrite=overwrite)
+    out = Path(output)
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(parent, out.name)
-    stage = parent / f"{_STAGING_PREFIX}{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    check_output(out, overwrite=overwrite, owned=owned, what=what)
+    stage = parent / _staged_name(_STAGING_PREFIX, out.name)
     stage.mkdir()
     try:
         yield stage
-        if not is_artifact(stage):
-            raise ArtifactError("internal: the staging folder was closed without a manifest")
-        old = None
-        if out.exists():
-            old = parent / f"{_OLD_PREFIX}{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        check_output(out, overwrite=overwrite, owned=owned, what=what)  # it may have appeared meanwhile
+        if durable:
+            _fsync_tree(stage)
+        fault_point("staged")
+        if out.exists() and _exchange(stage, out):
+            shutil.rmtree(stage, ignore_errors=True)  # `stage` now holds the old folder
+        else:
+            old = None
+            if out.exists() or out.is_symlink():
+                old = parent / _staged_name(_OLD_PREFIX, out.name)
+                os.replace(out, old)
+            os.replace(stage, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        if durable:
+            _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staging(output: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Write an artifact atomically (`atomic_folder`); the block must leave a manifest in the staging folder."""
+    with atomic_folder(output, overwrite=overwrite) as stage:
+        yield stage
+        if not is_artifact(stage):
+            raise ArtifactError("internal: the staging folder was closed without a manifest")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
+    """Write a small text file (JSON records, markers) atomically: a temporary file beside it, then a rename."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):  # files before the folders holding them
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            _fsync_dir(path)
+        elif path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported here (e.g. Windows): the data files were synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                fn = libc.renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2 = fn
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # this file system (or kernel) cannot exchange: fall back to two renames
+    raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}", str(b))

@@ -193,11 +193,11 @@ def inspect_cmd(artifact: str, as_json: bool) -> None:
 @cli.command("verify")
 @click.argument("artifact", type=click.Path())
 def verify_cmd(artifact: str) -> None:
-    """Check every file of ARTIFACT against the sha256 in its manifest."""
+    """Check every file of ARTIFACT against the sha256 in its manifest, and that ONNX external data stays inside."""
     from edgellm.artifact import verify_artifact
 
     manifest = verify_artifact(artifact)
-    click.echo(f"ok: {len(manifest.files)} files match their sha256 ({artifact})")
+    click.echo(f"ok: {len(manifest.files)} files match their sha256 and ONNX external data stays inside ({artifact})")
 
 
 @cli.group("targets")

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,9 +102,11 @@ def vader_folder() -> Path:
     target = cache_dir() / "vader"
     if all((target / f).is_file() for f in VADER_CORPORA.values()):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".vader-") as tmp:
-        tmpdir = Path(tmp)
+    from edgellm.artifact import atomic_folder
+
+    with atomic_folder(target, overwrite=True, owned=lambda _: True, what="the VADER cache") as stage:
+        tmpdir = stage / ".download"  # inside the staging folder: a killed download is cleaned with it
+        tmpdir.mkdir()
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
                VADER_PACKAGE, "-d", str(tmpdir)]
         log.info("downloading the VADER corpora from the package registry: %s", " ".join(cmd[2:]))
@@ -124,20 +125,16 @@ def vader_folder() -> Path:
             if inner_file is None:
                 raise DataError(f"cannot read {member.name} from {archives[0].name}")
             with tarfile.open(fileobj=inner_file) as inner:
-                stage = tmpdir / "vader"
-                stage.mkdir()
                 for m in inner.getmembers():
                     name = Path(m.name).name
                     if m.isfile() and name in VADER_CORPORA.values():
                         src = inner.extractfile(m)
                         if src is not None:
                             (stage / name).write_bytes(src.read())
+        shutil.rmtree(tmpdir)
         missing = [f for f in VADER_CORPORA.values() if not (stage / f).is_file()]
         if missing:
             raise DataError(f"the VADER archive lacks {missing}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(stage, target)
     return target
 
 

@@ -231,21 +231,12 @@ def gguf_to_folder(gguf: str | os.PathLike[str], output: str | os.PathLike[str] 
     except Exception as exc:
         raise ModelError(f"transformers cannot load the GGUF file {src.name}: {exc}") from exc
     model = plain_causal_lm(loaded)
-    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    stage.mkdir(parents=True, exist_ok=True)
-    try:
+    from edgellm.artifact import atomic_folder
+
+    owned = (lambda _: True) if output is None else (lambda p: (p / "config.json").is_file())  # cache: ours
+    with atomic_folder(out, overwrite=True, owned=owned, what="a converted GGUF model folder") as stage:
         model.save_pretrained(stage, safe_serialization=True)
         tok.save_pretrained(stage)
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
 
 

@@ -16,8 +16,9 @@ Encoder tasks (text-classification, feature-extraction) run these stages, each s
     evaluate  test-split metrics, size and p50 latency of every stage, side by side
 
 Each stage writes into `WORK/<stage>-<key>/`, where the key hashes the stage's config, its input stage's key, the
-data split and the edgellm version. A finished stage leaves `stage.json`; a rerun with the same recipe skips
-finished stages and resumes an interrupted one from its checkpoints. The artifact itself is published atomically
+data split and the edgellm version. A finished stage leaves `stage.json` (with the sha256 of every file it wrote);
+a rerun with the same recipe skips finished stages whose files are unchanged and resumes an interrupted one from
+its checkpoints. The artifact itself is published atomically
 at the end (`edgellm.artifact.staging`). Causal-LM recipes (text-generation) run
 `edgellm.train.causal.compress_causal_lm`, which keeps its own resumable work folder.
 """
@@ -35,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgellm.artifact import Manifest, check_output, read_manifest, staging, write_manifest
+from edgellm._faults import fault_point, fault_scope
+from edgellm.artifact import Manifest, atomic_write_text, check_output, read_manifest, staging, write_manifest
 from edgellm.config import to_dict
 from edgellm.errors import ConfigError
 from edgellm.recipe import Recipe
@@ -112,23 +114,53 @@ class StageCache:
         key = stage_key({"stage": name, **material})
         folder = self.root / f"{name}-{key}"
         done = folder / STAGE_FILE
-        if done.is_file():
-            record = json.loads(done.read_text(encoding="utf-8"))
+        record = self._finished(name, folder)
+        if record is not None:
             self.echo(f"[{name}] unchanged since {record.get('finished', '?')}: reusing {folder}")
             return StageRecord(name, key, folder, record.get("metrics", {}), cached=True)
         resumed = folder.exists() and any(folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
         self.echo(f"[{name}] {'resuming' if resumed else 'running'} in {folder}")
         started = time.perf_counter()
-        metrics = fn(folder)
-        seconds = time.perf_counter() - started
-        record = {"stage": name, "key": key, "material": material, "metrics": metrics, "seconds": seconds,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = folder / (STAGE_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=_jsonable), encoding="utf-8")
-        os.replace(tmp, done)
+        with fault_scope(name):
+            metrics = fn(folder)
+            seconds = time.perf_counter() - started
+            record = {"stage": name, "key": key, "material": material, "metrics": metrics, "seconds": seconds,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _stage_files(folder)}
+            fault_point("done")
+            atomic_write_text(done, json.dumps(record, indent=2, default=_jsonable))
         self.echo(f"[{name}] done in {seconds:.0f} s")
         return StageRecord(name, key, folder, metrics, cached=False)
+
+    def _finished(self, name: str, folder: Path) -> dict[str, Any] | None:
+        """The stage.json record of a finished stage whose output files are as it left them, else None.
+
+        An unreadable record, or outputs changed or removed since, make the stage run again from an empty folder
+        (the folder is the pipeline's own, inside the work folder)."""
+        done = folder / STAGE_FILE
+        if not done.is_file():
+            return None
+        try:
+            record = json.loads(done.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict):
+            problem = f"{STAGE_FILE} is unreadable"
+        elif "files" in record and record["files"] != _stage_files(folder):
+            problem = "its output files changed after it finished"
+        else:
+            return record
+        self.echo(f"[{name}] {problem}: running it again in {folder}")
+        shutil.rmtree(folder)
+        return None
+
+
+def _stage_files(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file a stage left in its folder (stage.json excepted)."""
+    from edgellm.artifact import sha256_file
+
+    return {f.relative_to(folder).as_posix(): sha256_file(f)
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != STAGE_FILE}
 
 
 def _jsonable(value: Any) -> Any:
@@ -581,7 +613,7 @@ def render_summary(rows: list[dict[str, Any]]) -> str:
 
 def _publish(recipe: Recipe, data: Any, source: Path, out: Path, stages: dict[str, StageRecord],
              summary: list[dict[str, Any]], *, overwrite: bool) -> Manifest:
-    with staging(out, overwrite=overwrite) as stage:
+    with fault_scope("publish"), staging(out, overwrite=overwrite) as stage:
         _copy_artifact(source, stage, into_existing=True)
         manifest = read_manifest(stage)
         manifest.data = data.describe()

@@ -26,8 +26,11 @@ from edgellm.errors import (
 )
 
 
+MIN_ONNX = b"\x08\x07"  # a ModelProto holding only ir_version 7: well-formed protobuf, no weights
+
+
 def _write_min_artifact(folder: Path) -> Manifest:
-    (folder / "model.onnx").write_bytes(b"not really onnx")
+    (folder / "model.onnx").write_bytes(MIN_ONNX)
     (folder / "tokenizer.json").write_text("{}")
     manifest = Manifest(
         task="feature-extraction",
@@ -45,7 +48,7 @@ def test_manifest_round_trip_records_hashes_and_version(tmp_path: Path) -> None:
     assert data["format_version"] == FORMAT_VERSION
     assert data["edgellm_version"] == "0.1.0"
     assert set(data["files"]) == {"model.onnx", "tokenizer.json"}
-    assert data["files"]["model.onnx"]["bytes"] == len(b"not really onnx")
+    assert data["files"]["model.onnx"]["bytes"] == len(MIN_ONNX)
     again = read_manifest(tmp_path)
     assert again.to_dict() == written.to_dict()
     assert verify_artifact(tmp_path).model().path == "model.onnx"

@@ -565,7 +565,7 @@ def test_quantize_onnx_on_a_decoder_with_kv_cache(tmp_path: Path) -> None:
     expected = float_session.run(None, feeds)[0]
     for mode, op in (("dynamic", "MatMulInteger"), ("weight-only", "MatMulNBits")):
         r = quantize_onnx(tmp_path / "dec.onnx", tmp_path / f"{mode}.onnx", mode=mode, preset="avx512-vnni")
-        assert r.ops[op] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + the tied LM head
+        assert r.ops[op] == 2 * 4 + 1  # fused qkv, o, fused gate+up, down per layer + the tied LM head
         got = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
         np.testing.assert_allclose(got, expected, atol=0.05)
         assert (got.argmax(-1) == expected.argmax(-1)).all()

@@ -399,7 +399,9 @@ def decoder_to_openvino(onnx_path: Path, xml_path: Path, spec: DecoderSpec, *, s
                 shapes[port.get_any_name()] = shape
             model.reshape(shapes)
             apply_make_stateful_transformation(model, dict(zip(spec.past_names, spec.present_names)))
-        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+        from edgellm.exporting.openvino import save_ir
+
+        save_ir(model, xml_path, compress_to_fp16=False)  # node names renumbered: the same bytes in any process
     except Exception as exc:
         raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {exc}") from exc
     return [xml_path.name, xml_path.with_suffix(".bin").name]

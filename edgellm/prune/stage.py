@@ -15,11 +15,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from edgellm.errors import ConfigError, DataError, ModelError, OutputExistsError
+from edgellm.artifact import atomic_folder, check_output
+from edgellm.errors import ConfigError, DataError, ModelError
 from edgellm.recipe import DataConfig, DistillConfig, PruneConfig
 
 __all__ = ["prune", "detect_task", "REPORT_FILE"]
@@ -230,38 +230,21 @@ def _copy_sentence_transformers(src: Path, dst: Path) -> None:
             shutil.copytree(sub, dst / sub.name)
 
 
+def _is_prune_output(folder: Path) -> bool:
+    return (folder / REPORT_FILE).is_file()
+
+
+_WHAT = f"a prune output (no {REPORT_FILE})"
+
+
 def _check_output(out: Path, *, overwrite: bool) -> None:
     """Refuse an existing output unless `overwrite`; replace only an earlier prune output (or an empty folder)."""
-    if not out.exists():
-        return
-    if not overwrite:
-        raise OutputExistsError(f"output {str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
-    if out.is_file() or (any(out.iterdir()) and not (out / REPORT_FILE).is_file()):
-        raise OutputExistsError(f"output {str(out)!r} exists and is not a prune output (no {REPORT_FILE}); refusing "
-                                "to replace it (user files are never deleted). Choose another output folder.")
+    check_output(out, overwrite=overwrite, owned=_is_prune_output, what=_WHAT)
 
 
-@contextlib.contextmanager
-def _staged_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+def _staged_folder(out: Path, *, overwrite: bool) -> contextlib.AbstractContextManager[Path]:
     """A staging folder beside `out`, renamed into place on success and removed on any error."""
-    _check_output(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets the usual mode
-    try:
-        yield stage
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return atomic_folder(out, overwrite=overwrite, owned=_is_prune_output, what=_WHAT)
 
 
 def _config_dict(config: PruneConfig) -> dict[str, Any]:

@@ -153,9 +153,11 @@ def _settings(preset: Preset, mode: str, **extra: Any) -> dict[str, Any]:
 
 
 def _save(model: Any, dst: Path) -> list[Path]:
-    ov = _ov()
+    from edgellm.exporting.openvino import save_ir
+
+    _ov()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(dst), compress_to_fp16=False)
+    save_ir(model, dst, compress_to_fp16=False)  # node names renumbered: the same bytes in any process
     return [dst, dst.with_suffix(".bin")]
 
 
@@ -271,5 +273,7 @@ def openvino_fp16(src: str | Path, dst: str | Path) -> list[Path]:
     check_openvino_not_quantized(model, f"OpenVINO model {Path(src).name}")
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(dst), compress_to_fp16=True)
+    from edgellm.exporting.openvino import save_ir
+
+    save_ir(model, dst, compress_to_fp16=True)
     return [dst, dst.with_suffix(".bin")]

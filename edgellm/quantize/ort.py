@@ -158,11 +158,6 @@ def _has_external(model: Any) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
-def _files_of(path: Path) -> list[Path]:
-    data = path.with_name(path.name + ".data")
-    return [path, data] if data.exists() else [path]
-
-
 def _run(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], outputs: list[str] | None = None,
          threads: int | None = None) -> list[list[np.ndarray]]:
     import onnxruntime as ort

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgellm.artifact import PRECISIONS, Manifest, ModelEntry, read_manifest, verify_artifact
 from edgellm.errors import UnsupportedTargetError
+from edgellm.external_data import check_external_data
 from edgellm.runtime.devices import available_devices, best_target, open_backend
 from edgellm.runtime.tasks import Classifier, EdgeModel, Embedder
 
@@ -94,7 +95,9 @@ def load(
         strict: with device="auto", raise instead of falling back past the chain's first device.
         threads: intra-op threads (None: the target profile's, else the engine's default, all cores).
         batch_size: texts per inference call.
-        verify: check every file's sha256 against the manifest first (IntegrityError on mismatch).
+        verify: check every file's sha256 against the manifest first (IntegrityError on mismatch). ONNX
+            external-data references are checked either way: one that leaves the folder, or names a file without
+            a sha256 in the manifest, raises IntegrityError.
 
     `describe()["selection"]` says which device was picked, from which chain, and why others were passed over.
     """
@@ -109,6 +112,8 @@ def load(
     if target == "auto":
         target = best_target(folder, manifest, backend)
     entry = _pick_entry(manifest, backend, model, target)
+    if not verify:  # verify_artifact checked these already
+        check_external_data(folder, entry.files, listed=manifest.files)
     runner = open_backend(folder, manifest, entry, device=device, threads=threads, strict=strict)
     log.info("loaded %s: model %s on %s %s", folder, entry.name, runner.name, runner.device)
     if manifest.task == "text-classification":

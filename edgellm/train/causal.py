@@ -296,12 +296,16 @@ def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: Loop
     import copy
     import json
 
+    from edgellm.artifact import atomic_write_text
     from edgellm.train.loop import autocast_dtype, device_for
 
     path = work_dir / "budget.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("budget_minutes") == budget_minutes:
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = {}  # unreadable: plan again
+        if isinstance(saved, dict) and saved.get("budget_minutes") == budget_minutes:
             return saved
     device = device_for(options)
     dtype = autocast_dtype(options.precision, device)
@@ -328,7 +332,7 @@ def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: Loop
             "planned_steps": min(steps, math.ceil(options.epochs * len(batches))), "epochs": epochs,
             "steps_per_epoch": len(batches)}
     work_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan, indent=2))
+    atomic_write_text(path, json.dumps(plan, indent=2))
     log.info("budget %.0f min: %.2f s/step -> %d steps (%.3f epochs)", budget_minutes, step_s, plan["planned_steps"],
              epochs)
     return plan

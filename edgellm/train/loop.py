@@ -63,6 +63,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from edgellm._faults import fault_point
 from edgellm.errors import ConfigError, TrainingError
 
 __all__ = [
@@ -550,6 +551,7 @@ def _save_checkpoint(work: Path, model: torch.nn.Module, optimizer: torch.optim.
         if old != final:
             _remove(old)
     log.debug("checkpoint %s", final)
+    fault_point("checkpoint")  # reliability tests: EDGELLM_FAULT=<stage>:checkpoint kills here (inert otherwise)
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, saved: dict[str, Any]) -> None:

@@ -7,13 +7,12 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from edgellm.errors import DataError, ModelError, OutputExistsError
+from edgellm.artifact import atomic_folder, check_output
+from edgellm.errors import DataError, ModelError
 
 __all__ = ["TrainedModel", "load_model", "head_labels", "match_head_labels", "METRICS_FILE", "publish_folder",
            "check_output_folder", "check_labels"]
@@ -71,55 +70,27 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _written_by_trainer(folder: Path) -> bool:
+    return (folder / METRICS_FILE).is_file()
+
+
+_WHAT = f"a model folder written by edgellm (no {METRICS_FILE})"
+
+
 def check_output_folder(output: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """Refuse an existing output unless `overwrite`, and never replace a folder edgellm did not write."""
-    out = Path(output)
-    if out.exists():
-        if not overwrite:
-            raise OutputExistsError(f"output {str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
-        if out.is_file() or (any(out.iterdir()) and not (out / METRICS_FILE).is_file()):
-            raise OutputExistsError(f"output {str(out)!r} exists and was not written by edgellm; refusing to "
-                                    "replace it. Choose another output folder.")
-    return out
+    return check_output(output, overwrite=overwrite, owned=_written_by_trainer, what=_WHAT)
 
 
-@contextlib.contextmanager
-def publish_folder(output: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging folder beside `output`; rename it into place on success, remove it on error.
+def publish_folder(output: str | os.PathLike[str], *,
+                   overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """Yield a staging folder beside `output`; rename it into place on success, remove it on error
+    (`edgellm.artifact.atomic_folder`).
 
     An existing `output` is replaced only with overwrite=True and only if edgellm wrote it (it holds
     training_metrics.json) or it is empty: user folders are never deleted.
     """
-    out = check_output_folder(output, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".staging-{out.name}-*"):
-        pid = stale.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    stage = out.parent / f".staging-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
-    try:
-        yield stage
-        old = None
-        if out.exists():
-            old = out.parent / f".replaced-{out.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return atomic_folder(output, overwrite=overwrite, owned=_written_by_trainer, what=_WHAT)
 
 
 def _write_sentence_transformers(folder: Path, model: Any, embedding: dict[str, Any], tokenizer: Any) -> None:

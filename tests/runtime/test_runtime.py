@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgellm.errors import (
+    ArtifactError,
     ArtifactNotFoundError,
     BackendError,
     EdgeLLMError,
@@ -178,11 +179,16 @@ def test_model_changed_after_export(classifier_artifact: Path, copy_artifact) ->
 
 
 def test_corrupt_model_with_matching_hash_gives_backend_error(classifier_artifact: Path, copy_artifact) -> None:
-    """Garbage that is hashed into the manifest still fails as a typed error, not an ONNX Runtime traceback."""
+    """Garbage that is hashed into the manifest still fails as a typed error, not an ONNX Runtime traceback: the
+    external-data scan reads the protobuf before any engine does and names the file."""
     from edgellm.artifact import read_manifest, write_manifest
 
     art = copy_artifact(classifier_artifact)
     (art / "model.onnx").write_bytes(b"\x08\x07garbage")
+    write_manifest(art, read_manifest(art))
+    with pytest.raises(ArtifactError, match="model.onnx is not a valid ONNX model"):
+        load(art)
+    (art / "model.onnx").write_bytes(b"\x08\x07")  # well-formed protobuf (ir_version 7), but no graph
     write_manifest(art, read_manifest(art))
     with pytest.raises(BackendError, match="ONNX Runtime could not load model.onnx"):
         load(art)
