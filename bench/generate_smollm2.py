@@ -58,13 +58,13 @@ def heldout(recipe: Any, student: Path) -> dict[str, Any]:
                      "test_fraction": data.split.test}}
 
 
-def build(recipe_path: Path, student: Path, teacher_artifact: Path, work: Path) -> None:
+def build(recipe_path: Path, student: Path, teacher_artifact: Path, work: Path, overrides: list[str]) -> None:
     """Run the recipe (distillation + export) and export the teacher itself, each only when missing."""
     from edgellm.exporting.decoder import export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.train.causal import compress_causal_lm, lm_quantize_modes, load_teacher_lm
 
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, overrides)
     if not student.exists():
         started = time.perf_counter()
         compress_causal_lm(recipe, student, work_dir=work)
@@ -167,7 +167,8 @@ def summary_markdown(summary: dict[str, Any], distill: dict[str, Any]) -> str:
         lines += ["", f"Distillation: teacher layers {distill.get('teacher_layers')} of "
                       f"{distill.get('teacher_num_layers')}, {distill.get('steps')} steps, "
                       f"{distill.get('train_tokens')} tokens in {distill.get('train_wall_s', 0) / 60:.1f} min "
-                      f"({distill.get('train_tokens_per_s') or 0:.0f} tokens/s, {distill.get('precision')}). "
+                      f"({distill.get('train_tokens_per_s') or 0:.0f} tokens/s, {distill.get('precision')}; "
+                      f"budget {(distill.get('budget') or {}).get('budget_minutes')} min). "
                       f"Test perplexity (torch): teacher {ppl.get('teacher_test', float('nan')):.2f}, student before "
                       f"distillation {ppl.get('student_initial_test', float('nan')):.2f}, after "
                       f"{ppl.get('student_test', float('nan')):.2f}."]
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-artifact", default=str(ROOT / "artifacts" / "smollm2-teacher"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "work" / "lm-smollm2"))
     parser.add_argument("--build", action="store_true", help="Build missing artifacts (runs the distillation).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a recipe field, e.g. --set causal_lm.budget_minutes=30 (repeatable).")
     parser.add_argument("--name", default="generate_smollm2")
     parser.add_argument("--perplexity-texts", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
@@ -211,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 
     student, teacher_artifact = Path(args.student), Path(args.teacher_artifact)
     if args.build:
-        build(Path(args.recipe), student, teacher_artifact, Path(args.work))
+        build(Path(args.recipe), student, teacher_artifact, Path(args.work), args.overrides)
     for folder in (student, teacher_artifact):
         if not folder.exists():
             print(f"{folder} is missing: run with --build first (under the lock)", file=sys.stderr)
             return 2
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.overrides)
     data = heldout(recipe, student)
     if args.wait_quiet > 0:
         from bench.run import wait_until_quiet
