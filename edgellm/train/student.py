@@ -177,6 +177,6 @@ def _as_module(teacher: Any) -> torch.nn.Module:
     model = getattr(teacher, "model", None)
     if isinstance(model, torch.nn.Module):
         return model
-    from edgellm.train.classify import load_model
+    from edgellm.train.model import load_model
 
     return load_model(teacher).model

@@ -130,3 +130,14 @@ def test_build_student_of_a_model_without_layer_list() -> None:
 
     with pytest.raises(ModelError, match="cannot find its list of 2 transformer blocks"):
         build_student(NotATransformer(), DistillConfig(num_layers=1))
+
+
+def test_student_from_a_model_folder_equals_the_student_from_the_loaded_model(tiny_teacher_dir: Path,
+                                                                              teacher: torch.nn.Module) -> None:
+    """build_student also takes a folder (or alias): it is loaded with edgellm.train.model.load_model."""
+    from_folder = build_student(str(tiny_teacher_dir), DistillConfig(layers=[1]))
+    from_model = build_student(teacher, DistillConfig(layers=[1]))
+    a, b = from_folder.state_dict(), from_model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
