@@ -7,8 +7,10 @@ dataclass may add its own range checks in `validate()`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -140,16 +142,24 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, not {type(value).__name__} {value!r:.60}")
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{where} does not fit in 64 bits (an integer of {value.bit_length()} bits)")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):  # YAML reads 5e-5 as a string
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
+        number = None
+        if isinstance(value, str):  # YAML reads 5e-5 as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            with contextlib.suppress(OverflowError):  # an int past 1.8e308
+                number = float(value)
+            if number is None:
+                raise ConfigError(f"{where} is too large for a number (an integer of {value.bit_length()} bits)")
+        if number is None:
             raise ConfigError(f"{where} must be a number, not {type(value).__name__} {value!r:.60}")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} = {value!r:.60} is not a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, not {type(value).__name__} {value!r:.60}")

@@ -306,17 +306,12 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `dotted.key=value` overrides (values parsed as YAML: 3, 0.5, null, [0, 2], text) to a recipe dict."""
-    import yaml
-
     out = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. distill.epochs=1)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+        value = _parse_yaml(raw, f"override {item!r}: the value") if raw.strip() else None
         node = out
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
@@ -330,17 +325,29 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
-    """Read and validate a YAML recipe (with `dotted.key=value` overrides); errors name the file and the field."""
+def _parse_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load with every failure as a ConfigError: syntax, values its constructors refuse (a date
+    2020-99-99, an integer of over 4,300 digits) and nesting too deep to parse."""
     import yaml
 
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{what}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{what}: not valid YAML: nested too deeply to parse") from None
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Read and validate a YAML recipe (with `dotted.key=value` overrides); errors name the file and the field."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"recipe file {str(file)!r} does not exist")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the recipe as UTF-8") from exc
+    data = _parse_yaml(text, str(file))
     if data is None:
         raise ConfigError(f"{file}: the recipe is empty; it needs at least teacher and task")
     if not isinstance(data, dict):
