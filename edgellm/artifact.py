@@ -401,8 +401,14 @@ def staging(output: str | os.PathLike[str], *, overwrite: bool = False) -> Itera
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
-    """Write a small text file (JSON records, markers) atomically: a temporary file beside it, then a rename."""
+    """Write a small text file (JSON records, markers) atomically: a temporary file beside it, then a rename.
+    Temporary files that killed writers of the same file left are removed."""
     target = Path(path)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*-*.tmp"):
+        pid = stale.name[len(target.name) + 2:-len(".tmp")].rpartition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,17 +23,21 @@ def as_texts(texts: str | Sequence[str]) -> list[str]:
         items = [texts]
     elif isinstance(texts, (bytes, bytearray)):
         raise InputError("texts must be str, not bytes: decode them first (e.g. data.decode('utf-8'))")
+    elif isinstance(texts, (Mapping, Set)):  # no order (or keys only): answers could not be matched to texts
+        raise InputError(f"texts must be a string or an ordered sequence of strings (list, tuple), not "
+                         f"{type(texts).__name__}: answers come back in input order")
     else:
         try:
-            items = list(texts)
+            items = list(itertools.islice(texts, MAX_BATCH + 1))  # a generator is never read past the limit
         except TypeError as exc:
             raise InputError(f"texts must be a string or a sequence of strings, not {type(texts).__name__}") from exc
     if len(items) > MAX_BATCH:
-        raise InputError(f"{len(items)} texts in one call; the limit is {MAX_BATCH}: split the input")
+        count = f"{len(texts):,}" if hasattr(texts, "__len__") else f"more than {MAX_BATCH:,}"
+        raise InputError(f"{count} texts in one call; the limit is {MAX_BATCH:,}: split the input")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InputError(f"text {i} is a {type(item).__name__}, not a str: {item!r:.60}")
+            raise InputError(f"text {i} is a {type(item).__name__}, not a str: {_short_repr(item)}")
         if len(item) > MAX_TEXT_CHARS:
             raise InputError(
                 f"text {i} has {len(item):,} characters; the limit is {MAX_TEXT_CHARS:,} "
@@ -43,6 +49,13 @@ def as_texts(texts: str | Sequence[str]) -> list[str]:
             item = item.encode("utf-8", "replace").decode("utf-8")
         out.append(item)
     return out
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return f"{value!r:.60}"
+    except Exception:  # noqa: BLE001 - a repr that raises (or an int too long to print) must not replace InputError
+        return f"<{type(value).__name__}>"
 
 
 class TextEncoder:
