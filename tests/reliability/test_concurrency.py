@@ -1,0 +1,94 @@
+"""One loaded model shared by 8 threads x 200 calls gives, call for call, what sequential calls give (ONNX Runtime
+and OpenVINO; classifier and embedder). The calls differ in texts and batch size, so that a buffer, tokenizer
+setting or infer request shared by mistake between threads shows up as a wrong row."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from edgellm.runtime import load
+
+THREADS = 8
+CALLS = 200  # per thread
+TEXTS = [
+    "a great film",
+    "the worst movie i have ever seen, a waste of money and two hours",
+    "",
+    "fun",
+    "the acting was good but the script was dull and the ending too long " * 4,  # truncated to max_length
+    "I loved it! 我很喜欢这部电影。 Ça m'a plu.",
+    "boring\tboring\nboring",
+    "brilliant music, terrible plot",
+]
+
+
+def call_texts(k: int) -> list[str]:
+    """The texts of call k: 1 to 4 of them, in a rotating order."""
+    start = k % len(TEXTS)
+    return [TEXTS[(start + j * 3) % len(TEXTS)] for j in range(1 + k % 4)]
+
+
+def run_threads(fn: Callable[[list[str]], Any]) -> dict[int, Any]:
+    """THREADS threads, each making CALLS calls, started together; {call number: result}."""
+    barrier = threading.Barrier(THREADS)
+
+    def worker(t: int) -> dict[int, Any]:
+        barrier.wait()
+        out = {}
+        for c in range(CALLS):
+            k = t * CALLS + c
+            out[k] = fn(call_texts(k))
+        return out
+
+    results: dict[int, Any] = {}
+    with ThreadPoolExecutor(THREADS) as pool:
+        for part in pool.map(worker, range(THREADS)):
+            results.update(part)
+    return results
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_classifier_from_8_threads_equals_sequential(backend: str, classifier_artifact: Path) -> None:
+    clf = load(classifier_artifact, backend=backend, threads=1)
+    assert clf.backend.name == backend
+    sequential = {k: clf.scores(call_texts(k)) for k in range(THREADS * CALLS)}
+    labels = {k: clf.classify(call_texts(k), top_k=2) for k in range(0, THREADS * CALLS, 97)}
+    threaded = run_threads(clf.scores)
+    assert sorted(threaded) == list(range(THREADS * CALLS))
+    for k, want in sequential.items():
+        np.testing.assert_array_equal(threaded[k], want, err_msg=f"call {k}")
+    assert len({tuple(np.round(s[0], 6)) for s in sequential.values()}) >= 4  # the calls really differ
+    for k, want in labels.items():  # classify() in threads too: same labels and scores
+        assert clf.classify(call_texts(k), top_k=2) == want
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_embedder_from_8_threads_equals_sequential(backend: str, embedder_artifact: Path) -> None:
+    emb = load(embedder_artifact, backend=backend, threads=1)
+    assert emb.backend.name == backend
+    sequential = {k: emb.embed(call_texts(k)) for k in range(THREADS * CALLS)}
+    threaded = run_threads(emb.embed)
+    for k, want in sequential.items():
+        assert threaded[k].shape == (len(call_texts(k)), emb.dim)
+        np.testing.assert_array_equal(threaded[k], want, err_msg=f"call {k}")
+
+
+def test_openvino_keeps_one_infer_request_per_thread(classifier_artifact: Path) -> None:
+    clf = load(classifier_artifact, backend="openvino", threads=1)
+    requests: set[int] = set()
+    lock = threading.Lock()
+
+    def call(texts: list[str]) -> Any:
+        out = clf.scores(texts)
+        with lock:
+            requests.add(id(clf.backend._local.request))
+        return out
+
+    run_threads(call)
+    assert len(requests) == THREADS
