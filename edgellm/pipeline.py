@@ -156,11 +156,13 @@ class StageCache:
 
 
 def _stage_files(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file a stage left in its folder (stage.json excepted)."""
+    """relative path -> sha256 of every file a stage left in its folder (stage.json and the temporary files of its
+    atomic writes excepted: a killed writer's one is removed by the next write)."""
     from edgellm.artifact import sha256_file
 
     return {f.relative_to(folder).as_posix(): sha256_file(f)
-            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != STAGE_FILE}
+            for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != STAGE_FILE and not f.name.startswith(f".{STAGE_FILE}.")}
 
 
 def _jsonable(value: Any) -> Any:
