@@ -199,3 +199,27 @@ def test_atomic_write_text_killed_mid_write_keeps_the_old_text(tmp_path: Path) -
     atomic_write_text(target, '{"v": 3}')  # the next writer of the same file clears the dead one's temporary
     assert target.read_text() == '{"v": 3}'
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "stage.json"]
+
+
+def test_a_stage_whose_stage_json_write_was_killed_finishes_once_and_is_then_reused(tmp_path: Path) -> None:
+    from edgellm.pipeline import StageCache, stage_key
+
+    lines: list[str] = []
+    cache = StageCache(tmp_path, lines.append)
+    folder = tmp_path / f"s-{stage_key({'stage': 's', 'x': 1})}"
+    folder.mkdir()
+    (folder / "out.txt").write_text("half")  # what the killed run left: its output and stage.json's temporary
+    (folder / f".stage.json.{_dead_pid()}-0123abcd.tmp").write_text("{")
+    calls: list[int] = []
+
+    def stage(f: Path) -> dict:
+        calls.append(1)
+        (f / "out.txt").write_text("done")
+        return {"value": 3}
+
+    first = cache.run("s", {"x": 1}, stage)
+    assert first.folder == folder and not first.cached and first.metrics == {"value": 3}
+    assert sorted(p.name for p in folder.iterdir()) == ["out.txt", "stage.json"]
+    second = cache.run("s", {"x": 1}, stage)
+    assert second.cached and second.metrics == {"value": 3} and len(calls) == 1
+    assert lines[0].startswith("[s] resuming in") and lines[-1].startswith("[s] unchanged since")
