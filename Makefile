@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (README):
-#   make demo   set up .venv, run the main job on the embedded default (MiniLM-L6)
+#   make demo   set up .venv, compress the embedded default (MiniLM-L6 sentiment) and classify a few sentences
 #   make test   set up .venv, run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,10 +20,10 @@ $(VENV)/.edgellm-setup: pyproject.toml
 	touch $@
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/edgellm -v export embedded:all-MiniLM-L6-v2 -o artifacts/minilm-embed \
-		--task feature-extraction --max-length 128 --overwrite
-	$(BIN)/edgellm inspect artifacts/minilm-embed
-	$(BIN)/edgellm run artifacts/minilm-embed "A gripping, beautifully shot film." "The plot is thin and dull."
+	HF_HUB_OFFLINE=1 $(BIN)/edgellm compress export/sentiment-minilm.yaml -o artifacts/sentiment-minilm --overwrite
+	$(BIN)/edgellm run artifacts/sentiment-minilm "A gripping, beautifully shot film." \
+		"The plot is thin and the jokes fall flat." "Not bad at all, I would watch it again." \
+		"Two hours of my life I will never get back."
 
 test: setup
 	HF_HUB_OFFLINE=1 EDGELLM_REQUIRE_ASSETS=1 $(BIN)/python -m pytest -q

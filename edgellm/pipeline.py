@@ -268,7 +268,8 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
     if recipe.export.trim_vocab:
         source = current.folder / "model"
         stages["vocab"] = current = cache.run(
-            "vocab", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate)},
+            "vocab", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate),
+                      "vocab_texts": recipe.export.vocab_texts},
             lambda folder: _vocab_stage(recipe, data, source, folder, teacher_folder),
         )
     model_folder = current.folder / "model"
@@ -343,8 +344,14 @@ def _vocab_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_
     from edgellm.train import load_model
     from edgellm.vocab import trim_vocabulary
 
+    from edgellm.data import load_texts
+
     tm = load_model(source, task=recipe.task)
-    result = trim_vocabulary(tm.model, tm.tokenizer, data.train.texts, held_out=data.validation.texts)
+    texts = list(data.train.texts)
+    held_out = set(data.validation.texts) | set(data.test.texts)  # never let evaluation text choose the tokens
+    for name in recipe.export.vocab_texts:  # more text of the domain: its words keep their own tokens
+        texts += [t for t in load_texts(name) if t not in held_out]
+    result = trim_vocabulary(tm.model, tm.tokenizer, texts, held_out=data.validation.texts)
     trimmed = dataclasses.replace(tm, model=result.model, tokenizer=result.tokenizer)
     trimmed.save(folder / "model", overwrite=True, metrics={"vocab": result.report})
     return {"report": result.report,

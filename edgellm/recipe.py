@@ -230,6 +230,7 @@ class ExportConfig:
     formats: list[Literal["onnx", "openvino"]] = field(default_factory=lambda: ["onnx", "openvino"])
     max_length: int | None = 128  # tokens; None -> the model's own limit
     trim_vocab: bool = False  # WordPiece only: keep tokens the training texts use + specials + their characters (edgellm.vocab)
+    vocab_texts: list[str] = field(default_factory=list)  # trim_vocab: more text whose tokens are kept too (built-in names / files, as distill.augment_with)
     atol: float = 1e-4  # FP32 export vs torch, max abs difference on real text
 
 

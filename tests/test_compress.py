@@ -175,3 +175,27 @@ def test_recipes_in_export_folder_validate() -> None:
         recipe = load_recipe(path)
         assert recipe.teacher.startswith("embedded:"), path.name
         assert json.loads(json.dumps(recipe.to_dict()))["task"] == recipe.task
+
+
+def test_vocab_texts_keep_more_tokens_and_never_evaluation_text(smoke_run: dict, tmp_path: Path) -> None:
+    """export.vocab_texts: the tokens of more domain text are kept too; sentences of the validation / test split in
+    that text are left out (evaluation text must not choose the vocabulary)."""
+    from edgellm.data import load_task_data
+    from tests.conftest import tiny_vocab
+
+    before = read_manifest(smoke_run["out"]).metrics["vocab"]["report"]
+    extra = tmp_path / "domain.txt"
+    words = [w for w in tiny_vocab() if w.isalpha()]
+    recipe = load_recipe(SMOKE, [f"teacher={smoke_run['teacher']}", *FAST, f"export.vocab_texts=[{extra}]",
+                                 "quantize=null", "export.formats=[onnx]"])
+    data = load_task_data(recipe.data, task=recipe.task)
+    evaluation = data.validation.texts[:3] + data.test.texts[:3]
+    extra.write_text("\n".join(words + evaluation) + "\n", encoding="utf-8")
+    lines: list[str] = []
+    result = compress(recipe, tmp_path / "art", work_dir=Path(str(smoke_run["out"]) + ".work"), progress=False,
+                      echo=lines.append)
+    assert [line.split("]")[0][1:] for line in lines if "unchanged since" in line] == ["teacher", "distill", "prune"]
+    after = result.manifest.metrics["vocab"]["report"]
+    assert after["texts"] == before["texts"] + len(words)  # the 6 evaluation sentences were left out
+    assert after["vocab_size_after"] > before["vocab_size_after"]
+    assert after["held_out"]["identical_texts"] >= before["held_out"]["identical_texts"]

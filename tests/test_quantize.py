@@ -635,3 +635,38 @@ def test_inc_pt2e_static_exports_a_qdq_graph(tiny_classifier_dir: Path, classifi
     assert len(int8) >= WEIGHT_MATMULS + GEMMS and r.ops["DequantizeLinear"] > r.ops["QuantizeLinear"]
     feeds = feeds_for(classifier_artifact, 4)  # batch 1, their own lengths: the batch and sequence stayed dynamic
     np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(classifier_artifact / "model.onnx", feeds), atol=0.05)
+
+
+@pytest.mark.parametrize("bias, sum_output", [(True, False), (True, True), (False, True), (False, False)])
+def test_split_skip_layer_norm_keeps_outputs(bias: bool, sum_output: bool) -> None:
+    """SkipLayerNormalization (slow on ONNX Runtime's CPU) -> Add (+ bias Add) + LayerNormalization: same outputs,
+    including the input + skip + bias sum when the graph uses it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgellm.quantize.ort import split_skip_layer_norm
+
+    rng = np.random.default_rng(0)
+    hidden = 16
+    inits = [numpy_helper.from_array(rng.normal(size=hidden).astype(np.float32), n) for n in ("g", "b", "bias")]
+    inputs = ["x", "s", "g", "b"] + (["bias"] if bias else [])
+    outputs = ["y", "", "", "sum"] if sum_output else ["y"]
+    node = helper.make_node("SkipLayerNormalization", inputs, outputs, domain="com.microsoft", epsilon=1e-5,
+                            name="sln")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, hidden]) for n in ("x", "s")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, hidden]) for n in outputs if n]
+    model = helper.make_model(helper.make_graph([node], "g", io, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": rng.normal(size=(2, 3, hidden)).astype(np.float32),
+             "s": rng.normal(size=(2, 3, hidden)).astype(np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert split_skip_layer_norm(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Add"] + (["Add"] if bias else []) + ["LayerNormalization"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if sum_output:
+        np.testing.assert_allclose(got[1], feeds["x"] + feeds["s"] + (numpy_helper.to_array(inits[2]) if bias else 0),
+                                   atol=1e-6)
