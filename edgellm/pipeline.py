@@ -59,6 +59,7 @@ class StageRecord:
     folder: Path
     metrics: dict[str, Any]
     cached: bool
+    seconds: float | None = None  # wall time of the run that produced the stage (also when reused from the cache)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class StageCache:
         record = self._finished(name, folder)
         if record is not None:
             self.echo(f"[{name}] unchanged since {record.get('finished', '?')}: reusing {folder}")
-            return StageRecord(name, key, folder, record.get("metrics", {}), cached=True)
+            return StageRecord(name, key, folder, record.get("metrics", {}), cached=True, seconds=record.get("seconds"))
         resumed = folder.exists() and any(folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
         self.echo(f"[{name}] {'resuming' if resumed else 'running'} in {folder}")
@@ -130,7 +131,7 @@ class StageCache:
             fault_point("done")
             atomic_write_text(done, json.dumps(record, indent=2, default=_jsonable))
         self.echo(f"[{name}] done in {seconds:.0f} s")
-        return StageRecord(name, key, folder, metrics, cached=False)
+        return StageRecord(name, key, folder, metrics, cached=False, seconds=seconds)
 
     def _finished(self, name: str, folder: Path) -> dict[str, Any] | None:
         """The stage.json record of a finished stage whose output files are as it left them, else None.
@@ -630,7 +631,8 @@ def _publish(recipe: Recipe, data: Any, source: Path, out: Path, stages: dict[st
         previous = dict(manifest.metrics)
         manifest.metrics = {}
         for name, record in stages.items():
-            manifest.metrics[name] = {"key": record.key, **(previous.get(name) or {}), **record.metrics}
+            manifest.metrics[name] = {"key": record.key, "seconds": record.seconds, **(previous.get(name) or {}),
+                                      **record.metrics}
         manifest.metrics["summary"] = summary
         (stage / SUMMARY_FILE).write_text(
             f"# {recipe.name or out.name}: compress summary\n\n{render_summary(summary)}", encoding="utf-8")

@@ -47,6 +47,7 @@ def test_smoke_recipe_runs_every_stage(smoke_run: dict) -> None:
     prune = manifest.metrics["prune"]["report"]
     assert prune["after"]["parameters"] < prune["before"]["parameters"]
     assert manifest.metrics["teacher"]["training"]["finetuned"] is True
+    assert all(manifest.metrics[s]["seconds"] > 0 for s in ("teacher", "distill", "prune", "quantize", "evaluate"))
     for entry in manifest.models:
         test = entry.metrics["test"]
         assert test["examples"] == 20 and 0.0 <= test["accuracy"] <= 100.0
