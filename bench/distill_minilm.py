@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _parse() -> argparse.Namespace:
@@ -129,13 +130,9 @@ def main() -> None:
             entry["test_ratio"] = round(entry["test"]["accuracy"] / report["teacher"]["test"]["accuracy"] * 100, 2)
         report["students"].append(entry)
         logging.info("student %s %s: %s", spec, overrides, {k: entry[k] for k in ("validation", "wall_s")})
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=str))  # partial results
+        record(args.name, report)  # partial results
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=str))
-    (RESULTS / f"{args.name}.md").write_text(_markdown(report))
-    print(_markdown(report))
+    record(args.name, report, _markdown(report))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

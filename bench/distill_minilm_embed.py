@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -78,11 +79,7 @@ def main() -> None:
         logging.info("student %s: %s", spec, entry["after_training"])
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=str))
-    md = _markdown(report)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    print(md)
+    record(args.name, report, _markdown(report))
 
 
 def _markdown(r: dict[str, Any]) -> str:

@@ -13,11 +13,12 @@ alone on the machine (here: under `flock /tmp/edgellm-heavy.lock`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench import record
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from edgellm.errors import EdgeLLMError
 __all__ = ["RUNS", "gpu_check", "render_markdown", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 # (label, backend, device, target whose model is preferred when the artifact holds one)
 RUNS = [
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeLLMError as exc:
         print(f"error ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 1
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = render_markdown(result)
-    (RESULTS / f"{args.name}.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    record(args.name, result, render_markdown(result))
     return 0
 
 

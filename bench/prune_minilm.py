@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -27,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _parse() -> argparse.Namespace:
@@ -228,10 +228,7 @@ def main() -> None:
         "models": rows,
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
-    (RESULTS / f"{args.name}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    record(args.name, result, _markdown(result))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

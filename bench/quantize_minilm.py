@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"accuracy_drop_points": 0.5, "size_vs_fp32": 0.30, "latency_vs_fp32": 0.6}
 log = logging.getLogger("bench.quantize_minilm")
 
@@ -297,10 +298,7 @@ def main() -> int:
         "machine": machine_info(),
         "wall_s": time.perf_counter() - started,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    record(args.name, result, _markdown(result))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
