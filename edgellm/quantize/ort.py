@@ -580,10 +580,9 @@ def split_skip_layer_norm(model: Any) -> int:
     if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
         return 0  # LayerNormalization is an ONNX op from opset 17 on
     graph = model.graph
-    nodes = list(graph.node)
     out: list[Any] = []
     split = 0
-    for node in nodes:
+    for node in graph.node:
         extra = [o for o in list(node.output)[1:3] if o]
         if node.op_type != "SkipLayerNormalization" or node.domain != CONTRIB_DOMAIN or extra:
             out.append(node)
@@ -593,16 +592,13 @@ def split_skip_layer_norm(model: Any) -> int:
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
         outputs = list(node.output) + [""] * (4 - len(node.output))
         base = node.name or f"SkipLayerNorm_{split}"
-        total = f"{base}/sum"
-        out.append(helper.make_node("Add", [x, skip], [total if bias or not outputs[3] else outputs[3]],
-                                    name=f"{base}/Add"))
+        summed = outputs[3] or f"{base}/sum"  # input + skip (+ bias): the graph's own name when it is used
         if bias:
-            summed = outputs[3] or f"{base}/sum_bias"
-            out.append(helper.make_node("Add", [total, bias], [summed], name=f"{base}/AddBias"))
-            total = summed
-        elif outputs[3]:
-            total = outputs[3]
-        ln_inputs = [total, gamma] + ([beta] if beta else [])
+            out.append(helper.make_node("Add", [x, skip], [f"{base}/residual"], name=f"{base}/Add"))
+            out.append(helper.make_node("Add", [f"{base}/residual", bias], [summed], name=f"{base}/AddBias"))
+        else:
+            out.append(helper.make_node("Add", [x, skip], [summed], name=f"{base}/Add"))
+        ln_inputs = [summed, gamma] + ([beta] if beta else [])
         out.append(helper.make_node("LayerNormalization", ln_inputs, [outputs[0]], name=f"{base}/LayerNorm",
                                     axis=-1, epsilon=eps))
         split += 1
