@@ -166,6 +166,7 @@ class PruneConfig:
     sparsity: float = 0.0  # unstructured magnitude sparsity of the block matrices, in [0, 1)
     sparsity_scope: Literal["global", "layer"] = "global"  # rank weights across all matrices, or within each
     recovery_epochs: float = 1.0  # short distillation from the unpruned model afterwards (0 = none)
+    recovery_alpha_hidden: float | None = None  # hidden-state MSE weight in recovery (each layer learns its unpruned self); None -> distill.alpha_hidden
 
     def validate(self, where: str) -> None:
         for name in ("heads", "ffn", "layers", "sparsity"):
@@ -175,6 +176,7 @@ class PruneConfig:
         check_range(f"{where}.batch_size", self.batch_size, low=1)
         check_range(f"{where}.max_length", self.max_length, low=2)
         check_range(f"{where}.recovery_epochs", self.recovery_epochs, low=0.0)
+        check_range(f"{where}.recovery_alpha_hidden", self.recovery_alpha_hidden, low=0.0)
         if self.target_params is not None and (self.heads or self.ffn):
             raise ConfigError(f"{where}: give either target_params or heads / ffn ratios, not both "
                               f"(target_params={self.target_params}, heads={self.heads}, ffn={self.ffn})")
@@ -296,6 +298,9 @@ class Recipe:
                 f"{where}: stage(s) {needs_data} need data, but the recipe has no data "
                 "(set data.name, data.path or data.hf_dataset, or set those stages to null)"
             )
+        if self.prune is not None and self.prune.recovery_alpha_hidden and self.task == "text-generation":
+            raise ConfigError(f"{where}: prune.recovery_alpha_hidden is for encoders; causal-LM recovery uses "
+                              "token-level KD only")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -116,6 +116,8 @@ BAD_RECIPES = [
     ({"teacher": None}, "recipe.teacher must be a string"),
     ({"data": {}}, "need data, but the recipe has no data"),
     ({"quantize": {"mode": "int4"}}, "recipe.quantize.mode = 'int4' is not one of"),
+    ({"task": "text-generation", "prune": {"recovery_alpha_hidden": 1.0}},
+     "prune.recovery_alpha_hidden is for encoders"),
 ]
 
 

@@ -511,6 +511,15 @@ def test_recovery_distils_the_pruned_classifier_with_the_trainer(tiny_bert_facto
     b = load_file(str(tmp_path / "recovered" / "model.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # recovery trained the weights
     assert report["metrics"]["before"] == plain["metrics"]["before"]
+    assert recovery["alpha_hidden"] == 0.0
+    # recovery_alpha_hidden adds the hidden-state loss (each pruned layer against its unpruned self), recovery only
+    hidden = prune(folder, tmp_path / "hidden", data=data, distill=distill, progress=False,
+                   config=PruneConfig(**common, recovery_epochs=2.0, recovery_alpha_hidden=1.0))
+    assert hidden["metrics"]["recovery"]["alpha_hidden"] == 1.0 and distill.alpha_hidden == 0.0
+    c = load_file(str(tmp_path / "hidden" / "model.safetensors"))
+    assert any(not torch.equal(b[k], c[k]) for k in b)  # another loss, other weights
+    with pytest.raises(ConfigError, match=r"prune\.recovery_alpha_hidden = -1\.0 is outside \[0\.0, inf\]"):
+        PruneConfig(recovery_alpha_hidden=-1.0).validate("prune")
 
 
 def test_prune_folder_recovers_a_causal_lm_and_it_still_generates(tmp_path: Path) -> None:

@@ -104,6 +104,51 @@ def test_dynamic_fused_node_counts(fp32_onnx: Path, classifier_artifact: Path, t
     np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(fp32_onnx, feeds), atol=0.02)
 
 
+
+def test_runtime_session_folds_biases_and_keeps_layer_norms_split(fp32_onnx: Path, classifier_artifact: Path,
+                                                                   tmp_path: Path) -> None:
+    """What ONNX Runtime runs for the fused INT8 graph: with the runtime's CPU session settings every residual-branch
+    bias Add is folded into DynamicQuantizeMatMul and no (slow) SkipLayerNormalization comes back; a default
+    session fuses it back."""
+    import onnxruntime as ort
+
+    from edgellm.runtime.ort import CPU_DISABLED_OPTIMIZERS
+
+    from onnx import numpy_helper
+
+    # The tiny model's biases are all zero and its LayerNorm scales all one, so the exporter shares one tensor of
+    # each among all users; give every user its own values, as a trained model has.
+    model = onnx.load(str(fp32_onnx))
+    vectors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 1
+               and i.data_type == onnx.TensorProto.FLOAT}
+    rng = np.random.default_rng(0)
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in vectors:
+                own = vectors[name] + rng.normal(0, 0.02, vectors[name].shape).astype(np.float32)
+                node.input[k] = f"{name}/{node.name}/{k}"
+                model.graph.initializer.append(numpy_helper.from_array(own, node.input[k]))
+    onnx.save(model, str(tmp_path / "biased.onnx"))
+    r = quantize_onnx(tmp_path / "biased.onnx", tmp_path / "q.onnx", mode="dynamic", preset="avx512-vnni",
+                      model_type="bert")
+
+    def session_ops(disabled: list[str]) -> collections.Counter:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "session.onnx")
+        ort.InferenceSession(str(r.path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return ops(tmp_path / "session.onnx")
+
+    ours = session_ops(list(CPU_DISABLED_OPTIMIZERS))
+    assert "SkipLayerNormalization" not in ours and ours["LayerNormalization"] == 2 * 2
+    assert ours["Add"] == 2 * 2  # only the residual sums; the biases went into the quantized MatMuls
+    assert ours["DynamicQuantizeMatMul"] == 3 * 2 + GEMMS
+    assert session_ops([])["SkipLayerNormalization"] == 2 * 2
+    feeds = feeds_for(classifier_artifact, 4)
+    backend_free = run_onnx(r.path, feeds)
+    session = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+    np.testing.assert_allclose(np.concatenate([session.run(None, f)[0] for f in feeds]), backend_free, atol=1e-4)
+
 def test_static_qdq_node_counts(fp32_onnx: Path, classifier_artifact: Path, tmp_path: Path) -> None:
     reader = CalibrationReader(feeds_for(classifier_artifact, 12))
     r = quantize_onnx(fp32_onnx, tmp_path / "q.onnx", mode="static", preset="avx512-vnni", calibration=reader)

@@ -48,7 +48,7 @@ def recover(student: Any, teacher: Any, data: Any, *, epochs: float, work_dir: s
     record.pop("history", None)
     return {"method": "edgellm.train.distill", "epochs": config.epochs, "learning_rate": config.learning_rate,
             "temperature": config.temperature, "alpha_kd": config.alpha_kd, "alpha_ce": config.alpha_ce,
-            "wall_s": round(time.perf_counter() - started, 1), "train": record,
+            "alpha_hidden": config.alpha_hidden, "wall_s": round(time.perf_counter() - started, 1), "train": record,
             "validation": result.metrics.get("validation")}
 
 

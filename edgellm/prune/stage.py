@@ -152,6 +152,8 @@ def prune(
         task = "text-generation" if str(path).endswith(".gguf") else detect_task(path)
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
+    if config.recovery_alpha_hidden and task == "text-generation":
+        raise ConfigError("prune.recovery_alpha_hidden is for encoders; causal-LM recovery uses token-level KD only")
     out = Path(output)
     _check_output(out, overwrite=overwrite)
     net, tokenizer, tm = _load(path, task)
@@ -176,6 +178,8 @@ def prune(
         from edgellm.prune.recovery import recover
 
         work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+        if config.recovery_alpha_hidden is not None:
+            distill = dataclasses.replace(distill or DistillConfig(), alpha_hidden=config.recovery_alpha_hidden)
         recovery = recover(net, teacher, task_data, epochs=config.recovery_epochs, work_dir=work / "recovery",
                            distill=distill, tokenizer=tokenizer, progress=progress)
     if config.sparsity > 0:

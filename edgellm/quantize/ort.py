@@ -571,9 +571,12 @@ def split_skip_layer_norm(model: Any) -> int:
     The transformer optimizer fuses the residual Add into the layer norm, but ONNX Runtime 1.32's CPU kernel for the
     fused op is slow: 248 us against 56 us for Add + Add + LayerNormalization on a 128 x 384 input (one thread,
     measured here), which made it 40% of a 2-layer INT8 MiniLM's time. The Attention and GELU fusions stay.
+    The bias is added first (`x + bias`, then `+ skip`): after dynamic quantization ONNX Runtime folds that Add
+    into DynamicQuantizeMatMul when the session disables its own SkipLayerNormFusion, which would otherwise fuse
+    the pattern back; the runtime does so on CPU (edgellm.runtime.ort.CPU_DISABLED_OPTIMIZERS).
     Returns how many nodes were split. Outputs other than the normalised one are kept when used: the
-    input + skip + bias sum (output 3) is the Add's output; mean / inverse std (outputs 1, 2) are not supported
-    and such a node is left fused.
+    input + skip + bias sum (output 3) is the second Add's output; mean / inverse std (outputs 1, 2) are not
+    supported and such a node is left fused.
     """
     from onnx import helper
 
@@ -594,8 +597,8 @@ def split_skip_layer_norm(model: Any) -> int:
         base = node.name or f"SkipLayerNorm_{split}"
         summed = outputs[3] or f"{base}/sum"  # input + skip (+ bias): the graph's own name when it is used
         if bias:
-            out.append(helper.make_node("Add", [x, skip], [f"{base}/residual"], name=f"{base}/Add"))
-            out.append(helper.make_node("Add", [f"{base}/residual", bias], [summed], name=f"{base}/AddBias"))
+            out.append(helper.make_node("Add", [x, bias], [f"{base}/biased"], name=f"{base}/AddBias"))
+            out.append(helper.make_node("Add", [f"{base}/biased", skip], [summed], name=f"{base}/Add"))
         else:
             out.append(helper.make_node("Add", [x, skip], [summed], name=f"{base}/Add"))
         ln_inputs = [summed, gamma] + ([beta] if beta else [])

@@ -42,6 +42,7 @@ class EdgeModel:
         self.encoder = TextEncoder(folder / manifest.tokenizer, max_length=manifest.max_length)
         self._input_names = [spec.name for spec in backend.inputs]
         self._static_len = self._static_length()
+        self._static_rows = self._static_batch()
 
     def _static_length(self) -> int | None:
         """Sequence length of a static-shape model (NPU-style export); the runtime pads every batch to it."""
@@ -75,7 +76,7 @@ class EdgeModel:
 
     def _forward(self, texts: list[str], output: str) -> list[np.ndarray]:
         """Run `texts` in length-sorted batches; return per-text rows of `output` and the attention masks."""
-        static_batch = self._static_batch()
+        static_batch = self._static_rows
         step = static_batch or self.batch_size
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[Any] = [None] * len(texts)
@@ -126,8 +127,8 @@ class Classifier(EdgeModel):
         items = as_texts(texts)
         if not items:
             return np.zeros((0, len(self.manifest.labels or [])), dtype=np.float32)
-        rows = self._forward(items, self._logits_name())
-        return np.stack([_softmax(r.astype(np.float64)) for r, _ in rows]).astype(np.float32)
+        logits = np.stack([r for r, _ in self._forward(items, self._logits_name())]).astype(np.float64)
+        return _softmax(logits).astype(np.float32)
 
     def _logits_name(self) -> str:
         return "logits" if "logits" in self.backend.output_names else self.backend.output_names[0]
@@ -168,9 +169,10 @@ class Embedder(EdgeModel):
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max()
+    """Softmax over the last axis."""
+    z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum()
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:

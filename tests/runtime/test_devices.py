@@ -99,9 +99,9 @@ def test_provider_that_does_not_start_is_passed_over(target_artifact: Path, monk
     sessions: list[Any] = []
     real = onnxruntime.InferenceSession
 
-    def recording(path: str, sess_options: Any = None, providers: Any = None) -> Any:
+    def recording(path: str, sess_options: Any = None, providers: Any = None, **kwargs: Any) -> Any:
         sessions.append(providers)
-        return real(path, sess_options=sess_options, providers=providers)
+        return real(path, sess_options=sess_options, providers=providers, **kwargs)
 
     providers = ["QNNExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
