@@ -60,14 +60,16 @@ def _jsonable(value: Any) -> Any:
 @click.option("--target", "targets", multiple=True,
               help="Also build one model for this device profile (repeatable; edgellm targets list). "
                    "With --target and no --format, only the targets' models are written.")
+@click.option("--cls-only/--full-graph", default=True, show_default=True,
+              help="BERT classifiers: run the last layer for the [CLS] position only (same logits, checked).")
 def export_cmd(model: str, output: str, task: str, formats: tuple[str, ...], max_length: int | None,
-               atol: float | None, overwrite: bool, targets: tuple[str, ...]) -> None:
+               atol: float | None, overwrite: bool, targets: tuple[str, ...], cls_only: bool) -> None:
     """Export an existing Hugging Face encoder MODEL (folder, hub id, embedded:...) to an artifact."""
     from edgellm.exporting import export
 
     kwargs: dict[str, Any] = {"atol": atol} if atol is not None else {}
     manifest = export(model, output, task=task, formats=formats or None, max_length=max_length,
-                      overwrite=overwrite, targets=targets, **kwargs)
+                      overwrite=overwrite, targets=targets, cls_only=cls_only, **kwargs)
     for entry in manifest.models:
         diff = entry.metrics.get("vs_torch", {}).get("max_abs_diff")
         click.echo(f"{entry.name:16s} {entry.path:22s} {entry.metrics.get('size_bytes', 0) / 1e6:8.1f} MB  "

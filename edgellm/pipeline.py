@@ -97,6 +97,12 @@ def fingerprint_path(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+# Bumped when a stage's code changes what it writes for the same inputs, so that reruns do not reuse stale output
+# (1 adds nothing to the key, which keeps work folders made before revisions existed valid).
+# export 2: a BERT classifier's last layer at [CLS] only; quantize 2: bias folded into the INT8 MatMuls.
+STAGE_REVISIONS = {"export": 2, "quantize": 2}
+
+
 def stage_key(material: dict[str, Any]) -> str:
     """16 hex digits of sha256 over the canonical JSON of everything a stage's output depends on."""
     text = json.dumps(material, sort_keys=True, default=str, ensure_ascii=True)
@@ -112,7 +118,8 @@ class StageCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, material: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> StageRecord:
-        key = stage_key({"stage": name, **material})
+        revision = STAGE_REVISIONS.get(name, 1)
+        key = stage_key({"stage": name, **material, **({"revision": revision} if revision > 1 else {})})
         folder = self.root / f"{name}-{key}"
         done = folder / STAGE_FILE
         record = self._finished(name, folder)
@@ -371,10 +378,12 @@ def _export_stage(recipe: Recipe, data: Any, model_folder: Path, targets: list[s
     artifact = _fresh(folder / "artifact")
     tm.tokenizer.backend_tokenizer.save(str(artifact / "tokenizer.json"))
     entries = write_encoder_models(tm.model, tm.tokenizer, artifact, task=recipe.task, max_length=max_length,
-                                   formats=recipe.export.formats, texts=texts, atol=recipe.export.atol)
+                                   formats=recipe.export.formats, texts=texts, atol=recipe.export.atol,
+                                   cls_only=recipe.export.cls_only)
     for target in targets:
         entries += export_for_target(tm.model, tm.tokenizer, artifact, target, task=recipe.task,
-                                     max_length=max_length, texts=texts, atol=recipe.export.atol)
+                                     max_length=max_length, texts=texts, atol=recipe.export.atol,
+                                     cls_only=recipe.export.cls_only)
     manifest = encoder_manifest(tm.model, task=recipe.task, models=entries, max_length=max_length,
                                 source=recipe.teacher, embedding=tm.embedding)
     if recipe.task == "text-classification":

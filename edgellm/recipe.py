@@ -234,6 +234,7 @@ class ExportConfig:
     trim_vocab: bool = False  # WordPiece only: keep tokens the training texts use + specials + their characters (edgellm.vocab)
     vocab_texts: list[str] = field(default_factory=list)  # trim_vocab: more text whose tokens are kept too (built-in names / files, as distill.augment_with)
     atol: float = 1e-4  # FP32 export vs torch, max abs difference on real text
+    cls_only: bool = True  # BERT classifiers: the last layer computes the [CLS] position only (same logits, checked); false keeps the full graph
 
 
 @dataclass

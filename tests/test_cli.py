@@ -67,3 +67,13 @@ def test_export_command(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     assert "onnx-fp32" in res.output and "max |diff| vs torch" in res.output
     again = invoke("export", str(tiny_encoder_dir), "-o", str(tmp_path / "emb"), "--task", "feature-extraction")
     assert again.exit_code == 1 and "OutputExistsError" in again.output
+
+
+def test_export_full_graph_flag(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+    from edgellm.artifact import read_manifest
+
+    for flag, cls_only in (("--cls-only", True), ("--full-graph", False)):
+        res = invoke("export", str(tiny_classifier_dir), "-o", str(tmp_path / flag), "--task", "text-classification",
+                     "--format", "onnx", flag)
+        assert res.exit_code == 0, res.output
+        assert read_manifest(tmp_path / flag).model("onnx-fp32").metrics["cls_only_last_layer"] is cls_only

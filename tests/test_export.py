@@ -52,6 +52,43 @@ def test_runtime_logits_match_torch(classifier_artifact: Path, tiny_classifier_d
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+def test_cls_only_last_layer_same_logits_less_work(classifier_artifact: Path, tiny_classifier_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """A BERT classifier's last layer is exported for the [CLS] position only: the same logits as the full model
+    on a padded batch of uneven texts (padding never reaches position 0's answer), with fewer graph operations at
+    every length; the full graph stays available (--full-graph / export.cls_only: false)."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgellm.exporting.onnx import EncoderWrapper, cls_only_supported
+
+    full = export(tiny_classifier_dir, tmp_path / "full", task="text-classification", formats=("onnx",),
+                  cls_only=False)
+    short = read_manifest(classifier_artifact)
+    assert short.model("onnx-fp32").metrics["cls_only_last_layer"] is True
+    assert full.model("onnx-fp32").metrics["cls_only_last_layer"] is False
+    tok = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    texts = ["a great film", "", "the plot was awful but the music was good " * 6, "boring"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        expected = model(**enc).logits.numpy()
+        wrapped = EncoderWrapper(model, "text-classification", names, cls_only=True)(*[enc[n] for n in names])
+    np.testing.assert_allclose(wrapped.numpy(), expected, atol=1e-5, rtol=0)
+    feeds = {n: enc[n].numpy() for n in names}
+    for folder in (classifier_artifact, tmp_path / "full"):
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-5, rtol=0)
+    nodes = {f: len(onnx.load(str(f / "model.onnx")).graph.node) for f in (classifier_artifact, tmp_path / "full")}
+    assert nodes[classifier_artifact] != nodes[tmp_path / "full"]
+    assert cls_only_supported(model, "text-classification")
+    assert not cls_only_supported(model, "feature-extraction")  # embeddings pool every position
+    model.config.position_embedding_type = "relative_key"
+    assert not cls_only_supported(model, "text-classification")
+
+
 def test_export_mismatch_is_an_error_and_writes_nothing(tiny_classifier_dir: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import edgellm.exporting as exporting

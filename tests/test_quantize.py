@@ -74,6 +74,17 @@ def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def classifier_artifact(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny classifier with the full graph (every layer at every position), which the counts here describe;
+    the [CLS]-only last layer is quantized in test_dynamic_fused_cls_only."""
+    from edgellm.exporting import export
+
+    out = tmp_path_factory.mktemp("artifacts") / "classifier-full"
+    export(tiny_classifier_dir, out, task="text-classification", cls_only=False)
+    return out
+
+
+@pytest.fixture(scope="module")
 def fp32_onnx(classifier_artifact: Path) -> Path:
     return classifier_artifact / "model.onnx"
 
@@ -103,6 +114,22 @@ def test_dynamic_fused_node_counts(fp32_onnx: Path, classifier_artifact: Path, t
     assert "MatMul" not in r.ops and "Attention" not in r.ops
     np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(fp32_onnx, feeds), atol=0.02)
 
+
+
+def test_dynamic_fused_cls_only(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+    """The [CLS]-only last layer: the first layer still fuses into QAttention; the last one's q / k / v and FFN
+    MatMuls are INT8 as plain DynamicQuantizeMatMul work; logits stay close to the float model's."""
+    from edgellm.exporting import export
+
+    art = tmp_path / "cls"
+    export(tiny_classifier_dir, art, task="text-classification", formats=("onnx",))
+    assert read_manifest(art).model("onnx-fp32").metrics["cls_only_last_layer"] is True
+    feeds = feeds_for(art, 6)
+    r = quantize_onnx(art / "model.onnx", tmp_path / "q.onnx", mode="dynamic", preset="avx512-vnni",
+                      model_type="bert", check_feeds=feeds)
+    assert r.settings["fused"] is True and r.ops["QAttention"] == 1
+    assert r.ops["MatMulInteger"] == 3 + 6 + GEMMS  # layer 0: out, FFN in/out; layer 1: q, k, v, out, FFN in/out
+    np.testing.assert_allclose(run_onnx(r.path, feeds), run_onnx(art / "model.onnx", feeds), atol=0.02)
 
 
 def test_runtime_session_folds_biases_and_keeps_layer_norms_split(fp32_onnx: Path, classifier_artifact: Path,
@@ -435,7 +462,7 @@ def sharp_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         intermediate_size=64, max_position_embeddings=64, initializer_range=0.3,
                         id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
     BertForSequenceClassification(config).eval().save_pretrained(root / "model")
-    export(root / "model", root / "art", task="text-classification", formats=("onnx",))
+    export(root / "model", root / "art", task="text-classification", formats=("onnx",), cls_only=False)
     return root / "art"
 
 

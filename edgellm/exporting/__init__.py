@@ -15,7 +15,7 @@ import numpy as np
 
 from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
 from edgellm.errors import ConfigError
-from edgellm.exporting.onnx import ENCODER_OUTPUTS, export_encoder_onnx
+from edgellm.exporting.onnx import ENCODER_OUTPUTS, cls_only_supported, export_encoder_onnx
 from edgellm.exporting.openvino import onnx_to_openvino
 from edgellm.exporting.validate import check_against_torch, tokenize_batches
 
@@ -70,9 +70,12 @@ def write_encoder_models(
     prefix: str = "",
     static_shape: tuple[int, int] | None = None,
     target: str | None = None,
+    cls_only: bool = True,
 ) -> list[ModelEntry]:
     """Write ONNX FP32 (and OpenVINO IR FP32) of `model` into `folder`, each checked against torch on `texts`.
 
+    `cls_only`: a BERT classifier's last layer is exported for the [CLS] position only (`EncoderWrapper`), where
+    `cls_only_supported` says it applies; the check against the unwrapped model shows the logits are the same.
     Returns one ModelEntry per file written, with the check's max abs difference in its metrics.
     """
     unknown = [f for f in formats if f not in FORMATS]
@@ -85,7 +88,9 @@ def write_encoder_models(
         raise ConfigError("no validation texts to trace and check the export with")
     onnx_name = f"{prefix}model.onnx"
     onnx_path = folder / onnx_name
-    names = export_encoder_onnx(model, onnx_path, task=task, sample=sample, static_shape=static_shape)
+    cls_only = cls_only and cls_only_supported(model, task)  # exact: the check below uses the unwrapped model
+    names = export_encoder_onnx(model, onnx_path, task=task, sample=sample, static_shape=static_shape,
+                                cls_only=cls_only)
     static = {n: list(static_shape) for n in names} if static_shape else None
     label = f"ONNX FP32 export ({onnx_name})"
     stats = check_against_torch(model, _runner("onnxruntime", onnx_path, names, output), batches,
@@ -99,7 +104,7 @@ def write_encoder_models(
             files=[onnx_name],
             target=target,
             static_shapes=static,
-            metrics={"vs_torch": stats, "size_bytes": onnx_path.stat().st_size},
+            metrics={"vs_torch": stats, "size_bytes": onnx_path.stat().st_size, "cls_only_last_layer": cls_only},
         )
     ]
     if "openvino" in formats:
@@ -118,7 +123,8 @@ def write_encoder_models(
                 target=target,
                 static_shapes=static,
                 inference_precision="f32",
-                metrics={"vs_torch": stats, "size_bytes": sum((folder / f).stat().st_size for f in files)},
+                metrics={"vs_torch": stats, "size_bytes": sum((folder / f).stat().st_size for f in files),
+                         "cls_only_last_layer": cls_only},
             )
         )
     if "onnx" not in formats:  # OpenVINO was converted from the ONNX file; drop it if not asked for
@@ -178,13 +184,15 @@ def export(
     atol: float = DEFAULT_ATOL,
     overwrite: bool = False,
     targets: Sequence[str] = (),
+    cls_only: bool = True,
 ) -> Manifest:
     """Export an existing Hugging Face encoder (folder, hub id or embedded alias) into an artifact folder.
 
     `formats` are generic FP32 models (default: ONNX and OpenVINO when no `targets` are given, else none);
     each of `targets` (device profiles, targets/NAME.yaml) adds one model built for it, named after it.
     The artifact is written atomically: on any error (including an export that differs from torch by more than
-    `atol` on real text) nothing is left at `output`, and an existing artifact there is kept.
+    `atol` on real text) nothing is left at `output`, and an existing artifact there is kept. `cls_only`: see
+    `write_encoder_models`.
     """
     from edgellm.data import SAMPLE_TEXTS
     from edgellm.exporting.target import export_for_target
@@ -207,10 +215,10 @@ def export(
     with staging(output, overwrite=overwrite) as stage:
         tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
         entries = write_encoder_models(encoder, tokenizer, stage, task=task, max_length=length, formats=formats,
-                                       texts=texts, atol=atol) if formats else []
+                                       texts=texts, atol=atol, cls_only=cls_only) if formats else []
         for profile in profiles:
             entries += export_for_target(encoder, tokenizer, stage, profile, task=task, max_length=length,
-                                         texts=texts, atol=atol)
+                                         texts=texts, atol=atol, cls_only=cls_only)
         manifest = encoder_manifest(encoder, task=task, models=entries, max_length=length, source=str(model),
                                     embedding=embedding)
         manifest.metrics["export"] = {e.name: e.metrics for e in entries}

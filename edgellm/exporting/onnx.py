@@ -10,7 +10,7 @@ from typing import Any
 
 from edgellm.errors import ExportError
 
-__all__ = ["ENCODER_OUTPUTS", "encoder_input_names", "export_encoder_onnx", "EncoderWrapper"]
+__all__ = ["ENCODER_OUTPUTS", "encoder_input_names", "export_encoder_onnx", "EncoderWrapper", "cls_only_supported"]
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,33 @@ def encoder_input_names(model: Any) -> list[str]:
     return names
 
 
-class EncoderWrapper:
-    """Turns a HF encoder into a module with positional int64 inputs and one tensor output."""
+def cls_only_supported(model: Any, task: str) -> bool:
+    """Whether the export can run the last layer for the [CLS] position only: a BERT-family classifier (its pooler
+    reads position 0 of the last layer and nothing else does) with absolute positions, no cross-attention."""
+    config = getattr(model, "config", None)
+    bert = getattr(model, "bert", None)
+    return (task == "text-classification" and config is not None and bert is not None
+            and getattr(config, "model_type", "") == "bert"
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False)
+            and getattr(bert, "pooler", None) is not None and hasattr(model, "classifier")
+            and len(getattr(getattr(bert, "encoder", None), "layer", [])) > 0)
 
-    def __new__(cls, model: Any, task: str, input_names: list[str]) -> Any:
+
+class EncoderWrapper:
+    """Turns a HF encoder into a module with positional int64 inputs and one tensor output.
+
+    `cls_only`: for classifiers where `cls_only_supported`, the last layer computes its attention query, attention
+    output, layer norms and FFN for position 0 only (keys and values still for every token): the logits are the
+    same (the export is checked against the unwrapped model), and that layer's cost falls by ~2/3 at 128 tokens.
+    """
+
+    def __new__(cls, model: Any, task: str, input_names: list[str], *, cls_only: bool = False) -> Any:
         import torch
 
         output = ENCODER_OUTPUTS[task]
+        if cls_only and not cls_only_supported(model, task):
+            raise ExportError(f"{type(model).__name__} cannot be exported with a [CLS]-only last layer")
 
         class _Wrapped(torch.nn.Module):
             def __init__(self) -> None:
@@ -42,10 +62,27 @@ class EncoderWrapper:
 
             def forward(self, *args: Any) -> Any:
                 kwargs = dict(zip(input_names, args))
+                if cls_only:
+                    return _cls_only_logits(self.model, **kwargs)
                 out = self.model(**kwargs, return_dict=True)
                 return out[output]
 
         return _Wrapped().eval()
+
+
+def _cls_only_logits(model: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+    """A BERT classifier's logits with the last layer evaluated at position 0 only (its self-attention called as
+    cross-attention: query from the [CLS] state, keys and values from all states)."""
+    bert = model.bert
+    hidden = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    mask = bert.get_extended_attention_mask(attention_mask, input_ids.shape)  # (B, 1, 1, T), additive
+    *layers, last = bert.encoder.layer
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask)[0]
+    first = hidden[:, :1]
+    context = last.attention.self(first, attention_mask=mask, encoder_hidden_states=hidden)[0]
+    state = last.feed_forward_chunk(last.attention.output(context, first))
+    return model.classifier(model.dropout(bert.pooler(state)))
 
 
 def export_encoder_onnx(
@@ -55,12 +92,14 @@ def export_encoder_onnx(
     task: str,
     sample: dict[str, Any],
     static_shape: tuple[int, int] | None = None,
+    cls_only: bool = False,
 ) -> list[str]:
     """Export `model` to `path` (single file, weights inside). Returns the input names in graph order.
 
     Args:
         sample: tokenized example inputs (torch int64 tensors), used for tracing.
         static_shape: (batch, seq) to fix every input's shape; None keeps batch and sequence dynamic.
+        cls_only: a BERT classifier's last layer for position 0 only (`EncoderWrapper`); same logits.
     """
     import torch
 
@@ -80,7 +119,7 @@ def export_encoder_onnx(
     if static_shape is None:
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
         dynamic[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
-    wrapped = EncoderWrapper(model, task, names)
+    wrapped = EncoderWrapper(model, task, names, cls_only=cls_only)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings(), torch.no_grad():

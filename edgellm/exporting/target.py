@@ -71,6 +71,7 @@ def export_for_target(
     max_length: int,
     texts: Sequence[str],
     atol: float = DEFAULT_ATOL,
+    cls_only: bool = True,
 ) -> list[ModelEntry]:
     """Write `model` into `folder` as `profile` needs it, checked against torch on `texts`.
 
@@ -84,7 +85,8 @@ def export_for_target(
     static = target_static_shape(profile, max_length)
     prefix = f"{profile.name}-"
     (entry,) = write_encoder_models(model, tokenizer, folder, task=task, max_length=max_length, formats=["onnx"],
-                                    texts=texts, atol=atol, prefix=prefix, static_shape=static, target=profile.name)
+                                    texts=texts, atol=atol, prefix=prefix, static_shape=static, target=profile.name,
+                                    cls_only=cls_only)
     onnx_path = folder / entry.path
     fp16 = profile.precision == "fp16"
     if profile.backend == "openvino":

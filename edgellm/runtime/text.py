@@ -72,6 +72,9 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
+        # ids and type ids only: the fast variant skips character offsets (~15% of a 128-token text's encoding)
+        self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        self._ascii = _AsciiBertNormalizer.for_tokenizer(self.tokenizer, path, self.max_length)
 
     def _find_pad_id(self) -> int:
         padding: Any = self.tokenizer.padding
@@ -88,7 +91,7 @@ class TextEncoder:
 
         T is the longest text in the batch, or `pad_to` for static-shape models.
         """
-        encodings = self.tokenizer.encode_batch(texts)
+        encodings = self._ascii.encode_batch(texts, self._encode_batch) if self._ascii else self._encode_batch(texts)
         width = pad_to or max((len(e.ids) for e in encodings), default=1)
         batch = len(encodings)
         ids = np.full((batch, width), self.pad_id, dtype=np.int64)
@@ -102,4 +105,63 @@ class TextEncoder:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+        encodings = self._ascii.encode_batch(texts, self._encode_batch) if self._ascii else self._encode_batch(texts)
+        return [len(e.ids) for e in encodings]
+
+
+# ASCII characters BERT's normalizer drops (control characters other than tab / newline / return; NUL) or turns into
+# a space (tab, newline, return), as tokenizers' BertNormalizer(clean_text=True) does.
+_CLEAN_ASCII = {**{c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}, 9: " ", 10: " ", 13: " "}
+
+
+class _AsciiBertNormalizer:
+    """BERT normalization of pure-ASCII text in Python (str.translate + str.lower, about 2 us), then the tokenizer
+    without its normalizer; other text (and text naming a special token) goes through the full tokenizer. For ASCII
+    the two are the same by construction: accents and CJK characters do not occur, clean_text and lowercase are
+    the table above and str.lower (tests/runtime/test_text.py checks it on the test split, control characters and
+    special tokens). Saves about a third of the encoding time (57 of 164 us for a 128-token review)."""
+
+    def __init__(self, bare: Any, clean_text: bool, lowercase: bool, raw_tokens: Sequence[str]) -> None:
+        self.bare = getattr(bare, "encode_batch_fast", bare.encode_batch)  # the tokenizer without its normalizer
+        self.clean_text = clean_text
+        self.lowercase = lowercase
+        self.raw_tokens = tuple(raw_tokens)  # added tokens matched before normalization ([CLS], [MASK], ...)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, path: Path, max_length: int) -> _AsciiBertNormalizer | None:
+        from tokenizers import Tokenizer, normalizers
+
+        norm = tokenizer.normalizer
+        if not isinstance(norm, normalizers.BertNormalizer):
+            return None
+        bare = Tokenizer.from_file(str(path))
+        bare.normalizer = normalizers.Sequence([])
+        bare.no_padding()
+        bare.enable_truncation(max_length=max_length)
+        raw = [t.content for t in tokenizer.get_added_tokens_decoder().values() if not t.normalized and t.content]
+        return cls(bare, bool(norm.clean_text), bool(norm.lowercase), raw)
+
+    def plain(self, text: str) -> bool:
+        """Text this path normalizes exactly: ASCII, naming no added token that the full tokenizer matches before
+        normalizing ("[MASK]" is the mask token there, but would be lower-cased to "[mask]" here)."""
+        return text.isascii() and not any(token in text for token in self.raw_tokens)
+
+    def normalize(self, text: str) -> str:
+        if self.clean_text:
+            text = text.translate(_CLEAN_ASCII)
+        return text.lower() if self.lowercase else text
+
+    def encode_batch(self, texts: list[str], full: Any) -> list[Any]:
+        """Encodings of `texts` in order: ASCII ones normalized here, the others by `full` (the whole tokenizer)."""
+        plain = [i for i, t in enumerate(texts) if self.plain(t)]
+        if len(plain) == len(texts):
+            return self.bare([self.normalize(t) for t in texts])
+        if not plain:
+            return full(texts)
+        other = sorted(set(range(len(texts))).difference(plain))
+        out: list[Any] = [None] * len(texts)
+        for rows, encodings in ((plain, self.bare([self.normalize(texts[i]) for i in plain])),
+                                (other, full([texts[i] for i in other]))):
+            for i, enc in zip(rows, encodings):
+                out[i] = enc
+        return out
