@@ -339,6 +339,17 @@ def load_task_data(config: DataConfig | None, *, task: str = "text-classificatio
     return data
 
 
+def check_text_source(source: str, where: str) -> None:
+    """ConfigError naming `where` when `source` cannot be a text source of `load_texts` (not a built-in set, not
+    hf:NAME, not an existing path): checked before a pipeline starts, not when the stage that reads it runs."""
+    if source in VADER_CORPORA or source.startswith("hf:") or Path(source).exists():
+        return
+    from edgellm.errors import ConfigError
+
+    raise ConfigError(f"{where} = {source!r} is neither a built-in data set ({sorted(VADER_CORPORA)}), an existing "
+                      f"file, nor hf:NAME{_suggest(source, VADER_CORPORA)}")
+
+
 def load_texts(source: str, *, text_column: str = "text") -> list[str]:
     """Unlabelled text: every sentence of a built-in set, a text column of a file, lines of a .txt file, or
     `hf:NAME` (every split of a Hugging Face dataset). Used for distillation on extra text (`augment_with`)."""

@@ -207,6 +207,7 @@ def compress(
 
         for name in all_targets:
             load_target(name)  # an unknown target fails now, not after training
+    _check_text_sources(recipe)
     if recipe.task == "text-generation":
         return _compress_causal_lm(recipe, out, work, overwrite=overwrite, progress=progress, say=say)
     return _compress_encoder(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
@@ -219,6 +220,17 @@ def _echo(echo: Callable[[str], None] | None) -> Callable[[str], None]:
             echo(line)
 
     return say
+
+
+def _check_text_sources(recipe: Recipe) -> None:
+    """Every extra-text source the stages will read exists now (a typo fails before training, not after it)."""
+    from edgellm.data import check_text_source
+
+    fields = [("distill.augment_with", recipe.distill.augment_with if recipe.distill else []),
+              ("export.vocab_texts", recipe.export.vocab_texts)]
+    for field_name, sources in fields:
+        for i, source in enumerate(sources):
+            check_text_source(source, f"recipe.{field_name}[{i}]")
 
 
 def _compress_causal_lm(recipe: Recipe, out: Path, work: Path, *, overwrite: bool, progress: bool,

@@ -173,6 +173,19 @@ def test_unknown_target_fails_before_work(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("override, words", [
+    ("export.vocab_texts=[amazon-review]", "recipe.export.vocab_texts[0] = 'amazon-review' is neither a built-in "
+                                           "data set"),
+    ("distill.augment_with=[tweets, no/such/file.csv]", "recipe.distill.augment_with[1] = 'no/such/file.csv'"),
+])
+def test_missing_text_source_fails_before_work(tmp_path: Path, override: str, words: str) -> None:
+    res = CliRunner().invoke(cli, ["compress", str(SMOKE), "-o", str(tmp_path / "a"), "--set", override])
+    assert res.exit_code == 1 and "error (ConfigError)" in res.output and words in res.output
+    if "amazon-review]" in override:
+        assert "did you mean 'amazon-reviews'?" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_recipes_in_export_folder_validate() -> None:
     for path in sorted((ROOT / "export").glob("*.yaml")):
         recipe = load_recipe(path)
