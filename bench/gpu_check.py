@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import record
-
 import numpy as np
 
+from bench import record
 from edgellm.errors import EdgeLLMError
 
 __all__ = ["RUNS", "gpu_check", "render_markdown", "main"]

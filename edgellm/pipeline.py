@@ -39,7 +39,6 @@ from typing import Any, Callable, Sequence
 from edgellm._faults import fault_point, fault_scope
 from edgellm.artifact import Manifest, atomic_write_text, check_output, read_manifest, staging, write_manifest
 from edgellm.config import to_dict
-from edgellm.errors import ConfigError
 from edgellm.recipe import Recipe
 
 __all__ = ["compress", "CompressResult", "StageCache", "stage_key", "fingerprint_path", "render_summary",
@@ -319,7 +318,7 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
 
 def _teacher_stage(recipe: Recipe, data: Any, folder: Path, progress: bool) -> dict[str, Any]:
     from edgellm.recipe import FinetuneConfig
-    from edgellm.train import finetune, load_model
+    from edgellm.train import finetune
 
     config = recipe.finetune or FinetuneConfig(enabled=False)
     tm = finetune(recipe.teacher, data, config, folder, progress=progress)
