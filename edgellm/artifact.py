@@ -82,6 +82,7 @@ class ModelEntry:
     static_shapes: dict[str, list[int]] | None = None  # fixed input shapes; the runtime pads to them
     inference_precision: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT used when measured (f32, bf16, f16)
     quantization: dict[str, Any] | None = None  # mode, preset, calibration, excluded nodes ...
+    kv_cache: dict[str, Any] | None = None  # text-generation: this model's decoder graph and KV handling over generation.kv_cache ({"graph": "fused", "shared_buffer": true})
     metrics: dict[str, Any] = field(default_factory=dict)  # accuracy, size, diff vs torch for this model
 
     def __post_init__(self) -> None:

@@ -262,6 +262,14 @@ class CausalLMConfig:
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
     stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
     logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text
+    graph: Literal["fused", "plain"] = "fused"  # export: ONNX Runtime graph: fused kernels (GroupQueryAttention, shared KV buffer, MatMulNBits) or plain ONNX ops
+    weight_bits: list[int] = field(default_factory=lambda: [8, 4])  # export: ONNX Runtime block-quantized weight formats made (onnx-int8, onnx-int4)
+    block_size: int = 32  # export: weights per scale along the input dimension (4 / 8-bit formats); must divide the hidden and MLP sizes
+    int4_method: Literal["gptq", "rtn"] = "gptq"  # export: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
+    int4_fallback: float = 0.25  # export: share of the 4-bit weights (largest output error first) kept at 8 bits
+    lm_head_bits: int | None = 8  # export: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
+    calibration_sequences: int = 32  # export: training sequences whose layer inputs GPTQ corrects for
+    default_tolerance: float = 0.01  # export: the artifact's default model is the fastest whose held-out perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:
         check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
@@ -271,6 +279,16 @@ class CausalLMConfig:
         check_range(f"{where}.budget_minutes", self.budget_minutes, low=0.0, low_open=True)
         check_range(f"{where}.context_length", self.context_length, low=2)
         check_range(f"{where}.logits_atol", self.logits_atol, low=0.0)
+        bad = [b for b in self.weight_bits if b not in (4, 8)]
+        if bad or len(set(self.weight_bits)) != len(self.weight_bits):
+            raise ConfigError(f"{where}.weight_bits = {self.weight_bits}: list 8 and / or 4, each once")
+        if not isinstance(self.block_size, int) or self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"{where}.block_size = {self.block_size!r}: a power of two >= 16 (16, 32, 64, 128)")
+        check_range(f"{where}.int4_fallback", self.int4_fallback, low=0.0, high=1.0, high_open=True)
+        if self.lm_head_bits not in (None, 4, 8):
+            raise ConfigError(f"{where}.lm_head_bits = {self.lm_head_bits!r}: 4, 8 or null (FP32)")
+        check_range(f"{where}.calibration_sequences", self.calibration_sequences, low=1)
+        check_range(f"{where}.default_tolerance", self.default_tolerance, low=0.0)
 
 
 @dataclass

@@ -38,9 +38,13 @@ def test_manifest_records_generation_layout(lm_artifact: Path) -> None:
 
     manifest = verify_artifact(lm_artifact)
     assert manifest.task == "text-generation"
-    assert [m.name for m in manifest.models] == ["onnx-int8-dynamic", "onnx-fp32", "openvino-int8-weight-only",
-                                                "openvino-fp32"]
-    assert manifest.default_model == "onnx-int8-dynamic"
+    assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-dynamic",
+                                                "openvino-int8-weight-only", "openvino-fp32"]
+    # the default is the fastest model within 1% of FP32's perplexity; the lossy dynamic INT8 never is
+    ratios = {m.name: m.metrics["vs_torch"]["perplexity_ratio"] for m in manifest.models}
+    expected = next((n for n in ("onnx-int4", "onnx-int8") if ratios[n] <= 1.01), "onnx-fp32")
+    assert manifest.default_model == expected != "onnx-int8-dynamic"
+    assert manifest.metrics["default_model"]["name"] == expected
     gen = manifest.generation
     assert gen["eos_token_ids"] == [2] and gen["bos_token_id"] == 1 and gen["pad_token_id"] == 0
     assert gen["context_length"] == 128  # the tiny model's max_position_embeddings (< the 2048 default cap)
@@ -48,15 +52,23 @@ def test_manifest_records_generation_layout(lm_artifact: Path) -> None:
     kv = gen["kv_cache"]
     assert (kv["num_layers"], kv["num_kv_heads"], kv["head_dim"]) == (4, 2, 16)
     assert kv["past"][:2] == ["past_key_values.0.key", "past_key_values.0.value"] and len(kv["present"]) == 8
-    assert manifest.inputs[:4] == ["input_ids", "attention_mask", "position_ids", "num_logits_to_keep"]
+    assert manifest.inputs[:3] == ["input_ids", "attention_mask", "num_logits_to_keep"]  # fused: positions from the mask
+    assert manifest.model("onnx-fp32").kv_cache == {"graph": "fused", "shared_buffer": True}
+    assert manifest.model("onnx-int8-dynamic").kv_cache is None and kv["graph"] == "plain"
     fp32 = manifest.model("onnx-fp32").metrics["vs_torch"]
     assert fp32["max_abs_diff"] < 1e-3 and fp32["greedy_agreement"] == 1.0 and fp32["greedy_steps"] == 32
     ov = manifest.model("openvino-fp32")
     assert ov.metrics["stateful"] is True and ov.metrics["vs_torch"]["greedy_agreement"] == 1.0
-    int8 = manifest.model("onnx-int8-dynamic")
-    assert int8.quantization["ops"]["MatMulInteger"] == 4 * 4 + 1  # qkv, o, gate+up, down per layer + LM head
-    assert int8.metrics["size_bytes"] < 0.5 * fp32_size(manifest)
-    assert 0.9 < int8.metrics["vs_torch"]["perplexity_ratio"] < 1.1
+    dynamic = manifest.model("onnx-int8-dynamic")
+    assert dynamic.quantization["ops"]["MatMulInteger"] == 4 * 4 + 1  # qkv, o, gate+up, down per layer + LM head
+    assert dynamic.metrics["size_bytes"] < 0.5 * fp32_size(manifest)
+    int8, int4 = manifest.model("onnx-int8"), manifest.model("onnx-int4")
+    assert int8.quantization["ops"] == {"MatMulNBits": 17, "MatMulNBits_8bit": 17}
+    assert 0.99 < int8.metrics["vs_torch"]["perplexity_ratio"] < 1.01
+    q4 = int4.quantization
+    assert (q4["bits"], q4["block_size"], q4["method"], q4["lm_head_bits"], q4["embedding"]) == (4, 32, "gptq", 8, "fp16")
+    assert q4["ops"]["MatMulNBits"] == 17 and q4["ops"]["MatMulNBits_8bit"] == 1 + len(q4["fallback_8bit"])
+    assert int4.metrics["size_bytes"] < int8.metrics["size_bytes"] < 0.5 * fp32_size(manifest)
     assert json.loads((lm_artifact / "edgellm.json").read_text())["generation"]["logits_to_keep_input"] == \
         "num_logits_to_keep"
     assert read_manifest(lm_artifact).source["num_hidden_layers"] == 4
@@ -75,8 +87,15 @@ def test_onnx_graph_has_kv_inputs_and_dynamic_axes(lm_artifact: Path) -> None:
     assert inputs["input_ids"] == ["batch", "sequence"]
     assert inputs["past_key_values.3.value"] == ["batch", 2, "past_sequence", 16]
     assert inputs["num_logits_to_keep"] == []
-    assert outputs["present.0.key"] == ["batch", 2, "total_sequence", 16]
+    assert outputs["present.0.key"] == ["batch", 2, "present_sequence", 16]
     assert outputs["logits"][:2] == ["batch", "kept"] and len(outputs) == 1 + 8
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    # per layer: one GroupQueryAttention (rotary + cache inside), residual adds fused into the RMSNorms
+    assert (ops["GroupQueryAttention"], ops["SkipSimplifiedLayerNormalization"], ops["SimplifiedLayerNormalization"],
+            ops["MatMul"]) == (4, 8, 1, 4 * 4 + 1)
+    assert "Concat" not in ops and "Softmax" not in ops
 
 
 def test_runtime_greedy_equals_hf_generate_on_10_prompts(lm_artifact: Path, tiny: tuple[Any, Any]) -> None:
@@ -109,7 +128,7 @@ def test_kv_cache_path_equals_no_cache_path(lm_artifact: Path) -> None:
             assert sampled == list(gen.tokens(prompt, 20, temperature=0.9, top_p=0.9, seed=7, use_cache=False))
         # logits of the cached step equal the full-sequence logits
         ids = gen.encode(PROMPTS[0])
-        session = gen._session()
+        session = gen.backend.decode_session(gen.kv_layout)
         session.feed(ids[:-3])
         stepped = [session.feed([t])[-1] for t in ids[-3:]]
         full = gen.logits(ids)[-3:]
@@ -143,9 +162,10 @@ def test_batched_padded_graph_matches_torch(lm_artifact: Path, tiny: tuple[Any, 
         ids[i, : len(r)] = r
         mask[i, : len(r)] = 1
     sess = ort.InferenceSession(str(lm_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.tile(np.arange(width), (3, 1)),
-             "num_logits_to_keep": np.array(width, np.int64)}
-    feeds.update({n: np.zeros((3, 2, 0, 16), np.float32) for n in [i.name for i in sess.get_inputs()][4:]})
+    names = [i.name for i in sess.get_inputs()]
+    assert "position_ids" not in names  # the fused graph: positions from the mask (GroupQueryAttention's seqlens_k)
+    feeds = {"input_ids": ids, "attention_mask": mask, "num_logits_to_keep": np.array(width, np.int64)}
+    feeds.update({n: np.zeros((3, 2, 0, 16), np.float32) for n in names if n.startswith("past_key_values.")})
     got = sess.run(["logits"], feeds)[0]
     with torch.no_grad():
         ref = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
@@ -205,12 +225,13 @@ def test_load_causal_lm_refuses_an_encoder(tiny_encoder_dir: Path) -> None:
 def test_ortvalue_session_equals_numpy_session(lm_artifact: Path) -> None:
     """The ONNX Runtime fast path (KV cache kept as OrtValues) computes what the plain numpy loop computes."""
     from edgellm.runtime import load
-    from edgellm.runtime.generate import _OrtValueSession, _Session
+    from edgellm.runtime.base import ArrayDecodeSession
+    from edgellm.runtime.ort import _OrtValueSession
 
     gen = load(lm_artifact, model="onnx-int8-dynamic", threads=1)
-    fast = gen._session()
+    fast = gen.backend.decode_session(gen.kv_layout)
     assert isinstance(fast, _OrtValueSession)
-    plain = _Session(gen)
+    plain = ArrayDecodeSession(gen.backend, gen.kv_layout)
     ids = gen.encode(PROMPTS[1])
     np.testing.assert_array_equal(fast.feed(ids), plain.feed(ids))
     for token in (5, 17, 200):

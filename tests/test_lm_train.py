@@ -189,8 +189,8 @@ def test_quantize_modes_for_decoders() -> None:
 
     assert lm_quantize_modes(None) == ((), False)
     assert lm_quantize_modes(QuantizeConfig(mode="none")) == ((), False)
-    assert lm_quantize_modes(QuantizeConfig(mode="dynamic")) == (("dynamic", "weight-only"), True)
-    assert lm_quantize_modes(QuantizeConfig(mode="weight-only", backends=["onnxruntime"])) == (("weight-only",), False)
+    assert lm_quantize_modes(QuantizeConfig(mode="dynamic")) == (("dynamic",), True)  # + the lossy plain-graph INT8
+    assert lm_quantize_modes(QuantizeConfig(mode="weight-only", backends=["onnxruntime"])) == ((), False)
     with pytest.raises(ConfigError, match="'static' is not supported for text-generation"):
         lm_quantize_modes(QuantizeConfig(mode="static"))
 
@@ -215,8 +215,9 @@ def test_recipe_end_to_end_on_a_tiny_teacher(tiny_llama_factory: Any, text_file:
     })
     manifest = compress_causal_lm(recipe, tmp_path / "art", work_dir=tmp_path / "work", progress=False)
     verify_artifact(tmp_path / "art")
-    assert [m.name for m in manifest.models] == ["onnx-int8-dynamic", "onnx-int8-weight-only", "onnx-fp32",
+    assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-dynamic",
                                                  "openvino-int8-weight-only", "openvino-fp32"]
+    assert manifest.model("onnx-int4").quantization["calibration_sequences"] > 0  # GPTQ on training text
     assert manifest.source["num_hidden_layers"] == 3 and manifest.generation["context_length"] == 64
     distill = manifest.metrics["distill"]
     assert distill["teacher_layers"] == [0, 2, 5] and set(distill["perplexity"]) >= {"teacher_test", "student_test"}

@@ -44,6 +44,9 @@ __all__ = [
     "decoder_to_openvino",
     "generation_config",
     "write_decoder_models",
+    "WeightFormats",
+    "choose_default",
+    "quantize_decoder_nbits",
     "export_causal_lm",
 ]
 
@@ -493,6 +496,47 @@ def _generator(folder: Path, entry: ModelEntry, generation: dict[str, Any], inpu
     return Generator(folder, manifest, entry, backend)
 
 
+@dataclass
+class WeightFormats:
+    """The block-quantized weight formats of a decoder artifact (ONNX Runtime MatMulNBits, `edgellm.quantize.nbits`);
+    defaults from `CausalLMConfig`, where each one is documented."""
+
+    bits: tuple[int, ...] = tuple(CausalLMConfig().weight_bits)
+    block_size: int = CausalLMConfig.block_size
+    int4_method: str = CausalLMConfig.int4_method
+    int4_fallback: float = CausalLMConfig.int4_fallback
+    lm_head_bits: int | None = CausalLMConfig.lm_head_bits
+
+    @classmethod
+    def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
+        return cls(tuple(lm.weight_bits), lm.block_size, lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
+
+
+def choose_default(entries: Sequence[ModelEntry], tolerance: float) -> tuple[str, str]:
+    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's (held-out text when measured,
+    else the check prompts), in the order int4 < int8 < fp32; returns (name, reason). Lossy models are never
+    the default: a model over the tolerance is passed over, and the reason says so."""
+    by_name = {e.name: e for e in entries}
+    fp32 = by_name.get("onnx-fp32")
+
+    def ratio(entry: ModelEntry) -> float:
+        if fp32 is not None and "perplexity" in entry.metrics and "perplexity" in fp32.metrics:
+            return float(entry.metrics["perplexity"]) / float(fp32.metrics["perplexity"])
+        return float(entry.metrics.get("vs_torch", {}).get("perplexity_ratio", float("inf")))
+
+    passed = []
+    for name in ("onnx-int4", "onnx-int8"):
+        if name in by_name:
+            r = ratio(by_name[name])
+            if r <= 1.0 + tolerance:
+                return name, f"fastest model within {tolerance:.1%} of FP32 perplexity (ratio {r:.4f})" + \
+                    (f"; passed over: {', '.join(passed)}" if passed else "")
+            passed.append(f"{name} (ratio {r:.4f})")
+    name = "onnx-fp32" if fp32 is not None else entries[0].name
+    return name, "no quantized model within " + f"{tolerance:.1%} of FP32 perplexity" + \
+        (f" ({', '.join(passed)})" if passed else " (none made)")
+
+
 def write_decoder_models(
     model: Any,
     tokenizer: Any,
@@ -500,7 +544,10 @@ def write_decoder_models(
     *,
     prompts: Sequence[list[int]],
     formats: Sequence[str] = ("onnx", "openvino"),
-    quantize: Sequence[str] = ("dynamic",),
+    quantize: Sequence[str] = (),
+    weights: WeightFormats | None = None,
+    graph: str = "fused",
+    calibration: Sequence[Sequence[int]] = (),
     context_length: int,
     atol: float = DEFAULT_ATOL,
     stateful: bool = True,
@@ -509,63 +556,106 @@ def write_decoder_models(
 ) -> tuple[dict[str, Any], list[str], list[ModelEntry]]:
     """Write the decoder models of an artifact into `folder` (which already holds tokenizer.json).
 
-    ONNX FP32 is checked (logits within `atol`, identical greedy tokens for 32 cached steps) and so is the
-    OpenVINO FP32 IR; INT8 models (`quantize`: ONNX "dynamic" / "weight-only"; OpenVINO NNCF weight-only, made
-    when `openvino_int8`, by default whenever `quantize` is not empty) record their agreement with torch. With
-    `eval_sequences` (held-out token ids), every model's perplexity on them is measured through the runtime.
-    Returns (generation dict, input names, entries: INT8 first).
+    onnx-fp32 is the fused ONNX Runtime graph (`graph="fused"`, `edgellm.exporting.fused_decoder`; the plain graph
+    when the architecture has no fused form or `graph="plain"`), checked against torch (logits within `atol`,
+    identical greedy tokens for 32 cached steps); onnx-int8 / onnx-int4 are its block-quantized weight formats
+    (`weights`; GPTQ calibrates on `calibration` token sequences). `quantize` adds INT8 models of the plain graph
+    ("dynamic": activations quantized per call, lossy on decoders; "weight-only"). OpenVINO IRs come from the plain
+    graph (FP32 checked like ONNX; NNCF INT8 weights when `openvino_int8`, by default whenever any quantized model
+    is asked for). With `eval_sequences` (held-out token ids), every model's perplexity on them is measured
+    through the runtime. Returns (generation dict, input names, entries).
     """
+    from edgellm.exporting.fused_decoder import fused_decoder_supported, write_fused_decoder
+
     unknown = [f for f in formats if f not in ("onnx", "openvino")]
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or list(formats)}; choose from ['onnx', 'openvino']")
     bad = [m for m in quantize if m not in INT8_MODES]
     if bad:
         raise ConfigError(f"unknown INT8 mode(s) {bad}; choose from {list(INT8_MODES)}")
-    fp32 = folder / "model.onnx"
-    spec = export_decoder_onnx(model, fp32, context_length=context_length)
+    if graph not in ("fused", "plain"):
+        raise ConfigError(f"unknown decoder graph {graph!r}; choose from ['fused', 'plain']")
+    weights = weights if weights is not None else WeightFormats()
+    plain = folder / ("model.onnx" if graph == "plain" else "model_plain.onnx")
+    spec = export_decoder_onnx(model, plain, context_length=context_length)
     generation = generation_config(model, tokenizer, spec, context_length=context_length)
     inputs = list(spec.inputs)
-
     references = torch_references(model, prompts, context_length=context_length)
 
-    def checked(entry: ModelEntry, exact: bool, label: str) -> ModelEntry:
-        stats = check_decoder(references, _generator(folder, entry, generation, inputs), atol=atol, label=label,
+    def checked(entry: ModelEntry, exact: bool, label: str, names: list[str]) -> ModelEntry:
+        stats = check_decoder(references, _generator(folder, entry, generation, names), atol=atol, label=label,
                               exact=exact)
         entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
         if eval_sequences:
-            ppl = _perplexity(_generator(folder, entry, generation, inputs), eval_sequences)
+            ppl = _perplexity(_generator(folder, entry, generation, names), eval_sequences)
             entry.metrics["perplexity"] = ppl["perplexity"]  # held-out text, through the runtime
             entry.metrics["perplexity_tokens"] = ppl["tokens"]
         return entry
 
-    onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32"),
-                            True, "ONNX FP32 decoder")]
+    reason = fused_decoder_supported(model) if graph == "fused" else "graph: plain was asked for"
+    fused_kv: dict[str, Any] = {"graph": "plain", "shared_buffer": False}
+    onnx_inputs = inputs
+    if reason is None:
+        fp32 = folder / "model.onnx"
+        onnx_inputs = write_fused_decoder(model, fp32, context_length=context_length)
+        fused_kv = {"graph": "fused", "shared_buffer": True}
+    else:
+        fp32 = plain
+        if graph == "fused":
+            log.warning("writing the plain decoder graph: %s", reason)
+            fused_kv["fused_unavailable"] = reason
+    generation["kv_cache"] = {**generation["kv_cache"], "graph": "plain", "shared_buffer": False}
+    onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32",
+                                       kv_cache=dict(fused_kv)), True, "ONNX FP32 decoder", onnx_inputs)]
+    for bits in weights.bits:
+        dst = folder / f"model_int{bits}.onnx"
+        info = quantize_decoder_nbits(fp32, dst, bits=bits, weights=weights, calibration=calibration)
+        onnx_entries.append(checked(
+            ModelEntry(name=f"onnx-int{bits}", path=dst.name, backend="onnxruntime", precision=f"int{bits}",
+                       quantization=info, kv_cache=dict(fused_kv)), False, f"ONNX {bits}-bit weights decoder",
+            onnx_inputs))
     for mode in quantize:
-        dst = folder / ("model_int8.onnx" if mode == "dynamic" else "model_int8_weights.onnx")
-        info = quantize_decoder(fp32, dst, mode=mode)
-        onnx_entries.insert(len(onnx_entries) - 1, checked(
+        dst = folder / ("model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_weights_plain.onnx")
+        info = quantize_decoder(plain, dst, mode=mode)
+        onnx_entries.append(checked(
             ModelEntry(name=f"onnx-int8-{mode}", path=dst.name, backend="onnxruntime", precision="int8",
-                       quantization=info), False, f"ONNX INT8 {mode} decoder"))
+                       quantization=info), False, f"ONNX INT8 {mode} decoder (plain graph)", inputs))
     ov_entries = []
     if "openvino" in formats:
         xml = folder / "openvino_model.xml"
-        files = decoder_to_openvino(fp32, xml, spec, stateful=stateful)
-        ov_fp32 = checked(ModelEntry(name="openvino-fp32", path=xml.name, backend="openvino", precision="fp32",
-                                     files=files, inference_precision="f32", metrics={"stateful": stateful}),
-                          True, "OpenVINO FP32 decoder")
-        ov_entries.append(ov_fp32)
-        if openvino_int8 if openvino_int8 is not None else bool(quantize):
+        files = decoder_to_openvino(plain, xml, spec, stateful=stateful)
+        ov_entries.append(checked(ModelEntry(name="openvino-fp32", path=xml.name, backend="openvino", precision="fp32",
+                                             files=files, inference_precision="f32", metrics={"stateful": stateful}),
+                                  True, "OpenVINO FP32 decoder", inputs))
+        if openvino_int8 if openvino_int8 is not None else bool(quantize or weights.bits):
             qxml = folder / "openvino_model_int8.xml"
             qfiles, info, hint = quantize_decoder_openvino(xml, qxml)
             ov_entries.insert(0, checked(
                 ModelEntry(name="openvino-int8-weight-only", path=qxml.name, backend="openvino", precision="int8",
                            files=qfiles, inference_precision=hint, quantization=info, metrics={"stateful": stateful}),
-                False, "OpenVINO INT8 weight-only decoder"))
+                False, "OpenVINO INT8 weight-only decoder", inputs))
     if "onnx" not in formats:
         for entry in onnx_entries:
             (folder / entry.path).unlink()
         onnx_entries = []
-    return generation, inputs, [*onnx_entries, *ov_entries]
+    if plain != fp32 and plain.exists():
+        plain.unlink()  # only the source of the plain-graph models, which are written by now
+    return generation, onnx_inputs if onnx_entries else inputs, [*onnx_entries, *ov_entries]
+
+
+def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFormats,
+                           calibration: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+    """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits round-to-nearest (lossless in
+    practice), 4 bits with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
+    from edgellm.quantize.nbits import quantize_nbits
+
+    method = weights.int4_method if bits == 4 else "rtn"
+    if method == "gptq" and not calibration:
+        raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
+    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size, method=method,
+                            lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
+                            fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
+    return {**result.settings, "ops": result.ops}
 
 
 def export_causal_lm(
@@ -574,7 +664,11 @@ def export_causal_lm(
     *,
     tokenizer: Any = None,
     formats: Sequence[str] = ("onnx", "openvino"),
-    quantize: Sequence[str] = ("dynamic",),
+    quantize: Sequence[str] = (),
+    weights: WeightFormats | None = None,
+    graph: str = "fused",
+    calibration_texts: Sequence[str] = (),
+    default_tolerance: float = CausalLMConfig.default_tolerance,
     context_length: int | None = None,
     texts: Sequence[str] | None = None,
     atol: float = DEFAULT_ATOL,
@@ -592,8 +686,10 @@ def export_causal_lm(
     artifact.
 
     The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
-    for 32 cached steps) before anything is published; INT8 models record their agreement with torch. The default
-    model is the first INT8 one (or FP32 when `quantize` is empty). `eval_texts` (held-out text, cut to
+    for 32 cached steps) before anything is published; quantized models record their agreement with torch (see
+    `write_decoder_models` for `graph`, `weights` and `quantize`; GPTQ calibrates on `calibration_texts`, by default
+    `texts`). The default model is the fastest whose perplexity is within `default_tolerance` of FP32's
+    (`choose_default`). `eval_texts` (held-out text, cut to
     `eval_max_length` tokens): each model's perplexity on them, through the runtime, goes into its metrics. `metrics` (e.g. distillation), `data` (the
     split record) and `recipe` go into the manifest. Written atomically: on error nothing appears at `output`.
     """
@@ -615,18 +711,22 @@ def export_causal_lm(
     length = _context_length(model, context_length)
     prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
     prompts = [p for p in prompts if p] or [[0]]
+    calibration = [ids for ids in (tokenizer(t).input_ids[:length] for t in (calibration_texts or texts or
+                                                                           SAMPLE_TEXTS)) if len(ids) >= 2]
     with staging(output, overwrite=overwrite) as stage:
         tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
         generation, inputs, entries = write_decoder_models(
-            model, tokenizer, stage, prompts=prompts, formats=formats, quantize=quantize, context_length=length,
-            atol=atol, stateful=stateful, openvino_int8=openvino_int8,
+            model, tokenizer, stage, prompts=prompts, formats=formats, quantize=quantize, weights=weights,
+            graph=graph, calibration=calibration, context_length=length, atol=atol, stateful=stateful,
+            openvino_int8=openvino_int8,
             eval_sequences=[ids[: min(length, eval_max_length or length)]
                             for ids in (tokenizer(t).input_ids for t in eval_texts) if len(ids) >= 2])
+        default, why = choose_default(entries, default_tolerance)
         cfg = model.config
         manifest = Manifest(
             task="text-generation",
             models=entries,
-            default_model=entries[0].name,
+            default_model=default,
             max_length=length,
             inputs=inputs,
             generation=generation,
@@ -643,5 +743,6 @@ def export_causal_lm(
         manifest.recipe = recipe
         manifest.metrics.update(metrics or {})
         manifest.metrics["export"] = {e.name: e.metrics for e in entries}
+        manifest.metrics["default_model"] = {"name": default, "reason": why}
         write_manifest(stage, manifest)
     return manifest

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Backend", "InputSpec"]
+from edgellm.errors import BackendError
+
+__all__ = ["Backend", "InputSpec", "KVCacheLayout", "DecodeSession", "ArrayDecodeSession"]
 
 
 class InputSpec:
@@ -27,6 +30,82 @@ class InputSpec:
 
     def __repr__(self) -> str:
         return f"InputSpec({self.name!r}, {self.dtype}, {self.shape})"
+
+
+@dataclass(frozen=True)
+class KVCacheLayout:
+    """How a decoder graph takes its KV cache (the manifest's `generation.kv_cache` plus the graph's inputs)."""
+
+    past: tuple[str, ...]  # past_key_values.{i}.key / .value in layer order; () = the cache is model state
+    present: tuple[str, ...]  # the matching outputs
+    num_kv_heads: int
+    head_dim: int
+    keep_input: str = "num_logits_to_keep"  # scalar input: how many last positions get logits
+    position_ids: bool = True  # the graph takes position_ids (the fused graph derives them from the mask)
+    shared_buffer: bool = False  # past and present may be one buffer preallocated to `max_length` positions
+    max_length: int = 0  # the context the graph was built for
+
+    @classmethod
+    def from_generation(cls, generation: Mapping[str, Any], input_names: Sequence[str]) -> KVCacheLayout:
+        kv = generation.get("kv_cache") or {}
+        names = set(input_names)
+        past = tuple(n for n in kv.get("past", []) if n in names)
+        return cls(
+            past=past,
+            present=tuple(kv.get("present", [])) if past else (),
+            num_kv_heads=int(kv.get("num_kv_heads", 0)),
+            head_dim=int(kv.get("head_dim", 0)),
+            keep_input=str(generation.get("logits_to_keep_input", "num_logits_to_keep")),
+            position_ids="position_ids" in names,
+            shared_buffer=bool(kv.get("shared_buffer", False)),
+            max_length=int(generation.get("context_length") or 0),
+        )
+
+    def feeds(self, ids: Sequence[int], start: int, keep: int) -> dict[str, np.ndarray]:
+        """The non-cache inputs for appending `ids` after `start` cached positions (batch 1)."""
+        total = start + len(ids)
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            self.keep_input: np.array(keep, dtype=np.int64),
+        }
+        if self.position_ids:
+            feeds["position_ids"] = np.arange(start, total, dtype=np.int64)[None, :]
+        return feeds
+
+
+class DecodeSession(ABC):
+    """One sequence's decoding state on one backend: append token ids, get the logits of the last positions.
+    Sessions are independent of each other (several may run at once, in several threads)."""
+
+    length: int = 0  # positions in the cache
+
+    @abstractmethod
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        """Append `ids`; return the logits of the last `keep` positions, (keep, V) float32."""
+
+
+class ArrayDecodeSession(DecodeSession):
+    """The portable session: past / present as numpy arrays through `Backend.run` (any engine)."""
+
+    def __init__(self, backend: Backend, layout: KVCacheLayout) -> None:
+        if not layout.past:
+            raise BackendError(f"{backend.name} cannot run a decoder whose KV cache is model state "
+                               "(a stateful OpenVINO model)")
+        self.backend = backend
+        self.layout = layout
+        self.outputs = ["logits", *layout.present]
+        empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=np.float32)
+        self.past: list[np.ndarray] = [empty] * len(layout.past)
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        feeds = self.layout.feeds(ids, self.length, keep)
+        feeds.update(zip(self.layout.past, self.past))
+        out = self.backend.run(feeds, self.outputs)
+        self.past = out[1:]
+        self.length += len(ids)
+        return out[0][0]
 
 
 class Backend(ABC):
@@ -63,6 +142,11 @@ class Backend(ABC):
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run once; returns the requested outputs (all by default) in that order."""
+
+    def decode_session(self, layout: KVCacheLayout, *, capacity: int | None = None) -> DecodeSession:
+        """A new decoding state for a decoder with this KV layout. `capacity`: the most positions the session
+        will hold (a preallocated cache is sized to it; default the layout's max_length)."""
+        return ArrayDecodeSession(self, layout)
 
     def describe(self) -> dict[str, Any]:
         out = {"backend": self.name, "device": self.device, "threads": self.threads, "path": self.path.name}

@@ -37,8 +37,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edgellm.artifact import Manifest, ModelEntry
-from edgellm.errors import ArtifactError, BackendError, GenerationError, InputError
-from edgellm.runtime.base import Backend
+from edgellm.errors import ArtifactError, GenerationError, InputError
+from edgellm.runtime.base import Backend, DecodeSession, KVCacheLayout
 from edgellm.runtime.tasks import EdgeModel
 
 __all__ = [
@@ -219,93 +219,6 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-# -- decoding sessions -------------------------------------------------------------------------------------------
-
-
-class _Session:
-    """One sequence's decoding state over a decoder with explicit past / present inputs (ORT or OpenVINO)."""
-
-    def __init__(self, gen: Generator) -> None:
-        self.gen = gen
-        self.past: list[np.ndarray] = gen._empty_past()
-        self.length = 0
-
-    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
-        """Append `ids`; return the logits of the last `keep` positions, (keep, V)."""
-        gen = self.gen
-        total = self.length + len(ids)
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :],
-            gen._keep_name: np.array(keep, dtype=np.int64),
-        }
-        feeds.update(zip(gen._past_names, self.past))
-        out = gen.backend.run(feeds, gen._outputs)
-        self.past = out[1:]
-        self.length = total
-        return out[0][0]
-
-
-class _OrtValueSession:
-    """`_Session` on ONNX Runtime keeping the KV cache as OrtValues: present tensors go straight back in as the
-    next step's past, never copied into numpy (only the logits are)."""
-
-    def __init__(self, gen: Generator, session: Any) -> None:
-        from onnxruntime import OrtValue
-
-        self.gen = gen
-        self.session = session
-        self.value = OrtValue.ortvalue_from_numpy
-        self.past: list[Any] = [self.value(a) for a in gen._empty_past()]
-        self.length = 0
-
-    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
-        gen = self.gen
-        total = self.length + len(ids)
-        arrays = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :],
-            gen._keep_name: np.array(keep, dtype=np.int64),
-        }  # kept alive here while ONNX Runtime reads them
-        feeds = {name: self.value(a) for name, a in arrays.items()}
-        feeds.update(zip(gen._past_names, self.past))
-        try:
-            out = self.session.run_with_ort_values(gen._outputs, feeds)
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime failed running {gen.entry.path}: {exc}") from exc
-        self.past = list(out[1:])
-        self.length = total
-        return out[0].numpy()[0]
-
-
-class _StatefulSession:
-    """Decoding state held inside an OpenVINO stateful model (KV cache as ReadValue / Assign variables)."""
-
-    def __init__(self, gen: Generator) -> None:
-        self.gen = gen
-        self.request = gen._stateful_request()  # its own request: sessions may interleave, threads too
-        self.request.reset_state()
-        self.length = 0
-
-    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
-        total = self.length + len(ids)
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :],
-            self.gen._keep_name: np.array(keep, dtype=np.int64),
-        }
-        try:
-            self.request.infer(feeds)
-            logits = self.request.get_tensor("logits").data
-        except Exception as exc:
-            raise BackendError(f"OpenVINO failed running {self.gen.entry.path}: {exc}") from exc
-        self.length = total
-        return np.array(logits[0], copy=True)
-
-
 class Generator(EdgeModel):
     """A text-generation artifact, loaded (see the module docstring for the options)."""
 
@@ -324,15 +237,11 @@ class Generator(EdgeModel):
         self.eos_token_ids = [int(i) for i in info.get("eos_token_ids") or []]
         self.chat_template: str | None = info.get("chat_template")
         self.defaults = defaults or GenerationOptions()
-        kv = info.get("kv_cache") or {}
-        self._keep_name = info.get("logits_to_keep_input", "num_logits_to_keep")
-        self._past_names = [n for n in kv.get("past", []) if n in self._input_names]
-        self._present_names = list(kv.get("present", []))
-        self._kv_shape = (int(kv.get("num_kv_heads", 0)), int(kv.get("head_dim", 0)))
-        self.stateful = not self._past_names
+        kv = {**(info.get("kv_cache") or {}), **(entry.kv_cache or {})}
+        self.kv_layout = KVCacheLayout.from_generation({**info, "kv_cache": kv}, self._input_names)
+        self.stateful = not self.kv_layout.past
         if self.stateful and backend.name != "openvino":
             raise ArtifactError(f"model {entry.name!r} has no past_key_values inputs; only OpenVINO runs stateful models")
-        self._outputs = ["logits"] if self.stateful else ["logits", *self._present_names]
 
     # -- tokens ----------------------------------------------------------------------------------------------
 
@@ -398,7 +307,7 @@ class Generator(EdgeModel):
         stops = set(opts.stop_token_ids) | (set() if opts.ignore_eos else set(self.eos_token_ids))
         rng = np.random.default_rng(opts.seed)
         seen = np.asarray(ids, dtype=np.int64)
-        session = self._session() if opts.use_cache else None
+        session = self._session(min(self.context_length, len(ids) + opts.max_new_tokens)) if opts.use_cache else None
         sequence = list(ids)
         logits = session.feed(ids)[-1] if session is not None else self._full(sequence)
         for _ in range(opts.max_new_tokens):
@@ -415,26 +324,11 @@ class Generator(EdgeModel):
 
     def _full(self, sequence: list[int]) -> np.ndarray:
         """Logits of the last position with no cache: the whole sequence from an empty state."""
-        return self._session().feed(sequence)[-1]
+        return self._session(len(sequence)).feed(sequence)[-1]
 
-    def _session(self) -> Any:
-        if self.stateful:
-            return _StatefulSession(self)
-        session = getattr(self.backend, "_session", None)  # OrtBackend's InferenceSession
-        if session is not None and hasattr(session, "run_with_ort_values"):
-            return _OrtValueSession(self, session)
-        return _Session(self)
-
-    def _empty_past(self) -> list[np.ndarray]:
-        heads, dim = self._kv_shape
-        empty = np.zeros((1, heads, 0, dim), dtype=np.float32)
-        return [empty] * len(self._past_names)
-
-    def _stateful_request(self) -> Any:
-        compiled = getattr(self.backend, "_compiled", None)  # OpenVINOBackend's CompiledModel
-        if compiled is None:
-            raise BackendError("this OpenVINO backend exposes no compiled model for a stateful infer request")
-        return compiled.create_infer_request()
+    def _session(self, capacity: int) -> DecodeSession:
+        """A fresh decoding state for at most `capacity` positions (the backend's fastest kind)."""
+        return self.backend.decode_session(self.kv_layout, capacity=capacity)
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """The generated text in pieces as it is produced; stop strings end it (and are not yielded)."""
@@ -501,7 +395,7 @@ class Generator(EdgeModel):
         seq = self._prompt_ids(list(ids))
         if len(seq) > self.context_length:
             raise GenerationError(f"{len(seq)} tokens do not fit in the context of {self.context_length}")
-        return self._session().feed(seq, keep=len(seq))
+        return self._session(len(seq)).feed(seq, keep=len(seq))
 
     def log_probs(self, ids: Sequence[int]) -> np.ndarray:
         """log P(ids[t] | ids[:t]) for t = 1 .. T-1, shape (T-1,), float64 (one forward over the sequence)."""

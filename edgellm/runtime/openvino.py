@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from edgellm.errors import BackendError, UnsupportedTargetError
-from edgellm.runtime.base import Backend, InputSpec
+from edgellm.runtime.base import ArrayDecodeSession, Backend, DecodeSession, InputSpec, KVCacheLayout
 
 __all__ = ["OpenVINOBackend", "openvino_devices", "DEVICES"]
 
@@ -98,8 +98,33 @@ class OpenVINOBackend(Backend):
         by_name = {port.get_any_name(): value for port, value in result.items()}
         return [np.array(by_name[n], copy=True) for n in (outputs or self.output_names)]
 
+    def decode_session(self, layout: KVCacheLayout, *, capacity: int | None = None) -> DecodeSession:
+        if layout.past:
+            return ArrayDecodeSession(self, layout)
+        return _StatefulSession(self, layout)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "config": self._config}
+
+
+class _StatefulSession(DecodeSession):
+    """Decoding state held inside an OpenVINO stateful model (KV cache as ReadValue / Assign variables), in an
+    infer request of its own: sessions may interleave, in several threads too."""
+
+    def __init__(self, backend: OpenVINOBackend, layout: KVCacheLayout) -> None:
+        self.backend, self.layout = backend, layout
+        self.request = backend._compiled.create_infer_request()
+        self.request.reset_state()
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        try:
+            self.request.infer(self.layout.feeds(ids, self.length, keep))
+            logits = self.request.get_tensor("logits").data
+        except Exception as exc:
+            raise BackendError(f"OpenVINO failed running {self.backend.path.name}: {exc}") from exc
+        self.length += len(ids)
+        return np.array(logits[0], copy=True)
 
 
 def _ov_shape(shape: Any) -> tuple[int | None, ...]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgellm.errors import BackendError, UnsupportedTargetError
-from edgellm.runtime.base import Backend, InputSpec
+from edgellm.errors import BackendError, GenerationError, UnsupportedTargetError
+from edgellm.runtime.base import Backend, DecodeSession, InputSpec, KVCacheLayout
 
 __all__ = ["OrtBackend", "ort_devices", "PROVIDERS", "CPU_DISABLED_OPTIMIZERS"]
 
@@ -115,3 +115,82 @@ class OrtBackend(Backend):
             return self._session.run(outputs, dict(feeds))
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed running {self.path.name}: {exc}") from exc
+
+    def decode_session(self, layout: KVCacheLayout, *, capacity: int | None = None) -> DecodeSession:
+        if layout.shared_buffer:
+            return _SharedBufferSession(self, layout, capacity or layout.max_length)
+        return _OrtValueSession(self, layout)
+
+
+class _OrtValueSession(DecodeSession):
+    """A growing KV cache kept as OrtValues: present tensors go straight back in as the next step's past, never
+    copied into numpy (only the logits are)."""
+
+    def __init__(self, backend: OrtBackend, layout: KVCacheLayout) -> None:
+        from onnxruntime import OrtValue
+
+        if not layout.past:
+            raise BackendError("ONNX Runtime needs a decoder with past_key_values inputs (this one keeps its cache "
+                               "as model state: an OpenVINO stateful model)")
+        self.backend, self.layout = backend, layout
+        self.value = OrtValue.ortvalue_from_numpy
+        self.outputs = ["logits", *layout.present]
+        empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=np.float32)
+        self.past: list[Any] = [self.value(empty) for _ in layout.past]
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        arrays = self.layout.feeds(ids, self.length, keep)  # kept alive here while ONNX Runtime reads them
+        feeds = {name: self.value(a) for name, a in arrays.items()}
+        feeds.update(zip(self.layout.past, self.past))
+        try:
+            out = self.backend._session.run_with_ort_values(self.outputs, feeds)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
+        self.past = list(out[1:])
+        self.length += len(ids)
+        return out[0].numpy()[0]
+
+
+class _SharedBufferSession(DecodeSession):
+    """The KV cache as one buffer per tensor, preallocated to `capacity` positions and bound (IO binding) as both
+    the past input and the present output: GroupQueryAttention writes each step's keys / values in place, so no
+    step copies the cache, and only the logits come back to numpy."""
+
+    def __init__(self, backend: OrtBackend, layout: KVCacheLayout, capacity: int) -> None:
+        from onnxruntime import OrtValue
+
+        if capacity < 1 or (layout.max_length and capacity > layout.max_length):
+            raise GenerationError(f"a KV buffer of {capacity} positions does not fit the model's context of "
+                                  f"{layout.max_length}")
+        self.backend, self.layout, self.capacity = backend, layout, capacity
+        shape = (1, layout.num_kv_heads, capacity, layout.head_dim)
+        self._arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]  # pages touched only when written
+        self._buffers = [OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
+        self._mask = np.ones((1, capacity), dtype=np.int64)
+        self._binding = backend._session.io_binding()
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        total = self.length + len(ids)
+        if total > self.capacity:
+            raise GenerationError(f"the sequence reached {total} tokens; this session's KV buffer holds "
+                                  f"{self.capacity} (the context)")
+        io = self._binding
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        io.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        io.bind_cpu_input("attention_mask", self._mask[:, :total])
+        io.bind_cpu_input(self.layout.keep_input, np.array(keep, dtype=np.int64))
+        if self.layout.position_ids:
+            io.bind_cpu_input("position_ids", np.arange(self.length, total, dtype=np.int64)[None, :])
+        io.bind_output("logits")
+        for past, present, buffer in zip(self.layout.past, self.layout.present, self._buffers):
+            io.bind_ortvalue_input(past, buffer)
+            io.bind_ortvalue_output(present, buffer)
+        try:
+            self.backend._session.run_with_iobinding(io)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
+        self.length = total
+        return io.get_outputs()[0].numpy()[0]

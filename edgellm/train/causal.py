@@ -468,18 +468,32 @@ def distill_causal_lm(
 
 
 def lm_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:
-    """(ONNX INT8 modes, whether to make an OpenVINO INT8 model) for a decoder from the recipe's quantize stage.
+    """(plain-graph ONNX INT8 modes, whether to make an OpenVINO INT8 model) for a decoder from the recipe's
+    quantize stage.
 
-    dynamic -> ONNX dynamic + weight-only; weight-only -> ONNX weight-only; OpenVINO INT8 is always NNCF
+    The block-quantized weight formats (causal_lm.weight_bits: onnx-int8, onnx-int4) are made whenever ONNX Runtime
+    is among quantize.backends; `dynamic` adds the plain graph with activations quantized per call (lossy on
+    decoders: measured and recorded, never the default); `weight-only` adds nothing more. OpenVINO INT8 is NNCF
     weight-only for decoders. Calibrated static INT8 is not offered for decoders (ConfigError)."""
     if config is None or config.mode == "none":
         return (), False
     if config.mode == "static":
         raise ConfigError("quantize.mode = 'static' is not supported for text-generation (a KV-cache decoder); "
-                          "use dynamic or weight-only")
-    modes = ("dynamic", "weight-only") if config.mode == "dynamic" else ("weight-only",)
-    onnx_modes = modes if "onnxruntime" in config.backends else ()
+                          "use weight-only (block-quantized 8 / 4-bit weights) or dynamic")
+    onnx_modes = ("dynamic",) if config.mode == "dynamic" and "onnxruntime" in config.backends else ()
     return onnx_modes, "openvino" in config.backends
+
+
+def _calibration_texts(texts: Sequence[str], count: int) -> list[str]:
+    """`count` calibration texts for GPTQ: training texts joined into passages of ~12 sentences (layer inputs at
+    many positions, like the prompts the model will see), taken evenly across the training split."""
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        return []
+    per = 12
+    step = max(1, len(texts) // max(1, count * per))
+    chosen = texts[::step][: count * per]
+    return [" ".join(chosen[i:i + per]) for i in range(0, len(chosen), per)][:count]
 
 
 def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_dir: str | os.PathLike[str],
@@ -492,7 +506,7 @@ def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_d
     split and the recipe. Distillation resumes from `work_dir` when rerun; the distilled student is also saved
     there as a Hugging Face folder (`work_dir/student`).
     """
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
 
     if recipe.task != "text-generation":
         raise ConfigError(f"compress_causal_lm runs text-generation recipes, not {recipe.task!r}")
@@ -505,9 +519,14 @@ def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_d
     else:
         model = teacher
     onnx_modes, ov_int8 = lm_quantize_modes(recipe.quantize)
+    weights = WeightFormats.from_config(lm)
+    if recipe.quantize is None or recipe.quantize.mode == "none" or "onnxruntime" not in recipe.quantize.backends:
+        weights.bits = ()
     held_out = list(data.test.texts)  # the same rows distill_causal_lm reports the torch perplexities on
     return export_causal_lm(
         model, output, formats=recipe.export.formats, quantize=onnx_modes, openvino_int8=ov_int8,
+        weights=weights, graph=lm.graph, default_tolerance=lm.default_tolerance,
+        calibration_texts=_calibration_texts(data.train.texts, lm.calibration_sequences),
         context_length=lm.context_length, atol=lm.logits_atol, stateful=lm.stateful, eval_texts=held_out,
         eval_max_length=int(data.max_length or 128),
         source=recipe.teacher, data=data.describe(), recipe=recipe.to_dict(), overwrite=overwrite,
