@@ -163,7 +163,7 @@ def _wrapper(model: Any) -> Any:
                 self.qkv.append(torch.nn.Parameter(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
                                                    requires_grad=False))
                 bias = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
-                self.qkv_bias.append(torch.cat(bias) if all(b is not None for b in bias) else None)
+                self.qkv_bias.append(torch.cat(bias).detach() if all(b is not None for b in bias) else None)
                 self.gate_up.append(torch.nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
                                                        requires_grad=False))
 

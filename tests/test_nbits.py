@@ -1,0 +1,165 @@
+"""Block-quantized 4 / 8-bit weights (edgellm.quantize.nbits): the packed layout ONNX Runtime's MatMulNBits reads,
+round-to-nearest and GPTQ error, the 8-bit fallback, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _matmul_model(weight: np.ndarray, *, name: str = "proj") -> object:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weight.shape
+    node = helper.make_node("MatMul", ["x", f"{name}.weight"], ["y"], name=name)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+                              [numpy_helper.from_array(weight, f"{name}.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize(
+    "bits, block, symmetric, k",
+    [
+        (4, 32, False, 64),  # the default layout: two blocks per row, zero points two per byte
+        (4, 16, False, 48),  # three blocks: an odd count pads the packed zero points of each row
+        (4, 32, True, 64),  # symmetric: no zero-point input (ONNX Runtime's default 8)
+        (8, 32, False, 64),  # 8 bits: one byte per weight and per zero point
+        (8, 16, True, 32),  # 8 bits symmetric: default zero point 128
+    ],
+)
+def test_packed_weights_run_in_onnx_runtime_as_dequantized(tmp_path: Path, bits: int, block: int, symmetric: bool,
+                                                           k: int) -> None:
+    """At accuracy_level 0 (float compute) MatMulNBits equals x @ dequantized weights: the packing is right."""
+    import onnx
+
+    from edgellm.quantize.nbits import quantize_blocks, quantize_nbits
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((k, 24)).astype(np.float32)
+    onnx.save_model(_matmul_model(weight), str(tmp_path / "f.onnx"))
+    result = quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", bits=bits, block_size=block,
+                            symmetric=symmetric, accuracy_level=0)
+    assert result.ops == {"MatMulNBits": 1, f"MatMulNBits_{bits}bit": 1}
+    q, scale, zero = quantize_blocks(weight, bits=bits, block_size=block, symmetric=symmetric)
+    dequant = ((q.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(24, k).T
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), x @ dequant, atol=2e-4, rtol=0)
+    # and the rounding is within half a step of the original weights (clipping search may trade a few)
+    step = np.repeat(scale, block, axis=1).T  # (K, N)
+    assert np.mean(np.abs(dequant - weight) <= step / 2 + 1e-6) > 0.95
+    inputs = list(onnx.load(str(tmp_path / "q.onnx")).graph.node[0].input)
+    assert len(inputs) == (3 if symmetric else 4)
+
+
+def test_int8_compute_level_stays_close(tmp_path: Path) -> None:
+    """accuracy_level 4 (int8 activations per block, the fast CPU path): within 1% of the float result."""
+    import onnx
+
+    from edgellm.quantize.nbits import quantize_nbits
+
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((128, 64)).astype(np.float32)
+    onnx.save_model(_matmul_model(weight), str(tmp_path / "f.onnx"))
+    quantize_nbits(tmp_path / "f.onnx", tmp_path / "q8.onnx", bits=8)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    ref = x @ weight
+    err = np.abs(_run(tmp_path / "q8.onnx", x) - ref).max() / np.abs(ref).max()
+    assert err < 0.01
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs() -> None:
+    """GPTQ spreads each column's rounding error over the columns not yet quantized, weighted by the inputs'
+    Hessian: on correlated inputs its output error is clearly below round-to-nearest's."""
+    from edgellm.quantize.nbits import gptq_blocks, quantize_blocks
+
+    rng = np.random.default_rng(2)
+    k, n = 64, 48
+    mix = rng.standard_normal((k, k)) * 0.5 + np.eye(k)
+    x = rng.standard_normal((2048, k)) @ mix  # (samples, K), correlated features
+    weight = rng.standard_normal((k, n)).astype(np.float32)
+    hessian = x.T @ x
+
+    def out_err(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> float:
+        dequant = ((q.astype(np.float64) - zero[..., None]) * scale[..., None]).reshape(n, k).T
+        return float(np.linalg.norm(x @ (weight - dequant)) / np.linalg.norm(x @ weight))
+
+    rtn = out_err(*quantize_blocks(weight, bits=4, block_size=32))
+    gptq = out_err(*gptq_blocks(weight, hessian, bits=4, block_size=32))
+    plain_order = out_err(*gptq_blocks(weight, hessian, bits=4, block_size=32, act_order=False))
+    assert gptq < 0.8 * rtn and plain_order < rtn
+
+
+def test_fallback_gives_the_worst_weights_8_bits(tmp_path: Path) -> None:
+    """fallback_fraction 0.5 over two equal-size weights: the one with the larger 4-bit error gets 8 bits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgellm.quantize.nbits import quantize_nbits
+
+    rng = np.random.default_rng(3)
+    on_grid = (rng.integers(-7, 9, size=(32, 16)) * 0.125).astype(np.float32)  # 16 levels, step 1/8
+    on_grid[0::16, :], on_grid[1::16, :] = -0.875, 1.0  # every block spans the whole grid: exact at 4 bits
+    spiky = rng.standard_normal((32, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "a.weight"], ["ya"], name="a"),
+             helper.make_node("MatMul", ["x", "b.weight"], ["yb"], name="b")]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, ["M", 32])],
+                              [value("ya", TensorProto.FLOAT, ["M", 16]), value("yb", TensorProto.FLOAT, ["M", 16])],
+                              [numpy_helper.from_array(on_grid, "a.weight"), numpy_helper.from_array(spiky, "b.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "f.onnx"))
+    result = quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", bits=4, block_size=16, fallback_fraction=0.5)
+    errors = result.settings["relative_error"]  # after the fallback: b's is its 8-bit error
+    assert result.settings["fallback_8bit"] == ["b"]
+    assert (result.ops["MatMulNBits_4bit"], result.ops["MatMulNBits_8bit"]) == (1, 1)
+    assert errors["a"] < 1e-10 and errors["b"] < 1e-4
+    none = quantize_nbits(tmp_path / "f.onnx", tmp_path / "q0.onnx", bits=4, block_size=16)
+    assert none.settings["fallback_8bit"] == [] and none.settings["relative_error"]["b"] > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"bits": 3}, "ConfigError", "bits must be 4 or 8, not 3"),
+        ({"block_size": 24}, "ConfigError", "block_size must be a power of two >= 16, not 24"),
+        ({"block_size": 128}, "ConfigError", "block_size 128 does not divide the input size 64 of 'proj'"),
+        ({"method": "awq"}, "ConfigError", r"unknown weight quantization method 'awq'; choose from \['rtn', 'gptq'\]"),
+        ({"method": "gptq"}, "ConfigError", "method 'gptq' needs calibration token sequences"),
+        ({"fallback_fraction": 1.0}, "ConfigError", r"fallback_fraction must be in \[0, 1\), not 1.0"),
+        ({"lm_head_bits": 2}, "ConfigError", "lm_head_bits must be 4, 8 or null"),
+        ({"embedding": "int4"}, "ConfigError", r"embedding must be one of \['fp32', 'fp16'\]"),
+        ({"exclude": ["proj"]}, "QuantizationError", "has no MatMul with a float weight to quantize"),
+    ],
+)
+def test_bad_options_are_typed_errors(tmp_path: Path, kwargs: dict, error: str, message: str) -> None:
+    import onnx
+
+    import edgellm.errors as errors
+    from edgellm.quantize.nbits import quantize_nbits
+
+    onnx.save_model(_matmul_model(np.ones((64, 8), np.float32)), str(tmp_path / "f.onnx"))
+    with pytest.raises(getattr(errors, error), match=message):
+        quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", **kwargs)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_unreadable_model_is_a_typed_error(tmp_path: Path) -> None:
+    from edgellm.errors import QuantizationError
+    from edgellm.quantize.nbits import quantize_nbits
+
+    (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(QuantizationError, match="cannot read"):
+        quantize_nbits(tmp_path / "bad.onnx", tmp_path / "q.onnx")
