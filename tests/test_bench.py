@@ -677,6 +677,24 @@ def test_generation_benchmark_teacher_and_artifact(llama_artifact: Path, tiny_ll
     assert Path(result["paths"]["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_generation_benchmark_reports_a_peer_it_cannot_run(llama_artifact: Path, tiny_llama_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """A peer that cannot run (llama.cpp needs a GGUF teacher; or llama-cpp-python is not installed) is a row that
+    says why, in the JSON and the Markdown, never silently left out; the ratios and plot skip it."""
+    settings = {"threads": 1, "prompt_tokens": 8, "new_tokens": 4, "generation_warmup": 0, "generation_repeat": 1,
+                "perplexity_texts": 4, "cold_runs": 0, "baselines": False, "peers": ["llama.cpp"]}
+    result = run_benchmark(llama_artifact, models=["onnx-fp32"], teacher=str(tiny_llama_dir), settings=settings,
+                           name="lm-peers", output_dir=tmp_path)
+    peers = [r for r in result["subjects"] if r["stage"] == "peer"]
+    assert [(r["name"], r["missing"]) for r in peers] == [("llama.cpp Q8_0", True), ("llama.cpp Q4_0", True)]
+    assert all(r["reason"] for r in peers)
+    md = Path(result["paths"]["md"]).read_text()
+    assert "| peer | llama.cpp Q8_0 | llama.cpp | Q8_0 | missing (below) |" in md
+    assert f"- llama.cpp Q4_0: missing: {peers[1]['reason']}" in md
+    with pytest.raises(ConfigError, match=r"settings.peers: unknown engine\(s\) \['vllm'\]"):
+        run_benchmark(llama_artifact, settings={**settings, "peers": ["vllm"]}, output_dir=None)
+
+
 def test_generation_benchmark_refuses_a_prompt_over_the_context(llama_artifact: Path) -> None:
     with pytest.raises(ConfigError, match=r"prompt_tokens \+ new_tokens = 200 exceed \S+'s context of 128 tokens"):
         run_benchmark(llama_artifact, settings={"prompt_tokens": 100, "new_tokens": 100, "baselines": False},

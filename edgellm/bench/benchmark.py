@@ -80,6 +80,7 @@ class BenchSettings:
     generation_warmup: int = 1  # generators: untimed runs first
     generation_repeat: int = 3  # generators: timed runs (medians reported)
     perplexity_texts: int = 200  # generators: held-out texts scored for perplexity
+    peers: list[str] = field(default_factory=list)  # generators: peer engines measured in the same run on the same prompt ids and text (llama.cpp, onnxruntime-genai, openvino-genai; `make peers`); one that cannot be installed or built is a row saying why
 
     def validate(self, where: str) -> None:
         check_range(f"{where}.threads", self.threads, low=1)
@@ -101,6 +102,11 @@ class BenchSettings:
         check_range(f"{where}.generation_warmup", self.generation_warmup, low=0)
         check_range(f"{where}.generation_repeat", self.generation_repeat, low=1)
         check_range(f"{where}.perplexity_texts", self.perplexity_texts, low=1)
+        from edgellm.bench.peers import ENGINES
+
+        unknown = [p for p in self.peers if p not in ENGINES]
+        if unknown:
+            raise ConfigError(f"{where}.peers: unknown engine(s) {unknown}; known: {list(ENGINES)}")
         self.lengths = sorted(set(self.lengths))
         self.batch_sizes = sorted(set(self.batch_sizes))
 
@@ -183,13 +189,11 @@ def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings,
 
 
 def _measure_generator(runner: Any, subject: Subject, settings: BenchSettings, data: dict[str, Any]) -> dict[str, Any]:
-    tok = plain_tokenizer(runner.tokenizer)
-    prompt_ids = tok.encode(texts_of_length(tok, data["texts"], settings.prompt_tokens, 1)[0]).ids
+    prompt_ids, held_out = generation_inputs(runner.tokenizer, settings, data, subject.max_length)
     stats = measure_generation(runner.stream, prompt_ids, max_new_tokens=settings.new_tokens,
                                warmup=settings.generation_warmup, repeat=settings.generation_repeat)
-    held_out = data["texts"][: settings.perplexity_texts]
     start = time.perf_counter()
-    ppl = perplexity(runner.score, [tok.encode(t).ids[: subject.max_length] for t in held_out])
+    ppl = perplexity(runner.score, held_out)
     return {
         "generation": stats,
         "perplexity": ppl["perplexity"],
@@ -293,6 +297,9 @@ def run_benchmark(
                         for _ in range(settings.cold_runs)]
             rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
                          **cold_fields(runs), "contention": monitor.result})
+    if generating and settings.peers:
+        rows.extend(_measure_peers(folder, manifest, base.path if base is not None else (teacher or
+                                   _default_teacher(manifest, stage_models)), settings, data))
     if manifest.task == "feature-extraction":
         _add_agreement(rows, outputs)
     if generating:
@@ -315,6 +322,44 @@ def run_benchmark(
     if output_dir is not None:
         result["paths"] = write_results(result, output_dir, result["name"])
     return result
+
+
+def generation_inputs(tokenizer: Any, settings: BenchSettings, data: dict[str, Any],
+                      max_length: int) -> tuple[list[int], list[list[int]]]:
+    """The prompt ids and held-out token sequences every generator of a run gets (the same for every engine)."""
+    tok = plain_tokenizer(tokenizer)
+    prompt_ids = tok.encode(texts_of_length(tok, data["texts"], settings.prompt_tokens, 1)[0]).ids
+    held_out = [tok.encode(t).ids[:max_length] for t in data["texts"][: settings.perplexity_texts]]
+    return list(prompt_ids), held_out
+
+
+def _measure_peers(folder: Path, manifest: Any, teacher: str | None, settings: BenchSettings,
+                   data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the peer engines (`settings.peers`) on the teacher, built and measured here, in this run."""
+    from tokenizers import Tokenizer
+
+    from edgellm.bench.peers import measure_peers, prepare_peers
+
+    if not teacher:
+        raise ModelError(f"{folder}'s manifest names no teacher for the peers; pass --teacher PATH")
+    threads = settings.resolved_threads()
+    prompt_ids, held_out = generation_inputs(Tokenizer.from_file(str(folder / manifest.tokenizer)), settings, data,
+                                             manifest.max_length)
+    specs = prepare_peers(teacher, engines=settings.peers, threads=threads)
+    rows = []
+    for r in measure_peers(specs, threads=threads, prompt_ids=prompt_ids, max_new_tokens=settings.new_tokens,
+                           heldout=held_out, warmup=settings.generation_warmup, repeat=settings.generation_repeat):
+        rss = r.get("peak_rss_bytes")
+        rows.append({
+            "name": f"{r['name']} {r['format']}", "kind": "peer", "stage": "peer", "engine": r["name"],
+            "precision": r["format"], "path": "", "task": "text-generation", "backend": r["name"],
+            "size_bytes": r.get("size_bytes") or 0, "size_mb": (r.get("size_bytes") or 0) / 1e6,
+            "missing": r["missing"], "reason": r.get("reason"), "generation": r.get("generation"),
+            "perplexity": r.get("perplexity"), "perplexity_error": r.get("perplexity_error"),
+            "perplexity_texts": len(held_out), "peak_rss_mb": rss / 1e6 if rss else None,
+            "threads": threads, "runtime": r.get("info"),
+        })
+    return rows
 
 
 def _add_agreement(rows: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
@@ -355,9 +400,11 @@ def _add_generation_ratios(rows: list[dict[str, Any]]) -> None:
     base = ref["generation"]
     for row in rows:
         gen = row["generation"]
+        if row.get("missing") or gen is None:
+            continue
         row["vs_teacher"] = {
             "decode_speedup": gen["decode_tokens_per_s"] / base["decode_tokens_per_s"],
             "first_token_speedup": base["time_to_first_token_ms"] / gen["time_to_first_token_ms"],
             "size_ratio": ref["size_bytes"] / max(row["size_bytes"], 1),
-            "perplexity_ratio": row["perplexity"] / ref["perplexity"],
+            "perplexity_ratio": row["perplexity"] / ref["perplexity"] if row.get("perplexity") else None,
         }

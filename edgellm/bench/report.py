@@ -143,12 +143,18 @@ def _render_generation(result: dict[str, Any]) -> str:
         "| cold start s | peak RSS MB | × teacher decode | perplexity / teacher | × smaller than teacher |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    missing = []
     for r in rows:
+        if r.get("missing"):
+            missing.append(f"- {r['name']}: missing: {r.get('reason')}")
+            lines.append(f"| {r['stage']} | {r['name']} | {r['engine']} | {r['precision']} | missing (below) "
+                         "| – | – | – | – | – | – | – | – | – |")
+            continue
         g = r["generation"]
         vt = r.get("vs_teacher") or {}
         lines.append(
             f"| {r['stage']} | {r['name']} | {r['engine']} | {r['precision']} | {r['size_mb']:.1f} | "
-            f"{r['perplexity']:.2f} | {g['time_to_first_token_ms']:.1f} | {_fmt(g['prompt_tokens_per_s'], 1)} | "
+            f"{_fmt(r['perplexity'])} | {g['time_to_first_token_ms']:.1f} | {_fmt(g['prompt_tokens_per_s'], 1)} | "
             f"{_fmt(g['decode_tokens_per_s'], 1)} | {_fmt(r.get('cold_start_s'))} | {_fmt(r.get('peak_rss_mb'), 0)} | "
             f"{_fmt(vt.get('decode_speedup'))} | {_fmt(vt.get('perplexity_ratio'), 3)} | {_fmt(vt.get('size_ratio'), 1)} |"
         )
@@ -161,6 +167,12 @@ def _render_generation(result: dict[str, Any]) -> str:
         f"own. Cold start: a fresh process, start to first token (median of {s['cold_runs']}); peak RSS of that "
         "process after all new tokens. Size: model files (tokenizer excluded).",
     ]
+    if any(r.get("stage") == "peer" for r in rows):
+        lines += ["", "Peers (stage `peer`) run the same teacher in the same run, on the same prompt token ids, "
+                      "held-out texts and thread count, each in its own process (peak RSS of that process after "
+                      "loading and generating; no cold start)."]
+    if missing:
+        lines += ["", "Not measured:", *missing]
     return "\n".join(lines + _footer(result)) + "\n"
 
 
@@ -175,6 +187,7 @@ def plot_results(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     rows = result["subjects"]
     threads = result["settings"]["threads"]
     if result["task"] == "text-generation":
+        rows = [r for r in rows if not r.get("missing") and r.get("perplexity")]
         x = [1e3 / r["generation"]["decode_tokens_per_s"] for r in rows]
         y = [r["perplexity"] for r in rows]
         xlabel = f"decode latency, ms per token (batch 1, greedy, {threads} threads)"

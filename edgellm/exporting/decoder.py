@@ -47,6 +47,7 @@ __all__ = [
     "WeightFormats",
     "choose_default",
     "quantize_decoder_nbits",
+    "calibration_sequences",
     "export_causal_lm",
 ]
 
@@ -58,6 +59,7 @@ OPSET = 17
 DEFAULT_ATOL = CausalLMConfig.logits_atol  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
 DEFAULT_CONTEXT = CausalLMConfig.context_length  # tokens, when the model allows more
 GREEDY_CHECK_STEPS = 32
+CALIBRATION_TOKENS = 256  # tokens per GPTQ calibration sequence
 
 
 @dataclass
@@ -450,6 +452,27 @@ def generation_config(model: Any, tokenizer: Any, spec: DecoderSpec, *, context_
     }
 
 
+def calibration_sequences(tokenizer: Any, texts: Sequence[str], *, count: int,
+                          length: int = CALIBRATION_TOKENS) -> list[list[int]]:
+    """Up to `count` sequences of `length` token ids for GPTQ: `texts` one per line, packed back to back (the layer
+    inputs of long contexts, as the model sees them), taken evenly across `texts`; fewer, shorter ones when the
+    texts run out."""
+    texts = [t.strip() for t in texts if t and t.strip()]
+    step = max(1, len(texts) // max(1, count * 24))  # ~24 short sentences fill a 256-token sequence
+    out: list[list[int]] = []
+    ids: list[int] = []
+    for text in texts[::step]:
+        ids += tokenizer(text + "\n").input_ids
+        while len(ids) >= length and len(out) < count:
+            out.append(ids[:length])
+            ids = ids[length:]
+        if len(out) >= count:
+            return out
+    if len(ids) >= 2 and len(out) < count:
+        out.append(ids[:length])
+    return out
+
+
 def _context_length(model: Any, context_length: int | None) -> int:
     limit = int(getattr(model.config, "max_position_embeddings", DEFAULT_CONTEXT) or DEFAULT_CONTEXT)
     if context_length is None:
@@ -668,6 +691,7 @@ def export_causal_lm(
     weights: WeightFormats | None = None,
     graph: str = "fused",
     calibration_texts: Sequence[str] = (),
+    calibration_count: int = CausalLMConfig.calibration_sequences,
     default_tolerance: float = CausalLMConfig.default_tolerance,
     context_length: int | None = None,
     texts: Sequence[str] | None = None,
@@ -711,8 +735,8 @@ def export_causal_lm(
     length = _context_length(model, context_length)
     prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
     prompts = [p for p in prompts if p] or [[0]]
-    calibration = [ids for ids in (tokenizer(t).input_ids[:length] for t in (calibration_texts or texts or
-                                                                           SAMPLE_TEXTS)) if len(ids) >= 2]
+    calibration = calibration_sequences(tokenizer, calibration_texts or texts or SAMPLE_TEXTS,
+                                        count=calibration_count, length=min(length, CALIBRATION_TOKENS))
     with staging(output, overwrite=overwrite) as stage:
         tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
         generation, inputs, entries = write_decoder_models(

@@ -116,9 +116,10 @@ def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_siz
         order = np.argsort(-np.diag(h), kind="stable")
         w = w[:, order]
         h = h[np.ix_(order, order)]
+    w = w.astype(np.float32)  # the updates in float32, as the reference implementation; H's factorisation in float64
     try:
         inv = np.linalg.inv(np.linalg.cholesky(h))
-        u = np.linalg.cholesky(inv.T @ inv).T  # upper Cholesky factor of H^-1
+        u = np.linalg.cholesky(inv.T @ inv).T.astype(np.float32)  # upper Cholesky factor of H^-1
     except np.linalg.LinAlgError as exc:
         raise QuantizationError(f"GPTQ: the Hessian of a {k}x{n} weight is not positive definite ({exc})") from exc
     top = 2**bits - 1
@@ -135,7 +136,7 @@ def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_siz
             if fixed is None and col % block_size == 0:
                 s, z = _grid(chunk[:, j:j + block_size].astype(np.float32)[:, None, :], bits, symmetric, search)
                 scale[:, group], zero[:, group] = s[:, 0], z[:, 0]
-            s, z = scale[:, group].astype(np.float64), zero[:, group].astype(np.float64)
+            s, z = scale[:, group], zero[:, group]
             qc = np.clip(np.round(chunk[:, j] / s + z), 0, top)
             q[:, order[col]] = qc
             err = (chunk[:, j] - (qc - z) * s) / u[col, col]

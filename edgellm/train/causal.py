@@ -484,18 +484,6 @@ def lm_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], b
     return onnx_modes, "openvino" in config.backends
 
 
-def _calibration_texts(texts: Sequence[str], count: int) -> list[str]:
-    """`count` calibration texts for GPTQ: training texts joined into passages of ~12 sentences (layer inputs at
-    many positions, like the prompts the model will see), taken evenly across the training split."""
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        return []
-    per = 12
-    step = max(1, len(texts) // max(1, count * per))
-    chosen = texts[::step][: count * per]
-    return [" ".join(chosen[i:i + per]) for i in range(0, len(chosen), per)][:count]
-
-
 def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_dir: str | os.PathLike[str],
                        overwrite: bool = False, progress: bool = True) -> Any:
     """Run a text-generation recipe end to end and write the artifact; returns its Manifest.
@@ -526,7 +514,7 @@ def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_d
     return export_causal_lm(
         model, output, formats=recipe.export.formats, quantize=onnx_modes, openvino_int8=ov_int8,
         weights=weights, graph=lm.graph, default_tolerance=lm.default_tolerance,
-        calibration_texts=_calibration_texts(data.train.texts, lm.calibration_sequences),
+        calibration_texts=list(data.train.texts), calibration_count=lm.calibration_sequences,
         context_length=lm.context_length, atol=lm.logits_atol, stateful=lm.stateful, eval_texts=held_out,
         eval_max_length=int(data.max_length or 128),
         source=recipe.teacher, data=data.describe(), recipe=recipe.to_dict(), overwrite=overwrite,
