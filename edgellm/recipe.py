@@ -266,7 +266,7 @@ class CausalLMConfig:
     weight_bits: list[int] = field(default_factory=lambda: [8, 4])  # export: ONNX Runtime block-quantized weight formats made (onnx-int8, onnx-int4)
     block_size: int = 32  # export: weights per scale along the input dimension (4 / 8-bit formats); must divide the hidden and MLP sizes
     int4_method: Literal["gptq", "rtn"] = "gptq"  # export: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
-    int4_fallback: float = 0.25  # export: share of the 4-bit weights (largest output error first) kept at 8 bits
+    int4_fallback: float = 0.1  # export: share of the 4-bit weights (largest output error first) kept at 8 bits
     lm_head_bits: int | None = 8  # export: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
     calibration_sequences: int = 32  # export: training sequences whose layer inputs GPTQ corrects for
     default_tolerance: float = 0.01  # export: the artifact's default model is the fastest whose held-out perplexity is within this fraction of FP32's
