@@ -458,13 +458,16 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--max-examples", type=int, default=None, help="Cap on test sentences for accuracy.")
 @click.option("--prompt-tokens", type=int, default=None, help="Generators: prompt length in tokens.")
 @click.option("--new-tokens", type=int, default=None, help="Generators: tokens generated per run.")
+@click.option("--peer", "peers", multiple=True,
+              help="Generators: a peer engine measured in the same run (llama.cpp, onnxruntime-genai, openvino-genai; "
+                   "repeatable; `make peers` installs them).")
 @click.option("--name", default=None, help="Result name (default: the artifact folder's name).")
 @click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
               help="Where NAME.json, NAME.md and NAME.png go.")
 def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], teacher: str | None,
               no_baselines: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
               repeat: int | None, cold_runs: int | None, max_examples: int | None, prompt_tokens: int | None,
-              new_tokens: int | None, name: str | None, output_dir: str) -> None:
+              new_tokens: int | None, peers: tuple[str, ...], name: str | None, output_dir: str) -> None:
     """Measure every model of ARTIFACT side by side with the teacher (and Optimum INT8): latency, throughput, cold
     start, peak memory, size, accuracy; for generators first-token time, tokens/s and perplexity."""
     import os
@@ -479,6 +482,8 @@ def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], 
     settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if no_baselines:
         settings["baselines"] = False
+    if peers:
+        settings["peers"] = list(peers)
     command = "edgellm " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]) == "edgellm" else None
     result = run_benchmark(artifact, compare=compare, models=models or None, teacher=teacher, settings=settings,
                            name=name, output_dir=output_dir, command=command)

@@ -525,6 +525,9 @@ def test_cli_bench_writes_reports(classifier_artifact: Path, tmp_path: Path) -> 
         (["ART", "--lengths", "2"], "error (ConfigError): settings.lengths[0] = 2 is outside [4, inf]"),
         (["ART", "--threads", "0", "--no-baselines"], "error (ConfigError): settings.threads = 0 is outside"),
         (["ART", "--model", "nope"], "error (ArtifactError): artifact has no model named 'nope'"),
+        (["ART", "--peer", "vllm", "--no-baselines"],
+         "error (ConfigError): settings.peers: unknown engine(s) ['vllm']; known: ['llama.cpp', 'onnxruntime-genai', "
+         "'openvino-genai']"),
     ],
 )
 def test_cli_bench_errors(classifier_artifact: Path, args: list[str], message: str) -> None:
@@ -541,7 +544,7 @@ def test_bundled_suites_are_valid() -> None:
     from bench.run import SUITES, load_suite
 
     names = sorted(p.stem for p in SUITES.glob("*.yaml"))
-    assert {"reference", "minilm-embed"} <= set(names)
+    assert {"reference", "minilm-embed", "llm-teacher"} <= set(names)
     for name in names:
         suite = load_suite(name)
         assert suite.name == name and suite.produced_by and suite.settings.threads == 2
