@@ -668,14 +668,15 @@ def write_decoder_models(
 
 def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFormats,
                            calibration: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
-    """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits round-to-nearest (lossless in
-    practice), 4 bits with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
+    """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits symmetric round-to-nearest
+    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
     from edgellm.quantize.nbits import quantize_nbits
 
     method = weights.int4_method if bits == 4 else "rtn"
     if method == "gptq" and not calibration:
         raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
     result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size, method=method,
+                            symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
                             lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
                             fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
     return {**result.settings, "ops": result.ops}

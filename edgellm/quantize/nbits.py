@@ -87,7 +87,7 @@ def quantize_blocks(weight: np.ndarray, *, bits: int, block_size: int, symmetric
     """Round-to-nearest of a (K, N) weight: (q (N, K/B, B) uint8, scale (N, K/B), zero (N, K/B)) float32."""
     k, n = weight.shape
     blocks = weight.T.reshape(n, k // block_size, block_size).astype(np.float32)
-    scale, zero = _grid(blocks, bits, symmetric, search)
+    scale, zero = _grid(blocks, bits, symmetric, search and bits < 8)
     q = np.clip(np.round(blocks / scale[..., None] + zero[..., None]), 0, 2**bits - 1).astype(np.uint8)
     return q, scale, zero
 
