@@ -39,7 +39,11 @@ def test_manifest_records_generation_layout(lm_artifact: Path) -> None:
     manifest = verify_artifact(lm_artifact)
     assert manifest.task == "text-generation"
     assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-dynamic",
-                                                "openvino-int8-weight-only", "openvino-fp32"]
+                                                "openvino-int8-weight-only", "openvino-int4-weight-only",
+                                                "openvino-fp32"]
+    ov4 = manifest.model("openvino-int4-weight-only")
+    assert ov4.precision == "int4" and ov4.quantization["weights"] == "int4_asym, groups of 32"
+    assert ov4.metrics["vs_torch"]["greedy_steps"] == 32 and ov4.metrics["stateful"] is True
     # the default is the fastest model within 1% of FP32's perplexity; the lossy dynamic INT8 never is
     ratios = {m.name: m.metrics["vs_torch"]["perplexity_ratio"] for m in manifest.models}
     expected = next((n for n in ("onnx-int4", "onnx-int8") if ratios[n] <= 1.01), "onnx-fp32")

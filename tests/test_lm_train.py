@@ -216,7 +216,8 @@ def test_recipe_end_to_end_on_a_tiny_teacher(tiny_llama_factory: Any, text_file:
     manifest = compress_causal_lm(recipe, tmp_path / "art", work_dir=tmp_path / "work", progress=False)
     verify_artifact(tmp_path / "art")
     assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-dynamic",
-                                                 "openvino-int8-weight-only", "openvino-fp32"]
+                                                 "openvino-int8-weight-only", "openvino-int4-weight-only",
+                                                 "openvino-fp32"]
     assert manifest.model("onnx-int4").quantization["calibration_sequences"] > 0  # GPTQ on training text
     assert manifest.source["num_hidden_layers"] == 3 and manifest.generation["context_length"] == 64
     distill = manifest.metrics["distill"]

@@ -47,6 +47,7 @@ __all__ = [
     "WeightFormats",
     "choose_default",
     "quantize_decoder_nbits",
+    "quantize_decoder_openvino_int4",
     "calibration_sequences",
     "export_causal_lm",
 ]
@@ -421,6 +422,14 @@ def quantize_decoder_openvino(src_xml: Path, dst_xml: Path) -> tuple[list[str], 
     return [f.name for f in result.files], {**result.settings, "ops": result.ops}, result.inference_precision
 
 
+def quantize_decoder_openvino_int4(src_xml: Path, dst_xml: Path, *, group_size: int) -> tuple[list[str], dict[str, Any]]:
+    """4-bit weights (NNCF compress_weights INT4_ASYM, data-free, groups of `group_size`) of an OpenVINO decoder IR."""
+    from edgellm.quantize.openvino import compress_weights_int4
+
+    result = compress_weights_int4(src_xml, dst_xml, group_size=group_size)
+    return [f.name for f in result.files], {**result.settings, "ops": result.ops}
+
+
 # -- artifact ----------------------------------------------------------------------------------------------------
 
 
@@ -657,6 +666,13 @@ def write_decoder_models(
                 ModelEntry(name="openvino-int8-weight-only", path=qxml.name, backend="openvino", precision="int8",
                            files=qfiles, inference_precision=hint, quantization=info, metrics={"stateful": stateful}),
                 False, "OpenVINO INT8 weight-only decoder", inputs))
+            if 4 in weights.bits:
+                q4 = folder / "openvino_model_int4.xml"
+                q4files, q4info = quantize_decoder_openvino_int4(xml, q4, group_size=weights.block_size)
+                ov_entries.insert(1, checked(
+                    ModelEntry(name="openvino-int4-weight-only", path=q4.name, backend="openvino", precision="int4",
+                               files=q4files, inference_precision="f32", quantization=q4info,
+                               metrics={"stateful": stateful}), False, "OpenVINO INT4 weight-only decoder", inputs))
     if "onnx" not in formats:
         for entry in onnx_entries:
             (folder / entry.path).unlink()

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edgellm.config import suggest
+from edgellm.config import check_range, suggest
 from edgellm.errors import ConfigError, DataError, QuantizationError, UnsupportedTargetError
 from edgellm.quantize.calibration import check_feeds
 from edgellm.quantize.presets import Preset, detect_preset, get_preset
@@ -159,6 +159,37 @@ def _save(model: Any, dst: Path) -> list[Path]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_ir(model, dst, compress_to_fp16=False)  # node names renumbered: the same bytes in any process
     return [dst, dst.with_suffix(".bin")]
+
+
+def compress_weights_int4(src: str | Path, dst: str | Path, *, group_size: int = 64, ratio: float = 1.0,
+                          backup_int8: bool = True) -> OvQuantResult:
+    """4-bit weights of an OpenVINO IR (NNCF `compress_weights`, INT4_ASYM in groups of `group_size` along the input
+    dimension, data-free): `ratio` of the weights get 4 bits, the rest INT8 (`backup_int8`) - NNCF keeps the
+    embedding and the last MatMul at 8 bits itself. For decoders (the LLM path); activations stay float."""
+    from importlib.metadata import version
+
+    ov, nncf = _ov(), _nncf()
+    src, dst = Path(src), Path(dst)
+    if not isinstance(group_size, int) or group_size < 8:
+        raise ConfigError(f"group_size must be an int >= 8, not {group_size!r}")
+    check_range("ratio", ratio, low=0.0, high=1.0, low_open=True)
+    try:
+        model = ov.Core().read_model(str(src))
+    except Exception as exc:
+        raise QuantizationError(f"cannot read OpenVINO model {src}: {exc}") from exc
+    check_openvino_not_quantized(model, f"OpenVINO model {src.name}")
+    backup = nncf.BackupMode.INT8_ASYM if backup_int8 else nncf.BackupMode.NONE
+    try:
+        out = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size,
+                                    ratio=ratio, backup_mode=backup)
+    except Exception as exc:
+        raise QuantizationError(f"NNCF 4-bit compress_weights failed on {src.name} (group_size {group_size} must "
+                                f"divide every MatMul's input size): {exc}") from exc
+    files = _save(out, dst)
+    settings = {"tool": "nncf", "tool_version": version("nncf"), "mode": "weight-only-int4",
+                "weights": f"int4_asym, groups of {group_size}", "ratio": ratio,
+                "backup": "int8_asym" if backup_int8 else "none", "activations": "float", "data_aware": False}
+    return OvQuantResult(files, settings, openvino_ops(out), "f32")
 
 
 def quantize_openvino(
