@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -263,3 +263,15 @@ def lm_artifact_no_template(tiny_llama_factory: Callable[..., Path], tmp_path_fa
     export_causal_lm(tiny_llama_factory(chat_template=False, layers=2), out, quantize=(), formats=("onnx",),
                      context_length=32, texts=SAMPLE_TEXTS[:2])
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models: one torch thread is faster, and immune to a busy machine's spinning thread pools (modules that
+    build tiny decoders use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
