@@ -156,6 +156,8 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
 
 def next_token(logits: np.ndarray, opts: GenerationOptions, rng: np.random.Generator, seen: np.ndarray) -> int:
     """One token from a logits row (V,) under `opts`."""
+    if opts.greedy and opts.repetition_penalty == 1.0:
+        return int(np.argmax(logits))  # float32 -> float64 is exact: the same token, without the copy
     scores = apply_repetition_penalty(logits.astype(np.float64), seen, opts.repetition_penalty)
     if opts.greedy:
         return int(np.argmax(scores))
