@@ -62,7 +62,7 @@ def fused_decoder_supported(model: Any) -> str | None:
 
 
 class _Graph:
-    """Nodes, initializers and value infos of one ONNX graph, with unique names."""
+    """The nodes and initializers of one ONNX graph as it is written."""
 
     def __init__(self) -> None:
         self.nodes: list[Any] = []
@@ -88,7 +88,7 @@ class _Graph:
 
 
 def _np(tensor: Any) -> np.ndarray:
-    return tensor.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+    return tensor.detach().float().cpu().numpy()
 
 
 def _rotary_caches(model: Any, length: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:

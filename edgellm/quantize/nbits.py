@@ -276,7 +276,7 @@ def quantize_nbits(
     results = {name: _quantize_one(weights[node.input[1]], node_bits, block_size, symmetric, hessians.get(name),
                                    act_order)
                for name, (node, node_bits) in targets.items()}
-    fallback = _fallback(results, targets, fallback_fraction)
+    fallback = _fallback(results, fallback_fraction)
     for name in fallback:
         results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_size, symmetric, hessians.get(name),
                                    act_order)
@@ -354,7 +354,7 @@ def _quantize_one(tensor: Any, bits: int, block_size: int, symmetric: bool, hess
     return q, scale, zero, bits, rel
 
 
-def _fallback(results: dict[str, Any], targets: dict[str, Any], fraction: float) -> list[str]:
+def _fallback(results: dict[str, Any], fraction: float) -> list[str]:
     """The 4-bit weights with the largest relative error, up to `fraction` of all 4-bit parameters."""
     four = {name: r for name, r in results.items() if r[3] == 4}
     total = sum(r[0].size for r in four.values())

@@ -167,13 +167,11 @@ class _SharedBufferSession(DecodeSession):
         shape = (1, layout.num_kv_heads, capacity, layout.head_dim)
         self._arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]  # pages touched only when written
         self._buffers = [OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
-        self._mask = np.ones((1, capacity), dtype=np.int64)
         self._binding = io = backend._session.io_binding()
         io.bind_output("logits")  # first: get_outputs() lists outputs in binding order; ORT allocates it per run
         for past, present, buffer in zip(layout.past, layout.present, self._buffers):  # bound once, for every step
             io.bind_ortvalue_input(past, buffer)
             io.bind_ortvalue_output(present, buffer)
-        self._keep = {}  # keep -> its scalar array (bound by reference: it must stay alive)
         self.length = 0
 
     def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
@@ -182,15 +180,9 @@ class _SharedBufferSession(DecodeSession):
             raise GenerationError(f"the sequence reached {total} tokens; this session's KV buffer holds "
                                   f"{self.capacity} (the context)")
         io = self._binding
-        ids_array = np.asarray([ids], dtype=np.int64)  # alive until run_with_iobinding returns
-        io.bind_cpu_input("input_ids", ids_array)
-        io.bind_cpu_input("attention_mask", self._mask[:, :total])
-        if keep not in self._keep:
-            self._keep[keep] = np.array(keep, dtype=np.int64)
-        io.bind_cpu_input(self.layout.keep_input, self._keep[keep])
-        if self.layout.position_ids:
-            positions = np.arange(self.length, total, dtype=np.int64)[None, :]
-            io.bind_cpu_input("position_ids", positions)
+        feeds = self.layout.feeds(ids, self.length, keep)  # alive until run_with_iobinding returns
+        for name, array in feeds.items():
+            io.bind_cpu_input(name, array)
         io.bind_output("logits")  # re-bound (in its first place): a fresh output of this step's shape
         try:
             self.backend._session.run_with_iobinding(io)
