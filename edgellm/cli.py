@@ -459,8 +459,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--prompt-tokens", type=int, default=None, help="Generators: prompt length in tokens.")
 @click.option("--new-tokens", type=int, default=None, help="Generators: tokens generated per run.")
 @click.option("--peer", "peers", multiple=True,
-              help="Generators: a peer engine measured in the same run (llama.cpp, onnxruntime-genai, openvino-genai; "
-                   "repeatable; `make peers` installs them).")
+              help="Generators: a peer engine measured in the same run (repeatable; the known names are "
+                   "edgellm.bench.peers.ENGINES, listed by the error for any other; `make peers` installs them).")
 @click.option("--name", default=None, help="Result name (default: the artifact folder's name).")
 @click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
               help="Where NAME.json, NAME.md and NAME.png go.")
