@@ -9,9 +9,9 @@ and 128 new tokens (greedy, end-of-sequence ignored; medians of 3 runs after 1 w
 test sentences (the recipe's seeded test split of the four VADER corpora; its sha256 is checked against the
 student artifact's record), model size, cold start and peak resident memory in a fresh process. Every number is
 produced by this script through `edgellm.bench.run_benchmark`, written to bench/results/NAME.json / .md / .png,
-and copied into README's `generate-smollm2` block.
+and copied into the `generate-smollm2` block of docs/benchmarks.md.
 
-The llama.cpp numbers in BASELINES.md were measured earlier on this machine, not in this run (llama-cpp-python is
+The llama.cpp Q8_0 decode speed quoted here was measured earlier on this machine, not in this run (llama-cpp-python is
 not part of the install); the report quotes them as such.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-LLAMA_CPP_Q8_0_DECODE = 133.0  # tok/s, BASELINES.md (llama-cpp-python 0.3.36, Q8_0, this machine, earlier run)
+LLAMA_CPP_Q8_0_DECODE = 133.0  # tok/s (llama-cpp-python 0.3.36, Q8_0, this machine, an earlier run)
 TARGET_SPEEDUP = 3.0  # decode tokens/s vs the teacher in FP32 PyTorch
 TARGET_PERPLEXITY_RATIO = 1.3  # student INT8 perplexity / teacher perplexity
 
@@ -145,7 +145,7 @@ def targets(result: dict[str, Any], student_name: str) -> dict[str, Any]:
         }
     out["targets"] = {"decode_speedup": TARGET_SPEEDUP, "perplexity_ratio": TARGET_PERPLEXITY_RATIO,
                       "llama_cpp_q8_0_decode_tokens_per_s": LLAMA_CPP_Q8_0_DECODE,
-                      "llama_cpp_note": "BASELINES.md, measured earlier on this machine, not in this run"}
+                      "llama_cpp_note": "measured earlier on this machine, not in this run"}
     return out
 
 
@@ -154,7 +154,7 @@ def summary_markdown(summary: dict[str, Any], distill: dict[str, Any]) -> str:
              f"Teacher FP32 PyTorch: {summary['teacher_decode_tokens_per_s']:.1f} decode tok/s, perplexity "
              f"{summary['teacher_perplexity']:.2f}. Targets: >= {TARGET_SPEEDUP:g}x decode speed at perplexity <= "
              f"{TARGET_PERPLEXITY_RATIO:g}x; llama.cpp Q8_0 decodes the teacher at {LLAMA_CPP_Q8_0_DECODE:g} tok/s "
-             "(BASELINES.md, earlier run, not measured here).", "",
+             "(an earlier run on this machine, not measured here).", "",
              "| student INT8 model | decode tok/s | speed-up | perplexity ratio | speed target | perplexity target "
              "| > llama.cpp Q8_0 |", "|---|---|---|---|---|---|---|"]
     for name, m in summary["models"].items():
@@ -247,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     md = Path(paths["md"])
     md.write_text(md.read_text(encoding="utf-8") + summary_markdown(summary, distill)
                   + optimum_markdown(result.get("optimum_decode_step")), encoding="utf-8")
-    from bench.run import README, readme_text, update_readme
+    import os
 
-    png = Path(paths["png"]).relative_to(ROOT).as_posix()
-    if update_readme(README, "generate-smollm2", readme_text(md.read_text(encoding="utf-8"), png, args.name)):
-        log.info("README block generate-smollm2 updated")
+    from bench.run import block_target, readme_text, update_readme
+
+    document, block = block_target("docs/benchmarks.md#generate-smollm2")
+    png = Path(os.path.relpath(paths["png"], document.parent)).as_posix()
+    if update_readme(document, block, readme_text(md.read_text(encoding="utf-8"), png, args.name)):
+        log.info("%s block %s updated", document.name, block)
     print(json.dumps(summary, indent=2))
     return 0
 

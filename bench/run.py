@@ -1,15 +1,16 @@
-"""Reproduce README's benchmark tables with one command.
+"""Reproduce the documented benchmark tables (docs/benchmarks.md) with one command.
 
     python -m bench.run                          # suite `reference`: artifacts/sentiment-minilm (built by make demo)
     python -m bench.run artifacts/other          # the same suite on another artifact (more paths: compared)
     python -m bench.run --suite minilm-embed     # the MiniLM-L6 FP32 embedding export
-    python -m bench.run --suite minilm-embed --readme-only   # re-render tables and README from NAME.json
+    python -m bench.run --suite minilm-embed --readme-only   # re-render tables and the doc block from NAME.json
     make bench                                   # = python -m bench.run
 
 Each suite is bench/suites/NAME.yaml (validated: unknown keys and bad values are refused). The run writes
-bench/results/NAME.json, NAME.md and NAME.png, then replaces README's block between
-`<!-- bench:BLOCK:begin -->` and `<!-- bench:BLOCK:end -->` with NAME.md, so README's numbers are always the ones
-the command produced. Run it alone on the machine (here: under `flock /tmp/edgellm-heavy.lock`).
+bench/results/NAME.json, NAME.md and NAME.png, then replaces the block between `<!-- bench:BLOCK:begin -->` and
+`<!-- bench:BLOCK:end -->` in the suite's document (`readme_block: docs/benchmarks.md#BLOCK`, or `BLOCK` alone for
+README.md) with NAME.md, so the documented numbers are always the ones the command produced.
+Run it alone on the machine (here: under `flock /tmp/edgellm-heavy.lock`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from edgellm.bench import BenchSettings, run_benchmark, write_results
 from edgellm.config import from_dict
 from edgellm.errors import ConfigError, EdgeLLMError
 
-__all__ = ["Suite", "load_suite", "update_readme", "readme_text", "wait_until_quiet", "main", "ROOT", "SUITES"]
+__all__ = ["Suite", "load_suite", "block_target", "update_readme", "readme_text", "wait_until_quiet", "main", "ROOT", "SUITES"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "bench" / "suites"
@@ -46,7 +47,7 @@ class Suite:
     models: list[str] | None = None  # only these model entries of `artifact`; None: all
     teacher: str | None = None  # the baselines' teacher folder; None: the manifest's source model
     produced_by: str = ""  # the command that builds `artifact`, shown when it is missing
-    readme_block: str | None = None  # README block replaced by the table; None: README is left alone
+    readme_block: str | None = None  # block replaced by the table: BLOCK (in README.md) or PATH#BLOCK (PATH from the repository root); None: no document is touched
     settings: BenchSettings = field(default_factory=BenchSettings)
 
 
@@ -71,8 +72,21 @@ def _markers(block: str) -> tuple[str, str]:
     return f"<!-- bench:{block}:begin -->", f"<!-- bench:{block}:end -->"
 
 
+def block_target(spec: str) -> tuple[Path, str]:
+    """Where a suite's table goes: "docs/benchmarks.md#reference" -> (docs/benchmarks.md beside README.md,
+    "reference"); a bare "reference" -> (README.md, "reference")."""
+    path, sep, block = spec.rpartition("#")
+    if not sep:
+        return README, spec
+    if not path or not block or Path(path).is_absolute() or ".." in Path(path).parts:
+        raise ConfigError(f"readme_block {spec!r}: write PATH#BLOCK with PATH inside the repository "
+                          "(e.g. docs/benchmarks.md#reference), or BLOCK alone for README.md")
+    return README.parent / path, block
+
+
 def update_readme(readme: Path, block: str, text: str) -> bool:
-    """Replace the text between README's markers for `block` with `text`; True when the file changed."""
+    """Replace the text between the markers for `block` in the document `readme` (README.md or a docs/ page) with
+    `text`; True when the file changed."""
     begin, end = _markers(block)
     content = readme.read_text(encoding="utf-8")
     start, stop = content.find(begin), content.find(end)
@@ -117,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="*", help="artifact(s) to measure instead of the suite's (first = main)")
     parser.add_argument("--suite", default="reference", help="bench/suites/NAME.yaml (default: reference)")
-    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not update the suite's document block")
     parser.add_argument("--readme-only", action="store_true",
-                        help="measure nothing: re-render NAME.md, NAME.png and README's block from NAME.json")
+                        help="measure nothing: re-render NAME.md, NAME.png and the document block from NAME.json")
     parser.add_argument("--output-dir", default=str(RESULTS), help="where results go (default: bench/results)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS until other processes leave the cores idle")
@@ -159,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     table = Path(result["paths"]["md"]).read_text(encoding="utf-8")
     sys.stdout.write(table)
     if suite.readme_block and not args.no_readme and not args.artifacts:
-        png = os.path.relpath(result["paths"]["png"], README.parent)
+        try:
+            document, block = block_target(suite.readme_block)
+        except EdgeLLMError as exc:
+            sys.stderr.write(f"bench.run: error ({type(exc).__name__}): {exc}\n")
+            return 1
+        png = os.path.relpath(result["paths"]["png"], document.parent)
         title = f"{suite.name}: " + ("time per token vs perplexity" if result["task"] == "text-generation"
                                      else "latency vs accuracy")
-        changed = update_readme(README, suite.readme_block, readme_text(table, png, title))
-        sys.stdout.write(f"README.md block {suite.readme_block!r} {'updated' if changed else 'unchanged'}\n")
+        changed = update_readme(document, block, readme_text(table, png, title))
+        sys.stdout.write(f"{document.name} block {block!r} {'updated' if changed else 'unchanged'}\n")
     sys.stdout.write("wrote " + ", ".join(result["paths"].values()) + "\n")
     return 0
 
