@@ -60,7 +60,7 @@ def heldout(recipe: Any, student: Path) -> dict[str, Any]:
 
 def build(recipe_path: Path, student: Path, teacher_artifact: Path, work: Path, overrides: list[str]) -> None:
     """Run the recipe (distillation + export) and export the teacher itself, each only when missing."""
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.train.causal import compress_causal_lm, lm_quantize_modes, load_teacher_lm
 
@@ -89,7 +89,7 @@ def optimum_comparison(student_folder: Path, artifact: Path, *, threads: int, pa
     from optimum.exporters.onnx import main_export
 
     from edgellm.bench import time_calls
-    from edgellm.exporting.decoder import quantize_decoder
+    from edgellm.quantize.decoder import quantize_decoder
 
     out: dict[str, Any] = {"past_tokens": past, "threads": threads, "graphs": {}}
     with tempfile.TemporaryDirectory(prefix="edgellm-optimum-") as tmp:

@@ -8,7 +8,11 @@ import numpy as np
 
 from edgellm.errors import DataError
 
-__all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement"]
+__all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "log_softmax",
+           "lm_agreement", "SENTIMENT_PROMPT", "zero_shot_sentiment"]
+
+SENTIMENT_PROMPT = ("Is the following movie review positive or negative? Answer with one word.\n\n"
+                    "Review: {text}")  # the zero-shot task metric of text-generation artifacts
 
 
 def classification_metrics(predicted: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> dict[str, Any]:
@@ -83,3 +87,53 @@ def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, pairs: np.
         cu = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
         out["mean_cosine_to_reference"] = float((ru * cu).sum(1).mean())
     return out
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    return x - (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)
+
+
+def lm_agreement(reference: Any, candidate: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """How closely a language model follows a reference one: mean KL(reference || candidate) of the next-token
+    distributions (nats per position) and the share of positions whose most likely next token is the same (top-1
+    agreement), over every position of `sequences`. Both are anything with `.logits(ids)` -> (T, V)."""
+    kl, agree, count = 0.0, 0, 0
+    for ids in sequences:
+        if len(ids) < 2:
+            continue
+        ref = log_softmax(reference.logits(list(ids)))
+        got = log_softmax(candidate.logits(list(ids)))
+        kl += float((np.exp(ref) * (ref - got)).sum())
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        count += len(ids)
+    if count == 0:
+        raise DataError("no sequence of 2 or more tokens to compare the models on")
+    return {"kl": kl / count, "top1_agreement": agree / count, "positions": count}
+
+
+def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[int],
+                        label_names: Sequence[str]) -> dict[str, Any]:
+    """Sentiment accuracy of a text generator by prompting (no training): each text goes into SENTIMENT_PROMPT
+    (through the chat template when the model has one) and the label whose name's first token is more likely as
+    the answer's first token wins (either capitalisation, with or without a leading space)."""
+    if len(texts) != len(labels):
+        raise DataError(f"{len(texts)} texts for {len(labels)} labels")
+    variants = []
+    for name in label_names:
+        firsts = {ids[0] for v in (name, name.capitalize(), " " + name, " " + name.capitalize())
+                  if (ids := generator.encode(v, add_special_tokens=False))}
+        variants.append(sorted(firsts))
+    predicted = []
+    for text in texts:
+        prompt = SENTIMENT_PROMPT.format(text=text)
+        if generator.chat_template:
+            ids = generator.encode(generator.apply_chat_template([{"role": "user", "content": prompt}]),
+                                   add_special_tokens=False)
+        else:
+            ids = generator.encode(prompt + "\nAnswer:")
+        logp = log_softmax(generator.next_token_logits(ids))
+        predicted.append(int(np.argmax([np.logaddexp.reduce(logp[v]) for v in variants])))
+    return classification_metrics(predicted, labels, len(label_names))

@@ -19,8 +19,8 @@ Each stage writes into `WORK/<stage>-<key>/`, where the key hashes the stage's c
 data split and the edgellm version. A finished stage leaves `stage.json` (with the sha256 of every file it wrote);
 a rerun with the same recipe skips finished stages whose files are unchanged and resumes an interrupted one from
 its checkpoints. The artifact itself is published atomically
-at the end (`edgellm.artifact.staging`). Causal-LM recipes (text-generation) run
-`edgellm.train.causal.compress_causal_lm`, which keeps its own resumable work folder.
+at the end (`edgellm.artifact.staging`). Causal-LM recipes (text-generation) run the same cache through their
+own stages (teacher, corpus, distill, prune, export, quantize, evaluate): `edgellm.pipeline_lm`.
 """
 
 from __future__ import annotations
@@ -208,7 +208,10 @@ def compress(
             load_target(name)  # an unknown target fails now, not after training
     _check_text_sources(recipe)
     if recipe.task == "text-generation":
-        return _compress_causal_lm(recipe, out, work, overwrite=overwrite, progress=progress, say=say)
+        # imported here: pipeline_lm builds on this module (StageCache, publishing)
+        from edgellm.pipeline_lm import compress_causal_lm
+
+        return compress_causal_lm(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
     return _compress_encoder(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
 
 
@@ -230,21 +233,6 @@ def _check_text_sources(recipe: Recipe) -> None:
     for field_name, sources in fields:
         for i, source in enumerate(sources):
             check_text_source(source, f"recipe.{field_name}[{i}]")
-
-
-def _compress_causal_lm(recipe: Recipe, out: Path, work: Path, *, overwrite: bool, progress: bool,
-                        say: Callable[[str], None]) -> CompressResult:
-    from edgellm.train.causal import compress_causal_lm
-
-    say(f"[text-generation] teacher {recipe.teacher}: distil, export, quantize (work folder {work})")
-    manifest = compress_causal_lm(recipe, out, work_dir=work, overwrite=overwrite, progress=progress)
-    rows = []
-    for entry in manifest.models:
-        size = sum(manifest.files.get(f, {}).get("bytes", 0) for f in entry.files)
-        rows.append({"stage": "export", "model": entry.name, "backend": entry.backend, "precision": entry.precision,
-                     "parameters": manifest.source.get("parameters"), "size_mb": size / 1e6,
-                     "metric": entry.metrics.get("perplexity"), "metric_name": "perplexity", "p50_ms": None})
-    return CompressResult(manifest=manifest, output=out, work_dir=work, summary=rows)
 
 
 def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str], *, overwrite: bool,
@@ -625,7 +613,12 @@ def _metric(test: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def render_summary(rows: list[dict[str, Any]]) -> str:
-    """The end-of-run table as Markdown: stage, model, parameters, size MB, metric, p50 ms (padded / real)."""
+    """The end-of-run table as Markdown: stage, model, parameters, size MB, metric, p50 ms (padded / real);
+    text-generation rows get their own columns (`edgellm.pipeline_lm.render_lm_summary`)."""
+    if any("ppl_out_of_domain" in r for r in rows):
+        from edgellm.pipeline_lm import render_lm_summary  # here: pipeline_lm imports this module
+
+        return render_lm_summary(rows)
     metric = next((r["metric_name"] for r in rows if r.get("metric_name")), "metric")
     length_note = "p50 ms (batch 1, padded)"
     lines = [f"| stage | model | parameters | size MB | {metric} | {length_note} | p50 ms (real lengths) |",

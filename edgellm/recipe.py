@@ -251,29 +251,44 @@ class CausalLMConfig:
     temperature and schedule come from `distill`; the INT8 modes from `quantize.mode`; formats from `export`."""
 
     layer_selection: Literal["block-influence", "uniform"] = "block-influence"  # how distill.num_layers teacher layers are picked when distill.layers is null
-    corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "nyt-editorials", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way
-    teacher_samples: int = 0  # texts sampled from the teacher and added to training (sequence-level KD)
-    sample_tokens: int = 64  # new tokens per teacher sample
+    corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way (train / validation / test)
+    out_of_domain: list[str] = field(default_factory=lambda: ["nyt-editorials"])  # text never trained on (built-in names, files, hf:NAME): out-of-domain perplexity; must not overlap the training text
+    teacher_samples: int = 0  # texts the teacher writes from diverse prompts (seeded, cached) added to training: general-domain data
+    sample_tokens: int = 256  # new tokens at most per teacher text (<= 512)
+    sample_seed: int = 0  # seed of the teacher prompts' order and of sampling (text i uses sample_seed + i)
+    token_budget: int | None = None  # distillation stops after this many training tokens (None: distill.epochs / budget_minutes decide)
     freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # the frozen teacher's weights during distillation (bf16: faster where the CPU has AMX, targets rounded)
-    eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation
+    eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation during distillation
+    eval_texts: int = 200  # evaluate stage: held-out texts scored per model, in-domain (test split) and out-of-domain each
+    agreement_texts: int = 40  # evaluate stage: texts (half in-domain, half out-of-domain) for KL and top-1 agreement with the FP32 teacher
+    sentiment_examples: int = 200  # evaluate stage: movie-reviews test rows for zero-shot sentiment accuracy by prompting (0 = skip)
+    decode_tokens: int = 128  # evaluate stage: new tokens per timed generation (prompt: evaluate.latency_length tokens)
+    decode_repeat: int = 3  # evaluate stage: timed generations per model (median; after one warm-up)
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
     budget_minutes: float | None = None  # train about this long: distill.epochs cut to what fits, from timed trial steps
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
     stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
     logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text
     graph: Literal["fused", "plain"] = "fused"  # export: ONNX Runtime graph: fused kernels (GroupQueryAttention, shared KV buffer, MatMulNBits) or plain ONNX ops
-    weight_bits: list[int] = field(default_factory=lambda: [8, 4])  # export: ONNX Runtime block-quantized weight formats made (onnx-int8, onnx-int4)
-    block_size: int = 32  # export: weights per scale along the input dimension (4 / 8-bit formats); must divide the hidden and MLP sizes
-    int4_method: Literal["gptq", "rtn"] = "gptq"  # export: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
-    int4_fallback: float = 0.1  # export: share of the 4-bit weights (largest output error first) kept at 8 bits
-    lm_head_bits: int | None = 8  # export: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
-    calibration_sequences: int = 32  # export: training sequences whose layer inputs GPTQ corrects for
-    default_tolerance: float = 0.01  # export: the artifact's default model is the fastest whose held-out perplexity is within this fraction of FP32's
+    weight_bits: list[int] = field(default_factory=lambda: [8, 4])  # quantize: ONNX Runtime block-quantized weight formats made (onnx-int8, onnx-int4)
+    block_size: int = 32  # quantize: weights per scale along the input dimension (4 / 8-bit formats); must divide the hidden and MLP sizes
+    int4_method: Literal["gptq", "rtn"] = "gptq"  # quantize: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
+    int4_fallback: float = 0.1  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits
+    lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
+    calibration_sequences: int = 32  # quantize: training sequences whose layer inputs GPTQ corrects for
+    default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:
         check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
-        check_range(f"{where}.sample_tokens", self.sample_tokens, low=1)
+        check_range(f"{where}.sample_tokens", self.sample_tokens, low=1, high=512)
+        check_range(f"{where}.sample_seed", self.sample_seed, low=0)
+        check_range(f"{where}.token_budget", self.token_budget, low=1)
+        check_range(f"{where}.eval_texts", self.eval_texts, low=1)
+        check_range(f"{where}.agreement_texts", self.agreement_texts, low=0)
+        check_range(f"{where}.sentiment_examples", self.sentiment_examples, low=0)
+        check_range(f"{where}.decode_tokens", self.decode_tokens, low=2)
+        check_range(f"{where}.decode_repeat", self.decode_repeat, low=1)
         check_range(f"{where}.eval_rows", self.eval_rows, low=1)
         check_range(f"{where}.max_steps", self.max_steps, low=1)
         check_range(f"{where}.budget_minutes", self.budget_minutes, low=0.0, low_open=True)
@@ -325,7 +340,55 @@ class Recipe:
         return to_dict(self)
 
 
+# Recipe fields a text-generation recipe must not set: each has no effect on a causal LM (or another field does
+# the job, named here), so setting it is a ConfigError instead of a silently ignored line.
+NOT_FOR_CAUSAL_LM = {
+    "finetune": "a causal LM is distilled as it is (no task head to fine-tune); remove it or set finetune: null",
+    "data.label_column": "text-generation reads text only",
+    "distill.alpha_hidden": "causal-LM distillation is token-level KD (+ cross-entropy)",
+    "distill.alpha_attention": "causal-LM distillation is token-level KD (+ cross-entropy)",
+    "distill.embedding_loss": "it is for feature-extraction",
+    "export.max_length": "use causal_lm.context_length",
+    "export.atol": "use causal_lm.logits_atol",
+    "export.trim_vocab": "vocabulary trimming is for encoders (an LM head over a trimmed vocabulary changes every "
+                         "probability)",
+    "export.vocab_texts": "vocabulary trimming is for encoders",
+    "export.cls_only": "it is for BERT classifiers",
+    "quantize.preset": "decoders get block-quantized weights (causal_lm.weight_bits, block_size)",
+    "quantize.calibration_method": "static INT8 is not offered for decoders",
+    "quantize.calibration_samples": "use causal_lm.calibration_sequences (GPTQ)",
+    "quantize.per_channel": "use causal_lm.block_size",
+    "quantize.reduce_range": "decoders get block-quantized weights",
+    "quantize.fuse": "the fused decoder graph is causal_lm.graph",
+    "quantize.quantize_embeddings": "decoders keep the embedding in FP16",
+    "quantize.exclude": "decoders get block-quantized weights (causal_lm.int4_fallback keeps weights at 8 bits)",
+    "quantize.tolerance": "use causal_lm.default_tolerance (the default model's perplexity budget)",
+    "quantize.max_fallback": "use causal_lm.int4_fallback",
+    "quantize.fp16": "decoders are exported in FP32 and block-quantized",
+    "evaluate.repeat": "use causal_lm.decode_repeat (timed generations)",
+}
+
+
+def _check_applicable(data: dict[str, Any], where: str) -> None:
+    """ConfigError naming the first field given that the recipe's task does not use."""
+    task = data.get("task")
+    if task != "text-generation":
+        if data.get("causal_lm") is not None:
+            raise ConfigError(f"{where}: causal_lm applies to task text-generation only, not {task!r}; remove it")
+        return
+    for dotted, why in NOT_FOR_CAUSAL_LM.items():
+        section, _, key = dotted.partition(".")
+        node = data.get(section)
+        given = (section in data and node is not None) if not key else (isinstance(node, dict) and key in node)
+        if given:
+            raise ConfigError(f"{where}: {dotted} does not apply to text-generation: {why}")
+
+
 def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
+    if isinstance(data, dict):
+        _check_applicable(data, where)
+        if data.get("task") == "text-generation":
+            data = {**data, "finetune": None, "causal_lm": data.get("causal_lm") or {}}
     return from_dict(Recipe, data, where)
 
 

@@ -246,7 +246,7 @@ def lm_artifact(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A tiny text-generation artifact: ONNX FP32 + INT8 dynamic, OpenVINO FP32 + INT8 weight-only, stateful
     (session-wide, read-only)."""
     from edgellm.data import SAMPLE_TEXTS
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
 
     out = tmp_path_factory.mktemp("artifacts") / "lm"
     export_causal_lm(tiny_llama_dir, out, quantize=("dynamic",), formats=("onnx", "openvino"), texts=SAMPLE_TEXTS[:3])
@@ -257,7 +257,7 @@ def lm_artifact(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def lm_artifact_no_template(tiny_llama_factory: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny text-generation artifact whose tokenizer has no chat template, 32-token context, ONNX FP32 only."""
     from edgellm.data import SAMPLE_TEXTS
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
 
     out = tmp_path_factory.mktemp("artifacts") / "lm-no-template"
     export_causal_lm(tiny_llama_factory(chat_template=False, layers=2), out, quantize=(), formats=("onnx",),

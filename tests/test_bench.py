@@ -632,7 +632,7 @@ def test_torch_generator_streams_greedy_tokens_and_scores(tiny_llama_dir: Path) 
 
 @pytest.fixture(scope="module")
 def llama_artifact(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
 
     out = tmp_path_factory.mktemp("lm") / "tiny-lm"
     export_causal_lm(str(tiny_llama_dir), out, formats=("onnx",), quantize=(), source=str(tiny_llama_dir))

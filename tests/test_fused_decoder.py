@@ -44,7 +44,7 @@ def build_tiny_qwen2(folder: Path, *, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def decoders(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Fused and plain FP32 artifacts of a tiny Llama and a tiny Qwen2 (ONNX only, no quantized models)."""
-    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
 
     root = tmp_path_factory.mktemp("fused")
     qwen = build_tiny_qwen2(root / "qwen2-src")
@@ -87,7 +87,7 @@ def test_shared_buffer_equals_no_cache_up_to_the_context_end(tiny_llama_factory:
     """A 32-token context: prompt + output fill it exactly; cached and uncached tokens agree to the last one, and
     a session asked to hold more than its buffer raises a typed error."""
     from edgellm.errors import GenerationError
-    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.runtime import load
 
     export_causal_lm(tiny_llama_factory(), tmp_path / "lm", formats=("onnx",), weights=WeightFormats(bits=()),
@@ -151,7 +151,7 @@ def test_fused_graph_refuses_what_it_cannot_write(tiny_llama_factory: Callable[.
     falls back to the plain graph and records why."""
     from edgellm.artifact import read_manifest
     from edgellm.errors import ExportError
-    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.exporting.fused_decoder import build_fused_decoder
     from edgellm.models import load_causal_lm
 
@@ -166,7 +166,7 @@ def test_fused_graph_refuses_what_it_cannot_write(tiny_llama_factory: Callable[.
 
 def test_block_size_must_divide_the_hidden_size(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from edgellm.errors import ConfigError
-    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
 
     with pytest.raises(ConfigError, match="block_size 128 does not divide the input size 64 of"):
         export_causal_lm(tiny_llama_dir, tmp_path / "lm", formats=("onnx",),

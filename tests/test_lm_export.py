@@ -171,7 +171,7 @@ def test_batched_padded_graph_matches_torch(lm_artifact: Path, tiny: tuple[Any, 
 
 def test_export_mismatch_raises_and_leaves_nothing(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from edgellm.errors import ExportMismatchError
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
 
     out = tmp_path / "lm"
     with pytest.raises(ExportMismatchError, match=r"ONNX FP32 decoder differs from torch by max abs [0-9.e-]+ .*\(tolerance 0\)"):
@@ -190,7 +190,7 @@ def test_export_mismatch_raises_and_leaves_nothing(tiny_llama_dir: Path, tmp_pat
 )
 def test_export_bad_options(tiny_llama_dir: Path, tmp_path: Path, kwargs: dict, error: str, message: str) -> None:
     import edgellm.errors as errors
-    from edgellm.exporting.decoder import export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
 
     with pytest.raises(getattr(errors, error), match=message):
         export_causal_lm(tiny_llama_dir, tmp_path / "lm", texts=PROMPTS[:1], **kwargs)

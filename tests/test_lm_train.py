@@ -151,11 +151,11 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
     config = DistillConfig(num_layers=2, epochs=8, batch_size=16, learning_rate=1e-2, temperature=1.0, alpha_ce=0.0,
                            eval_every=1000, warmup_ratio=0.0, precision="fp32")
-    lm = CausalLMConfig(layer_selection="uniform", eval_rows=40, freeze_embeddings=True, teacher_samples=4,
-                        sample_tokens=8)
-    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
+    lm = CausalLMConfig(layer_selection="uniform", eval_rows=40, freeze_embeddings=True, sample_tokens=8)
+    extra = ["the teacher wrote this story about a film", "a great plot and a slow story", "bad fun"]
+    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", extra_texts=extra, progress=False)
     m = student.metrics
-    assert m["teacher_samples"] == 4 and m["train_rows"] == len(data.train) + 4  # sequence-level KD rows added
+    assert m["extra_texts"] == 3 and m["train_rows"] == len(data.train) + 3  # teacher-written rows added
     assert m["teacher_layers"] == [0, 5] and student.model.config.num_hidden_layers == 2
     assert m["kl_teacher_student"]["validation"] < 0.75 * m["kl_teacher_student"]["initial_validation"]
     ppl = m["perplexity"]  # the student's validation perplexity moves to the teacher's
@@ -177,121 +177,12 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
 
 def test_quantize_modes_for_decoders() -> None:
     from edgellm.errors import ConfigError
+    from edgellm.quantize.decoder import decoder_quantize_modes
     from edgellm.recipe import QuantizeConfig
-    from edgellm.train.causal import lm_quantize_modes
 
-    assert lm_quantize_modes(None) == ((), False)
-    assert lm_quantize_modes(QuantizeConfig(mode="none")) == ((), False)
-    assert lm_quantize_modes(QuantizeConfig(mode="dynamic")) == (("dynamic",), True)  # + the lossy plain-graph INT8
-    assert lm_quantize_modes(QuantizeConfig(mode="weight-only", backends=["onnxruntime"])) == ((), False)
+    assert decoder_quantize_modes(None) == ((), False)
+    assert decoder_quantize_modes(QuantizeConfig(mode="none")) == ((), False)
+    assert decoder_quantize_modes(QuantizeConfig(mode="dynamic")) == (("dynamic",), True)  # + the lossy plain INT8
+    assert decoder_quantize_modes(QuantizeConfig(mode="weight-only", backends=["onnxruntime"])) == ((), False)
     with pytest.raises(ConfigError, match="'static' is not supported for text-generation"):
-        lm_quantize_modes(QuantizeConfig(mode="static"))
-
-
-@pytest.mark.slow
-def test_recipe_end_to_end_on_a_tiny_teacher(tiny_llama_factory: Any, text_file: Path, tmp_path: Path) -> None:
-    """data -> student (distilled) -> decoder ONNX FP32 / INT8 + OpenVINO -> artifact with perplexity per model."""
-    from edgellm.artifact import verify_artifact
-    from edgellm.recipe import recipe_from_dict
-    from edgellm.runtime import load
-    from edgellm.train.causal import compress_causal_lm
-
-    recipe = recipe_from_dict({
-        "teacher": str(tiny_llama_factory(layers=6)),
-        "task": "text-generation",
-        "data": {"path": str(text_file), "split": {"validation": 0.1, "test": 0.1}, "max_length": 32},
-        "finetune": None,
-        "distill": {"num_layers": 3, "epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "temperature": 1.0,
-                    "eval_every": 1000, "precision": "fp32"},
-        "quantize": {"mode": "dynamic"},
-        "causal_lm": {"corpora": [], "eval_rows": 20, "layer_selection": "uniform", "context_length": 64},
-    })
-    manifest = compress_causal_lm(recipe, tmp_path / "art", work_dir=tmp_path / "work", progress=False)
-    verify_artifact(tmp_path / "art")
-    assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-dynamic",
-                                                 "openvino-int8-weight-only", "openvino-int4-weight-only",
-                                                 "openvino-fp32"]
-    assert manifest.model("onnx-int4").quantization["calibration_sequences"] > 0  # GPTQ on training text
-    assert manifest.source["num_hidden_layers"] == 3 and manifest.generation["context_length"] == 64
-    distill = manifest.metrics["distill"]
-    assert distill["teacher_layers"] == [0, 2, 5] and set(distill["perplexity"]) >= {"teacher_test", "student_test"}
-    fp32 = manifest.model("onnx-fp32").metrics
-    # the exported FP32 student scores the held-out test rows like torch did
-    assert fp32["perplexity"] == pytest.approx(distill["perplexity"]["student_test"], rel=1e-3)
-    for entry in manifest.models:
-        assert entry.metrics["perplexity_tokens"] == fp32["perplexity_tokens"] > 0
-        assert 0.8 < entry.metrics["perplexity"] / fp32["perplexity"] < 1.25
-    assert manifest.data["split"]["sizes"]["test"] > 0 and manifest.recipe["task"] == "text-generation"
-    assert len(list(load(tmp_path / "art", threads=1).tokens("the film", 5, ignore_eos=True))) == 5
-    from edgellm.models import load_causal_lm
-
-    saved = load_causal_lm(tmp_path / "work" / "student")  # the distilled student as a Hugging Face folder
-    assert saved.config.num_hidden_layers == 3 and (tmp_path / "work" / "student" / "tokenizer.json").is_file()
-
-
-def test_smollm2_recipe_is_valid() -> None:
-    from edgellm.recipe import load_recipe
-
-    recipe = load_recipe(Path(__file__).resolve().parent.parent / "export" / "lm-smollm2.yaml")
-    assert recipe.task == "text-generation" and recipe.teacher == "embedded:SmolLM2-135M-Instruct"
-    assert recipe.finetune is None and recipe.distill is not None and recipe.causal_lm is not None
-    assert recipe.causal_lm.corpora == ["movie-reviews", "tweets", "nyt-editorials", "amazon-reviews"]
-    assert recipe.distill.temperature == 1.0 and recipe.quantize is not None and recipe.quantize.mode == "dynamic"
-
-
-def test_causal_lm_config_rejects_bad_values() -> None:
-    from edgellm.errors import ConfigError
-    from edgellm.recipe import recipe_from_dict
-
-    base = {"teacher": "x", "task": "text-generation"}
-    with pytest.raises(ConfigError, match=r"causal_lm.layer_selection"):
-        recipe_from_dict({**base, "causal_lm": {"layer_selection": "random"}})
-    with pytest.raises(ConfigError, match=r"causal_lm.context_length = 1 is outside"):
-        recipe_from_dict({**base, "causal_lm": {"context_length": 1}})
-    with pytest.raises(ConfigError, match=r"unknown key 'corpus'; did you mean 'corpora'"):
-        recipe_from_dict({**base, "causal_lm": {"corpus": ["tweets"]}})
-
-
-def test_time_budget_plans_the_epochs(teacher: Any, text_file: Path, tmp_path: Path) -> None:
-    import json
-
-    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
-    from edgellm.train.causal import distill_causal_lm, load_lm_data
-
-    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
-    config = DistillConfig(num_layers=2, epochs=1000, batch_size=16, learning_rate=1e-3, eval_every=1000,
-                           precision="fp32")
-    lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, budget_minutes=0.02)  # 1.2 s
-    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
-    plan = json.loads((tmp_path / "work" / "budget.json").read_text())
-    assert plan == student.metrics["budget"] and plan["budget_minutes"] == 0.02
-    assert plan["planned_steps"] == max(1, int(0.9 * 1.2 / (plan["seconds_per_step"] + 1.5 * plan["eval_seconds"] / 1000)))
-    assert student.metrics["steps"] == math.ceil(plan["epochs"] * plan["steps_per_epoch"]) < 1000 * plan["steps_per_epoch"]
-
-
-def test_bf16_teacher_gives_nearly_the_same_kd_targets(teacher: Any, text_file: Path, tmp_path: Path) -> None:
-    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
-    from edgellm.train.causal import distill_causal_lm, load_lm_data
-
-    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
-    config = DistillConfig(num_layers=2, epochs=1, batch_size=16, learning_rate=1e-3, eval_every=1000,
-                           precision="fp32", alpha_ce=0.0)
-    runs = {}
-    for precision in ("fp32", "bf16"):
-        lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, teacher_precision=precision)
-        runs[precision] = distill_causal_lm(teacher, data, config, lm, tmp_path / precision, progress=False)
-    a, b = (runs[p].metrics["history"][-1]["train_loss"] for p in ("fp32", "bf16"))
-    assert a == pytest.approx(b, rel=0.05) and a != b  # bf16 rounding changes the targets a little
-    assert teacher.model.dtype.is_floating_point and str(teacher.model.dtype) == "torch.float32"  # untouched
-
-
-def test_teacher_samples_for_sequence_level_kd(teacher: Any) -> None:
-    from edgellm.train.causal import sample_teacher_texts
-
-    prompts = ["the film was", "a great story", "the plot"]
-    texts = sample_teacher_texts(teacher.model, teacher.tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=2)
-    again = sample_teacher_texts(teacher.model, teacher.tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=2)
-    assert texts == again and len(texts) == 3  # seeded
-    for prompt, text in zip(prompts, texts):
-        assert text.startswith(prompt) and len(teacher.tokenizer(text).input_ids) > len(teacher.tokenizer(prompt).input_ids)
-    assert teacher.tokenizer.padding_side == "right"  # restored after left-padded generation
+        decoder_quantize_modes(QuantizeConfig(mode="static"))

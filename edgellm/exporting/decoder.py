@@ -1,4 +1,4 @@
-"""Causal LM -> one decoder ONNX with a KV cache (past / present), checked against torch; INT8; OpenVINO IR.
+"""Causal LM -> one decoder ONNX with a KV cache (past / present), checked against torch; OpenVINO IR.
 
 The graph is written here for the Llama family (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query
 attention, gated MLP) from the Hugging Face model's own modules, so that every step is explicit and traces into a
@@ -12,13 +12,15 @@ small, fully dynamic graph:
 Prefill feeds P = 0 (empty past) and asks for 1 logit row (or T rows to score text); each decode step feeds
 T = 1. The same file runs without a cache by always feeding an empty past and the whole sequence.
 
-    manifest = export_causal_lm(student, "artifacts/smollm2-student", tokenizer=tok, quantize=("dynamic",))
+    export = write_decoder_models(student, tok, folder, prompts=[tok("Hello").input_ids], context_length=2048)
+    export.entries     # onnx-fp32 (the fused graph of fused_decoder.py) and openvino-fp32, each checked vs torch
+
+8 / 4-bit weights and INT8 of these graphs are the quantize stage's (`edgellm.quantize.decoder`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,41 +28,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
+from edgellm.artifact import Manifest, ModelEntry
 from edgellm.errors import ConfigError, ExportError, ExportMismatchError
 from edgellm.recipe import CausalLMConfig
 
 __all__ = [
     "DECODER_TYPES",
-    "INT8_MODES",
     "DecoderSpec",
+    "DecoderExport",
     "decoder_spec",
     "export_decoder_onnx",
     "check_decoder",
+    "check_entry",
     "torch_references",
     "TorchReference",
-    "quantize_decoder",
-    "quantize_decoder_openvino",
     "decoder_to_openvino",
     "generation_config",
+    "plain_inputs",
     "write_decoder_models",
-    "WeightFormats",
-    "choose_default",
-    "quantize_decoder_nbits",
-    "quantize_decoder_openvino_int4",
-    "calibration_sequences",
-    "export_causal_lm",
+    "decoder_manifest",
+    "context_length_for",
 ]
 
 log = logging.getLogger(__name__)
 
 DECODER_TYPES = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
-INT8_MODES = ("dynamic", "weight-only")  # ONNX INT8 variants: activations+weights / weights only
 OPSET = 17
 DEFAULT_ATOL = CausalLMConfig.logits_atol  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
 DEFAULT_CONTEXT = CausalLMConfig.context_length  # tokens, when the model allows more
 GREEDY_CHECK_STEPS = 32
-CALIBRATION_TOKENS = 256  # tokens per GPTQ calibration sequence
 
 
 @dataclass
@@ -368,22 +364,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 # -- INT8 and OpenVINO -------------------------------------------------------------------------------------------
 
 
-def quantize_decoder(src: Path, dst: Path, *, mode: str) -> dict[str, Any]:
-    """INT8 copy of an exported ONNX decoder through `edgellm.quantize.quantize_onnx` (no fusion, no calibration).
-
-    "dynamic": int8 weights per channel, activations quantized per call (DynamicQuantizeLinear + MatMulInteger; the
-    embedding Gather reads int8 too). "weight-only": int8 weights in MatMulNBits blocks, int8 compute
-    (accuracy_level 4); the embedding table stays FP32. Returns the settings and op counts for the manifest.
-    """
-    if mode not in INT8_MODES:
-        raise ConfigError(f"unknown INT8 mode {mode!r}; choose from {list(INT8_MODES)}")
-    from edgellm.quantize import quantize_onnx
-
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    result = quantize_onnx(src, dst, mode=mode, model_type=None, fuse=False)
-    return {**result.settings, "ops": result.ops}
-
-
 def decoder_to_openvino(onnx_path: Path, xml_path: Path, spec: DecoderSpec, *, stateful: bool) -> list[str]:
     """ONNX decoder -> OpenVINO IR (FP32 weights). With `stateful`, the KV cache becomes internal model state
     (ReadValue / Assign pairs): past / present leave the inputs and outputs, the batch is fixed to 1, and the
@@ -411,23 +391,6 @@ def decoder_to_openvino(onnx_path: Path, xml_path: Path, spec: DecoderSpec, *, s
     except Exception as exc:
         raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {exc}") from exc
     return [xml_path.name, xml_path.with_suffix(".bin").name]
-
-
-def quantize_decoder_openvino(src_xml: Path, dst_xml: Path) -> tuple[list[str], dict[str, Any], str]:
-    """INT8 weights (NNCF compress_weights, asymmetric per channel) of an OpenVINO decoder IR; activations stay
-    float. Returns (files, settings, inference precision hint)."""
-    from edgellm.quantize import quantize_openvino
-
-    result = quantize_openvino(src_xml, dst_xml, mode="weight-only")
-    return [f.name for f in result.files], {**result.settings, "ops": result.ops}, result.inference_precision
-
-
-def quantize_decoder_openvino_int4(src_xml: Path, dst_xml: Path, *, group_size: int) -> tuple[list[str], dict[str, Any]]:
-    """4-bit weights (NNCF compress_weights INT4_ASYM, data-free, groups of `group_size`) of an OpenVINO decoder IR."""
-    from edgellm.quantize.openvino import compress_weights_int4
-
-    result = compress_weights_int4(src_xml, dst_xml, group_size=group_size)
-    return [f.name for f in result.files], {**result.settings, "ops": result.ops}
 
 
 # -- artifact ----------------------------------------------------------------------------------------------------
@@ -461,28 +424,8 @@ def generation_config(model: Any, tokenizer: Any, spec: DecoderSpec, *, context_
     }
 
 
-def calibration_sequences(tokenizer: Any, texts: Sequence[str], *, count: int,
-                          length: int = CALIBRATION_TOKENS) -> list[list[int]]:
-    """Up to `count` sequences of `length` token ids for GPTQ: `texts` one per line, packed back to back (the layer
-    inputs of long contexts, as the model sees them), taken evenly across `texts`; fewer, shorter ones when the
-    texts run out."""
-    texts = [t.strip() for t in texts if t and t.strip()]
-    step = max(1, len(texts) // max(1, count * 24))  # ~24 short sentences fill a 256-token sequence
-    out: list[list[int]] = []
-    ids: list[int] = []
-    for text in texts[::step]:
-        ids += tokenizer(text + "\n").input_ids
-        while len(ids) >= length and len(out) < count:
-            out.append(ids[:length])
-            ids = ids[length:]
-        if len(out) >= count:
-            return out
-    if len(ids) >= 2 and len(out) < count:
-        out.append(ids[:length])
-    return out
-
-
-def _context_length(model: Any, context_length: int | None) -> int:
+def context_length_for(model: Any, context_length: int | None) -> int:
+    """The export's context: `context_length` checked against the model's limit (None: min(limit, default))."""
     limit = int(getattr(model.config, "max_position_embeddings", DEFAULT_CONTEXT) or DEFAULT_CONTEXT)
     if context_length is None:
         return min(limit, DEFAULT_CONTEXT)
@@ -528,45 +471,35 @@ def _generator(folder: Path, entry: ModelEntry, generation: dict[str, Any], inpu
     return Generator(folder, manifest, entry, backend)
 
 
+def plain_inputs(generation: dict[str, Any]) -> list[str]:
+    """Input names of the plain decoder graph (`export_decoder_onnx`), from the manifest's `generation` dict."""
+    return ["input_ids", "attention_mask", "position_ids", "num_logits_to_keep", *generation["kv_cache"]["past"]]
+
+
+def check_entry(folder: Path, entry: ModelEntry, generation: dict[str, Any], inputs: list[str],
+                references: Sequence[TorchReference], *, exact: bool, label: str, atol: float = DEFAULT_ATOL,
+                eval_sequences: Sequence[Sequence[int]] = ()) -> ModelEntry:
+    """`entry` (a model file in `folder`) against torch's `references` (`check_decoder`), its size, and with
+    `eval_sequences` its perplexity on them through the runtime; the numbers go into `entry.metrics`."""
+    stats = check_decoder(references, _generator(folder, entry, generation, inputs), atol=atol, label=label,
+                          exact=exact)
+    entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
+    if eval_sequences:
+        ppl = _perplexity(_generator(folder, entry, generation, inputs), eval_sequences)
+        entry.metrics["perplexity"] = ppl["perplexity"]  # held-out text, through the runtime
+        entry.metrics["perplexity_tokens"] = ppl["tokens"]
+    return entry
+
+
 @dataclass
-class WeightFormats:
-    """The block-quantized weight formats of a decoder artifact (ONNX Runtime MatMulNBits, `edgellm.quantize.nbits`);
-    defaults from `CausalLMConfig`, where each one is documented."""
+class DecoderExport:
+    """What `write_decoder_models` wrote: the FP32 models and what the quantize stage builds on."""
 
-    bits: tuple[int, ...] = tuple(CausalLMConfig().weight_bits)
-    block_size: int = CausalLMConfig.block_size
-    int4_method: str = CausalLMConfig.int4_method
-    int4_fallback: float = CausalLMConfig.int4_fallback
-    lm_head_bits: int | None = CausalLMConfig.lm_head_bits
-
-    @classmethod
-    def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
-        return cls(tuple(lm.weight_bits), lm.block_size, lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
-
-
-def choose_default(entries: Sequence[ModelEntry], tolerance: float) -> tuple[str, str]:
-    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's (held-out text when measured,
-    else the check prompts), in the order int4 < int8 < fp32; returns (name, reason). Lossy models are never
-    the default: a model over the tolerance is passed over, and the reason says so."""
-    by_name = {e.name: e for e in entries}
-    fp32 = by_name.get("onnx-fp32")
-
-    def ratio(entry: ModelEntry) -> float:
-        if fp32 is not None and "perplexity" in entry.metrics and "perplexity" in fp32.metrics:
-            return float(entry.metrics["perplexity"]) / float(fp32.metrics["perplexity"])
-        return float(entry.metrics.get("vs_torch", {}).get("perplexity_ratio", float("inf")))
-
-    passed = []
-    for name in ("onnx-int4", "onnx-int8"):
-        if name in by_name:
-            r = ratio(by_name[name])
-            if r <= 1.0 + tolerance:
-                return name, f"fastest model within {tolerance:.1%} of FP32 perplexity (ratio {r:.4f})" + \
-                    (f"; passed over: {', '.join(passed)}" if passed else "")
-            passed.append(f"{name} (ratio {r:.4f})")
-    name = "onnx-fp32" if fp32 is not None else entries[0].name
-    return name, "no quantized model within " + f"{tolerance:.1%} of FP32 perplexity" + \
-        (f" ({', '.join(passed)})" if passed else " (none made)")
+    generation: dict[str, Any]  # the manifest's generation dict
+    inputs: list[str]  # input names of the ONNX Runtime model (fused or plain)
+    entries: list[ModelEntry]  # onnx-fp32 and / or openvino-fp32
+    plain: Path | None  # the plain-graph ONNX file (source of plain-graph INT8), when kept
+    references: list[TorchReference]  # torch's greedy tokens and logits the models were checked against
 
 
 def write_decoder_models(
@@ -576,53 +509,38 @@ def write_decoder_models(
     *,
     prompts: Sequence[list[int]],
     formats: Sequence[str] = ("onnx", "openvino"),
-    quantize: Sequence[str] = (),
-    weights: WeightFormats | None = None,
     graph: str = "fused",
-    calibration: Sequence[Sequence[int]] = (),
     context_length: int,
     atol: float = DEFAULT_ATOL,
     stateful: bool = True,
-    openvino_int8: bool | None = None,
     eval_sequences: Sequence[Sequence[int]] = (),
-) -> tuple[dict[str, Any], list[str], list[ModelEntry]]:
-    """Write the decoder models of an artifact into `folder` (which already holds tokenizer.json).
+    keep_plain: Path | None = None,
+) -> DecoderExport:
+    """Write the FP32 decoder models of an artifact into `folder` (which already holds tokenizer.json).
 
     onnx-fp32 is the fused ONNX Runtime graph (`graph="fused"`, `edgellm.exporting.fused_decoder`; the plain graph
-    when the architecture has no fused form or `graph="plain"`), checked against torch (logits within `atol`,
-    identical greedy tokens for 32 cached steps); onnx-int8 / onnx-int4 are its block-quantized weight formats
-    (`weights`; GPTQ calibrates on `calibration` token sequences). `quantize` adds INT8 models of the plain graph
-    ("dynamic": activations quantized per call, lossy on decoders; "weight-only"). OpenVINO IRs come from the plain
-    graph (FP32 checked like ONNX; NNCF INT8 weights when `openvino_int8`, by default whenever any quantized model
-    is asked for). With `eval_sequences` (held-out token ids), every model's perplexity on them is measured
-    through the runtime. Returns (generation dict, input names, entries).
+    when the architecture has no fused form or `graph="plain"`); openvino-fp32 is an IR of the plain graph
+    (stateful: the KV cache as internal state). Each is checked against torch (logits within `atol`, identical
+    greedy tokens for 32 cached steps) and, with `eval_sequences` (held-out token ids), its perplexity on them is
+    measured through the runtime. With `keep_plain` (a path outside `folder`), the plain graph is kept there for
+    the quantize stage's plain-graph INT8 models. Quantized models are `edgellm.quantize.decoder`'s job.
     """
     from edgellm.exporting.fused_decoder import fused_decoder_supported, write_fused_decoder
 
     unknown = [f for f in formats if f not in ("onnx", "openvino")]
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or list(formats)}; choose from ['onnx', 'openvino']")
-    bad = [m for m in quantize if m not in INT8_MODES]
-    if bad:
-        raise ConfigError(f"unknown INT8 mode(s) {bad}; choose from {list(INT8_MODES)}")
     if graph not in ("fused", "plain"):
         raise ConfigError(f"unknown decoder graph {graph!r}; choose from ['fused', 'plain']")
-    weights = weights if weights is not None else WeightFormats()
     plain = folder / ("model.onnx" if graph == "plain" else "model_plain.onnx")
     spec = export_decoder_onnx(model, plain, context_length=context_length)
     generation = generation_config(model, tokenizer, spec, context_length=context_length)
     inputs = list(spec.inputs)
     references = torch_references(model, prompts, context_length=context_length)
 
-    def checked(entry: ModelEntry, exact: bool, label: str, names: list[str]) -> ModelEntry:
-        stats = check_decoder(references, _generator(folder, entry, generation, names), atol=atol, label=label,
-                              exact=exact)
-        entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
-        if eval_sequences:
-            ppl = _perplexity(_generator(folder, entry, generation, names), eval_sequences)
-            entry.metrics["perplexity"] = ppl["perplexity"]  # held-out text, through the runtime
-            entry.metrics["perplexity_tokens"] = ppl["tokens"]
-        return entry
+    def checked(entry: ModelEntry, label: str, names: list[str]) -> ModelEntry:
+        return check_entry(folder, entry, generation, names, references, exact=True, label=label, atol=atol,
+                           eval_sequences=eval_sequences)
 
     reason = fused_decoder_supported(model) if graph == "fused" else "graph: plain was asked for"
     fused_kv: dict[str, Any] = {"graph": "plain", "shared_buffer": False}
@@ -637,153 +555,51 @@ def write_decoder_models(
             log.warning("writing the plain decoder graph: %s", reason)
             fused_kv["fused_unavailable"] = reason
     generation["kv_cache"] = {**generation["kv_cache"], "graph": "plain", "shared_buffer": False}
-    onnx_entries = [checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32",
-                                       kv_cache=dict(fused_kv)), True, "ONNX FP32 decoder", onnx_inputs)]
-    for bits in weights.bits:
-        dst = folder / f"model_int{bits}.onnx"
-        info = quantize_decoder_nbits(fp32, dst, bits=bits, weights=weights, calibration=calibration)
-        onnx_entries.append(checked(
-            ModelEntry(name=f"onnx-int{bits}", path=dst.name, backend="onnxruntime", precision=f"int{bits}",
-                       quantization=info, kv_cache=dict(fused_kv)), False, f"ONNX {bits}-bit weights decoder",
-            onnx_inputs))
-    for mode in quantize:
-        dst = folder / ("model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_weights_plain.onnx")
-        info = quantize_decoder(plain, dst, mode=mode)
-        onnx_entries.append(checked(
-            ModelEntry(name=f"onnx-int8-{mode}", path=dst.name, backend="onnxruntime", precision="int8",
-                       quantization=info), False, f"ONNX INT8 {mode} decoder (plain graph)", inputs))
-    ov_entries = []
+    entries = []
+    if "onnx" in formats:
+        entries.append(checked(ModelEntry(name="onnx-fp32", path=fp32.name, backend="onnxruntime", precision="fp32",
+                                          kv_cache=dict(fused_kv)), "ONNX FP32 decoder", onnx_inputs))
     if "openvino" in formats:
         xml = folder / "openvino_model.xml"
         files = decoder_to_openvino(plain, xml, spec, stateful=stateful)
-        ov_entries.append(checked(ModelEntry(name="openvino-fp32", path=xml.name, backend="openvino", precision="fp32",
-                                             files=files, inference_precision="f32", metrics={"stateful": stateful}),
-                                  True, "OpenVINO FP32 decoder", inputs))
-        if openvino_int8 if openvino_int8 is not None else bool(quantize or weights.bits):
-            qxml = folder / "openvino_model_int8.xml"
-            qfiles, info, hint = quantize_decoder_openvino(xml, qxml)
-            ov_entries.insert(0, checked(
-                ModelEntry(name="openvino-int8-weight-only", path=qxml.name, backend="openvino", precision="int8",
-                           files=qfiles, inference_precision=hint, quantization=info, metrics={"stateful": stateful}),
-                False, "OpenVINO INT8 weight-only decoder", inputs))
-            if 4 in weights.bits:
-                q4 = folder / "openvino_model_int4.xml"
-                q4files, q4info = quantize_decoder_openvino_int4(xml, q4, group_size=weights.block_size)
-                ov_entries.insert(1, checked(
-                    ModelEntry(name="openvino-int4-weight-only", path=q4.name, backend="openvino", precision="int4",
-                               files=q4files, inference_precision="f32", quantization=q4info,
-                               metrics={"stateful": stateful}), False, "OpenVINO INT4 weight-only decoder", inputs))
-    if "onnx" not in formats:
-        for entry in onnx_entries:
-            (folder / entry.path).unlink()
-        onnx_entries = []
-    if plain != fp32 and plain.exists():
-        plain.unlink()  # only the source of the plain-graph models, which are written by now
-    return generation, onnx_inputs if onnx_entries else inputs, [*onnx_entries, *ov_entries]
+        entries.append(checked(ModelEntry(name="openvino-fp32", path=xml.name, backend="openvino", precision="fp32",
+                                          files=files, inference_precision="f32", metrics={"stateful": stateful}),
+                               "OpenVINO FP32 decoder", inputs))
+    if "onnx" not in formats and fp32 != plain:
+        fp32.unlink()
+    kept = None
+    if keep_plain is not None:
+        import shutil
+
+        keep_plain.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plain, keep_plain)
+        kept = keep_plain
+    if plain != fp32 or "onnx" not in formats:
+        plain.unlink()  # only the source of the OpenVINO IR (and of the quantize stage's plain INT8, kept above)
+    return DecoderExport(generation, onnx_inputs if "onnx" in formats else inputs, entries, kept, references)
 
 
-def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFormats,
-                           calibration: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
-    """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits symmetric round-to-nearest
-    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
-    from edgellm.quantize.nbits import quantize_nbits
+def decoder_manifest(model: Any, export: DecoderExport, *, context_length: int, source: str) -> Manifest:
+    """The text-generation manifest of a decoder export (default model: the first entry; the quantize and
+    evaluate stages choose again)."""
+    from edgellm.models import count_parameters
 
-    method = weights.int4_method if bits == 4 else "rtn"
-    if method == "gptq" and not calibration:
-        raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
-    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size, method=method,
-                            symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
-                            lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
-                            fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
-    return {**result.settings, "ops": result.ops}
+    cfg = model.config
+    return Manifest(
+        task="text-generation",
+        models=list(export.entries),
+        default_model=export.entries[0].name,
+        max_length=context_length,
+        inputs=export.inputs,
+        generation=export.generation,
+        source={
+            "model": source,
+            "architecture": type(model).__name__,
+            "model_type": cfg.model_type,
+            "parameters": count_parameters(model),
+            "hidden_size": int(cfg.hidden_size),
+            "num_hidden_layers": int(cfg.num_hidden_layers),
+        },
+    )
 
 
-def export_causal_lm(
-    model: Any,
-    output: str | os.PathLike[str],
-    *,
-    tokenizer: Any = None,
-    formats: Sequence[str] = ("onnx", "openvino"),
-    quantize: Sequence[str] = (),
-    weights: WeightFormats | None = None,
-    graph: str = "fused",
-    calibration_texts: Sequence[str] = (),
-    calibration_count: int = CausalLMConfig.calibration_sequences,
-    default_tolerance: float = CausalLMConfig.default_tolerance,
-    context_length: int | None = None,
-    texts: Sequence[str] | None = None,
-    atol: float = DEFAULT_ATOL,
-    stateful: bool = True,
-    openvino_int8: bool | None = None,
-    eval_texts: Sequence[str] = (),
-    eval_max_length: int | None = None,
-    source: str = "",
-    metrics: dict[str, Any] | None = None,
-    data: dict[str, Any] | None = None,
-    recipe: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> Manifest:
-    """Export a causal LM (a loaded model, a TrainedModel, or a name for `load_causal_lm`) into a text-generation
-    artifact.
-
-    The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
-    for 32 cached steps) before anything is published; quantized models record their agreement with torch (see
-    `write_decoder_models` for `graph`, `weights` and `quantize`; GPTQ calibrates on `calibration_texts`, by default
-    `texts`). The default model is the fastest whose perplexity is within `default_tolerance` of FP32's
-    (`choose_default`). `eval_texts` (held-out text, cut to
-    `eval_max_length` tokens): each model's perplexity on them, through the runtime, goes into its metrics. `metrics` (e.g. distillation), `data` (the
-    split record) and `recipe` go into the manifest. Written atomically: on error nothing appears at `output`.
-    """
-    from edgellm.data import SAMPLE_TEXTS
-    from edgellm.models import count_parameters, load_causal_lm, load_tokenizer
-
-    if hasattr(model, "tokenizer") and hasattr(model, "model") and not hasattr(model, "config"):  # a TrainedModel
-        tokenizer = tokenizer or model.tokenizer
-        source = source or getattr(model, "source", "")
-        metrics = {**getattr(model, "metrics", {}), **(metrics or {})}
-        model = model.model
-    if isinstance(model, (str, os.PathLike)):
-        source = source or str(model)
-        tokenizer = tokenizer or load_tokenizer(model)
-        model = load_causal_lm(model)
-    if tokenizer is None:
-        raise ConfigError("export_causal_lm needs the tokenizer of the model")
-    model.eval()
-    length = _context_length(model, context_length)
-    prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
-    prompts = [p for p in prompts if p] or [[0]]
-    calibration = calibration_sequences(tokenizer, calibration_texts or texts or SAMPLE_TEXTS,
-                                        count=calibration_count, length=min(length, CALIBRATION_TOKENS))
-    with staging(output, overwrite=overwrite) as stage:
-        tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
-        generation, inputs, entries = write_decoder_models(
-            model, tokenizer, stage, prompts=prompts, formats=formats, quantize=quantize, weights=weights,
-            graph=graph, calibration=calibration, context_length=length, atol=atol, stateful=stateful,
-            openvino_int8=openvino_int8,
-            eval_sequences=[ids[: min(length, eval_max_length or length)]
-                            for ids in (tokenizer(t).input_ids for t in eval_texts) if len(ids) >= 2])
-        default, why = choose_default(entries, default_tolerance)
-        cfg = model.config
-        manifest = Manifest(
-            task="text-generation",
-            models=entries,
-            default_model=default,
-            max_length=length,
-            inputs=inputs,
-            generation=generation,
-            source={
-                "model": source,
-                "architecture": type(model).__name__,
-                "model_type": cfg.model_type,
-                "parameters": count_parameters(model),
-                "hidden_size": int(cfg.hidden_size),
-                "num_hidden_layers": int(cfg.num_hidden_layers),
-            },
-        )
-        manifest.data = data
-        manifest.recipe = recipe
-        manifest.metrics.update(metrics or {})
-        manifest.metrics["export"] = {e.name: e.metrics for e in entries}
-        manifest.metrics["default_model"] = {"name": default, "reason": why}
-        write_manifest(stage, manifest)
-    return manifest

@@ -399,6 +399,13 @@ class Generator(EdgeModel):
             raise GenerationError(f"{len(seq)} tokens do not fit in the context of {self.context_length}")
         return self._session(len(seq)).feed(seq, keep=len(seq))
 
+    def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of the token after `ids`, shape (V,), float32 (one forward, no cache)."""
+        seq = self._prompt_ids(list(ids))
+        if not seq or len(seq) > self.context_length:
+            raise GenerationError(f"{len(seq)} tokens: give 1 to {self.context_length} (the context)")
+        return self._full(seq)
+
     def log_probs(self, ids: Sequence[int]) -> np.ndarray:
         """log P(ids[t] | ids[:t]) for t = 1 .. T-1, shape (T-1,), float64 (one forward over the sequence)."""
         seq = self._prompt_ids(list(ids))

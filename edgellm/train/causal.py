@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from edgellm.data import VADER_CORPORA, Examples, TaskData, load_task_data
 from edgellm.errors import ConfigError, DataError
-from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, QuantizeConfig, Recipe
+from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig
 from edgellm.train.data import TokenBatches, encode_texts, eval_batches
 from edgellm.train.loop import LoopOptions, train_loop
 from edgellm.train.losses import kd_loss
@@ -52,11 +52,8 @@ __all__ = [
     "choose_lm_layers",
     "build_lm_student",
     "causal_kd_loss",
-    "sample_teacher_texts",
     "distill_causal_lm",
     "plan_budget",
-    "compress_causal_lm",
-    "lm_quantize_modes",
 ]
 
 log = logging.getLogger(__name__)
@@ -258,33 +255,6 @@ def causal_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, i
     return loss, parts
 
 
-# -- sequence-level KD data ------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_teacher_texts(teacher: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
-                         temperature: float = 0.8, top_p: float = 0.95, seed: int = 0,
-                         batch_size: int = 8) -> list[str]:
-    """Continuations of `prompts` sampled from the teacher (prompt included): text for sequence-level KD."""
-    torch.manual_seed(seed)
-    pad = _pad_id(tokenizer, teacher)
-    teacher.eval()
-    out: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            gen = teacher.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
-                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                   pad_token_id=pad)
-            out += tokenizer.batch_decode(gen, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return [t.strip() for t in out if t.strip()]
-
-
 # -- the verb ----------------------------------------------------------------------------------------------------
 
 
@@ -345,13 +315,16 @@ def distill_causal_lm(
     lm: CausalLMConfig | None = None,
     work_dir: str | os.PathLike[str] = "work/causal-lm",
     *,
+    extra_texts: Sequence[str] = (),
     progress: bool = True,
 ) -> TrainedModel:
     """Build a student from the teacher's layers and distil it on `data` (see the module docstring).
 
     Returns a TrainedModel (task text-generation) whose `metrics` hold: the layers kept, perplexity of teacher /
     initial student / distilled student on the validation and test splits, training tokens, tokens/s and wall
-    time, and the evaluation history. Rerunning the same call resumes from `work_dir`.
+    time, and the evaluation history. Rerunning the same call resumes from `work_dir`. `extra_texts` (text the
+    teacher wrote, `distill.augment_with`) join the training split, each cut to max(data.max_length,
+    lm.sample_tokens) tokens; `lm.token_budget` stops training after that many tokens.
     """
     lm = lm or CausalLMConfig()
     tm = load_teacher_lm(teacher)
@@ -361,14 +334,9 @@ def distill_causal_lm(
         p.requires_grad_(False)
     pad = _pad_id(tok, tmodel)
     length = int(data.max_length or 128)
-    texts = list(data.train.texts)
-    if lm.teacher_samples:
-        rng = np.random.default_rng(config.seed)
-        seeds = [" ".join(texts[i].split()[:4]) for i in rng.choice(len(texts), lm.teacher_samples, replace=False)]
-        sampled = sample_teacher_texts(tmodel, tok, seeds, max_new_tokens=lm.sample_tokens, seed=config.seed)
-        log.info("sampled %d teacher texts for sequence-level KD", len(sampled))
-        texts += sampled
-    train_ids = encode_lm(tok, texts, length)
+    train_ids = encode_lm(tok, list(data.train.texts), length)
+    if extra_texts:
+        train_ids += encode_lm(tok, list(extra_texts), max(length, lm.sample_tokens + 8))
     val_ids = encode_lm(tok, data.validation.texts, length)
     test_ids = encode_lm(tok, data.test.texts, length)
     if not train_ids or not val_ids:
@@ -419,12 +387,15 @@ def distill_causal_lm(
 
     batches = TokenBatches(train_ids, config.batch_size, config.seed, pad_id=pad)
     options = LoopOptions.from_config(config, max_steps=lm.max_steps)
+    tokens_per_epoch = sum(len(s) for s in train_ids)
+    if lm.token_budget is not None:  # the schedule spans the budget: epochs = budget / tokens per epoch
+        options = dataclasses.replace(options, epochs=min(float(options.epochs), lm.token_budget / tokens_per_epoch))
+        metrics["token_budget"] = lm.token_budget
     if lm.budget_minutes is not None:
         plan = plan_budget(student, loss_fn, batches, options, budget_minutes=lm.budget_minutes, eval_s=eval_s,
                            work_dir=Path(work_dir))
         options = dataclasses.replace(options, epochs=plan["epochs"])
         metrics["budget"] = plan
-    tokens_per_epoch = sum(len(s) for s in train_ids)
     started = time.perf_counter()
     result = train_loop(
         student, loss_fn, batches, options=options, work_dir=work_dir, eval_fn=eval_fn, metric="perplexity",
@@ -453,70 +424,12 @@ def distill_causal_lm(
         "train_wall_s": result.wall_s,
         "train_tokens_per_s": trained_tokens / result.wall_s if result.wall_s else None,
         "history": result.history,
+        "resumed_from": result.resumed_from,
         "best": result.best,
         "total_wall_s": round(time.perf_counter() - started, 1),
-        "teacher_samples": lm.teacher_samples,
+        "extra_texts": len(extra_texts),
         "data": {"validation_rows_scored": len(val_eval), "test_rows": len(test_ids)},
     })
     setattr(student.config, STUDENT_KEY, {"teacher_layers": layers, "teacher_num_layers": total,
                                           "ffn_size": config.ffn_size})
     return TrainedModel(model=student, tokenizer=tok, task="text-generation", source=tm.source, metrics=metrics)
-
-
-
-# -- the whole text-generation recipe --------------------------------------------------------------------------
-
-
-def lm_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:
-    """(plain-graph ONNX INT8 modes, whether to make an OpenVINO INT8 model) for a decoder from the recipe's
-    quantize stage.
-
-    The block-quantized weight formats (causal_lm.weight_bits: onnx-int8, onnx-int4) are made whenever ONNX Runtime
-    is among quantize.backends; `dynamic` adds the plain graph with activations quantized per call (lossy on
-    decoders: measured and recorded, never the default); `weight-only` adds nothing more. OpenVINO INT8 is NNCF
-    weight-only for decoders. Calibrated static INT8 is not offered for decoders (ConfigError)."""
-    if config is None or config.mode == "none":
-        return (), False
-    if config.mode == "static":
-        raise ConfigError("quantize.mode = 'static' is not supported for text-generation (a KV-cache decoder); "
-                          "use weight-only (block-quantized 8 / 4-bit weights) or dynamic")
-    onnx_modes = ("dynamic",) if config.mode == "dynamic" and "onnxruntime" in config.backends else ()
-    return onnx_modes, "openvino" in config.backends
-
-
-def compress_causal_lm(recipe: Recipe, output: str | os.PathLike[str], *, work_dir: str | os.PathLike[str],
-                       overwrite: bool = False, progress: bool = True) -> Any:
-    """Run a text-generation recipe end to end and write the artifact; returns its Manifest.
-
-    data (+ causal_lm.corpora) -> student from the teacher's layers, distilled (distill; null exports the teacher
-    itself) -> decoder ONNX FP32 checked against torch, INT8 (quantize), OpenVINO IR (export.formats) -> artifact
-    with every model's perplexity on held-out test text (through the runtime), the distillation metrics, the data
-    split and the recipe. Distillation resumes from `work_dir` when rerun; the distilled student is also saved
-    there as a Hugging Face folder (`work_dir/student`).
-    """
-    from edgellm.exporting.decoder import WeightFormats, export_causal_lm
-
-    if recipe.task != "text-generation":
-        raise ConfigError(f"compress_causal_lm runs text-generation recipes, not {recipe.task!r}")
-    lm = recipe.causal_lm or CausalLMConfig()
-    data = load_lm_data(recipe.data, corpora=lm.corpora)
-    teacher = load_teacher_lm(recipe.teacher)
-    if recipe.distill is not None:
-        model = distill_causal_lm(teacher, data, recipe.distill, lm, Path(work_dir) / "distill", progress=progress)
-        model.save(Path(work_dir) / "student", overwrite=True)  # the distilled student as a Hugging Face folder
-    else:
-        model = teacher
-    onnx_modes, ov_int8 = lm_quantize_modes(recipe.quantize)
-    weights = WeightFormats.from_config(lm)
-    if recipe.quantize is None or recipe.quantize.mode == "none" or "onnxruntime" not in recipe.quantize.backends:
-        weights.bits = ()
-    held_out = list(data.test.texts)  # the same rows distill_causal_lm reports the torch perplexities on
-    return export_causal_lm(
-        model, output, formats=recipe.export.formats, quantize=onnx_modes, openvino_int8=ov_int8,
-        weights=weights, graph=lm.graph, default_tolerance=lm.default_tolerance,
-        calibration_texts=list(data.train.texts), calibration_count=lm.calibration_sequences,
-        context_length=lm.context_length, atol=lm.logits_atol, stateful=lm.stateful, eval_texts=held_out,
-        eval_max_length=int(data.max_length or 128),
-        source=recipe.teacher, data=data.describe(), recipe=recipe.to_dict(), overwrite=overwrite,
-        metrics={"distill": model.metrics} if recipe.distill is not None else {},
-    )

