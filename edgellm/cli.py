@@ -6,13 +6,13 @@ Library imports happen inside the commands, so `edgellm run` works on a runtime-
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 
 import click
 
 from edgellm import __version__
+from edgellm.console import configure
 from edgellm.errors import EdgeLLMError
 
 __all__ = ["main", "cli"]
@@ -31,11 +31,11 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgellm")
-@click.option("-v", "--verbose", count=True, help="-v for progress logs, -vv for debug logs.")
+@click.option("-v", "--verbose", count=True, help="-v: edgellm's progress logs; -vv: its debug logs, plus the "
+              "third-party warnings, logs and progress displays that are hidden by default.")
 def cli(verbose: int) -> None:
     """Distil, prune, quantize and export language models for edge devices, and run them."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure(verbose)
 
 
 def _echo_json(data: Any) -> None:
@@ -237,7 +237,7 @@ def targets_show_cmd(name: str) -> None:
 @click.option("--work-dir", type=click.Path(), default=None, help="Stage outputs and checkpoints "
               "(default OUTPUT.work); a rerun skips finished stages.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (there are none when stderr is not a terminal).")
 def compress_cmd(recipe: str, output: str, targets: tuple[str, ...], overrides: tuple[str, ...],
                  work_dir: str | None, overwrite: bool, no_progress: bool) -> None:
     """Run the whole pipeline in RECIPE (distil, prune, quantize, export) and write one artifact."""

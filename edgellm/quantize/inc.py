@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgellm.config import suggest
+from edgellm.console import muted
 from edgellm.errors import ConfigError, QuantizationError
 
 __all__ = ["INC_METHODS", "IncResult", "inc_quantize_onnx", "fold_weight_quantize"]
@@ -151,7 +152,10 @@ def inc_quantize_onnx(
     calib = _calibration_batches(tokenizer, texts, samples, max_length, names) if method != "rtn" else []
     fed = 0
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # neural-compressor logs each step at INFO on a stderr handler of its own (its config, "quantizing layer
+        # ...", "Quantization done"): progress reports of a step whose result is checked below. Its WARNING and
+        # ERROR logs still show; failures raise.
+        with warnings.catch_warnings(), torch.no_grad(), muted("neural_compressor"):
             warnings.simplefilter("ignore")
             if method in ("rtn", "gptq"):
                 if method == "rtn":

@@ -10,14 +10,16 @@ manifest records it (ModelEntry.inference_precision) and the runtime compiles wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edgellm.config import check_range, suggest
+from edgellm.console import muted, no_rich_progress
 from edgellm.errors import ConfigError, DataError, QuantizationError, UnsupportedTargetError
 from edgellm.quantize.calibration import check_feeds
 from edgellm.quantize.presets import Preset, detect_preset, get_preset
@@ -66,6 +68,16 @@ def _nncf() -> Any:
     except ImportError as exc:
         raise UnsupportedTargetError("OpenVINO INT8 needs NNCF: pip install 'edgellm[full]'") from exc
     return nncf
+
+
+@contextlib.contextmanager
+def _nncf_quietly() -> Iterator[None]:
+    """NNCF draws a progress bar per algorithm ("Statistics collection", "Applying Smooth Quant", "Applying Fast Bias
+    correction") and logs INFO tables (compress_weights' bit-width distribution) on a stdout handler of its own:
+    progress reports of a step whose outcome the quantize stage reports itself (op counts, metrics, fall-backs).
+    NNCF's warnings still show; -vv brings the rest back."""
+    with muted("nncf"), no_rich_progress():
+        yield
 
 
 def openvino_ops(model: Any) -> dict[str, int]:
@@ -180,8 +192,9 @@ def compress_weights_int4(src: str | Path, dst: str | Path, *, group_size: int =
     check_openvino_not_quantized(model, f"OpenVINO model {src.name}")
     backup = nncf.BackupMode.INT8_ASYM if backup_int8 else nncf.BackupMode.NONE
     try:
-        out = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size,
-                                    ratio=ratio, backup_mode=backup)
+        with _nncf_quietly():
+            out = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size,
+                                        ratio=ratio, backup_mode=backup)
     except Exception as exc:
         raise QuantizationError(f"NNCF 4-bit compress_weights failed on {src.name} (group_size {group_size} must "
                                 f"divide every MatMul's input size): {exc}") from exc
@@ -233,7 +246,8 @@ def quantize_openvino(
             kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
             if ignored is not None:
                 kwargs["ignored_scope"] = ignored
-            out = nncf.compress_weights(model, **kwargs)
+            with _nncf_quietly():
+                out = nncf.compress_weights(model, **kwargs)
         except Exception as exc:
             raise QuantizationError(f"NNCF compress_weights failed on {src.name}: {exc}") from exc
         files = _save(out, dst)
@@ -266,20 +280,21 @@ def quantize_openvino(
         common["ignored_scope"] = ignored
     fell_back: list[str] = []
     try:
-        if max_drop is None:
-            out = nncf.quantize(model, nncf.Dataset(feeds, count), advanced_parameters=advanced, **common)
-        else:
-            if not validation or validation_fn is None:
-                raise DataError("accuracy control needs validation items and a validation function")
-            plain_float = set(float_matmuls(nncf.quantize(model, nncf.Dataset(feeds), advanced_parameters=advanced,
-                                                          **common)))
-            seen.clear()
-            out = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(feeds, count), nncf.Dataset(list(validation)), validation_fn,
-                max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE,
-                advanced_quantization_parameters=advanced, **common,
-            )
-            fell_back = [n for n in float_matmuls(out) if n not in plain_float]
+        with _nncf_quietly():
+            if max_drop is None:
+                out = nncf.quantize(model, nncf.Dataset(feeds, count), advanced_parameters=advanced, **common)
+            else:
+                if not validation or validation_fn is None:
+                    raise DataError("accuracy control needs validation items and a validation function")
+                plain_float = set(float_matmuls(nncf.quantize(model, nncf.Dataset(feeds),
+                                                              advanced_parameters=advanced, **common)))
+                seen.clear()
+                out = nncf.quantize_with_accuracy_control(
+                    model, nncf.Dataset(feeds, count), nncf.Dataset(list(validation)), validation_fn,
+                    max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE,
+                    advanced_quantization_parameters=advanced, **common,
+                )
+                fell_back = [n for n in float_matmuls(out) if n not in plain_float]
     except (QuantizationError, DataError, ConfigError):
         raise
     except Exception as exc:

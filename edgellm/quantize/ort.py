@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgellm.config import suggest
+from edgellm.console import silence
 from edgellm.errors import ConfigError, DataError, QuantizationError, UnsupportedTargetError
 from edgellm.quantize.calibration import CalibrationReader, check_feeds
 from edgellm.quantize.presets import CONTRIB_DOMAIN, Preset, detect_preset, get_preset
@@ -72,6 +73,14 @@ def _ort_q() -> Any:
     import onnxruntime.quantization as q
 
     return q
+
+
+def _no_preprocess_hint() -> Any:
+    """ORT's quantizers log "Please consider to run pre-processing before quantization" (on the root logger) for
+    any graph without its pre-processing mark. That pre-processing is shape inference plus the graph optimisations;
+    the graph reaching the quantizer has had them (the exporter's constant folding, the transformer fusion) and is
+    checked against torch afterwards, so the hint says nothing here."""
+    return silence(r"Please consider to run pre-processing before quantization")
 
 
 @dataclass
@@ -324,8 +333,14 @@ class OnnxQuantizer:
             from onnxruntime.transformers.optimizer import optimize_model
 
             options = FusionOptions(self.fuse_type)
-            opt = optimize_model(str(base), model_type=self.fuse_type, num_heads=self.num_heads,
-                                 hidden_size=self.hidden_size, opt_level=1, optimization_options=options)
+            # On pruned heads ORT warns "Input hidden size (288) is not same as weight matrix dimension of q,k,v
+            # (384)": its hidden_size is the attention width (kept heads x head size), which pruning makes smaller
+            # than the model width the q/k/v weights read from. ORT documents that case and fuses with the pruned
+            # width; the fused graph is checked against the original on real inputs below.
+            with silence(r"Input hidden size \(\d+\) is not same as weight matrix dimension of q,k,v",
+                         loggers=("fusion_attention", "onnxruntime.transformers.fusion_attention")):
+                opt = optimize_model(str(base), model_type=self.fuse_type, num_heads=self.num_heads,
+                                     hidden_size=self.hidden_size, opt_level=1, optimization_options=options)
             self.split_skip_layer_norms = split_skip_layer_norm(opt.model)
             opt.save_model_to_file(str(fused), use_external_data_format=base.stat().st_size > _LARGE)
         except Exception as exc:  # the fusion is an optimisation: on failure quantize the plain graph
@@ -465,16 +480,17 @@ class OnnxQuantizer:
         import onnx
 
         q = _ort_q()
-        q.quantize_dynamic(
-            str(self.prepared), str(dst),
-            op_types_to_quantize=self._op_types(),
-            per_channel=self.per_channel,
-            reduce_range=self.reduce_range,
-            weight_type=q.QuantType.QUInt8 if self.preset.weight_type == "uint8" else q.QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            use_external_data_format=self.prepared.stat().st_size > _LARGE,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
-        )
+        with _no_preprocess_hint():
+            q.quantize_dynamic(
+                str(self.prepared), str(dst),
+                op_types_to_quantize=self._op_types(),
+                per_channel=self.per_channel,
+                reduce_range=self.reduce_range,
+                weight_type=q.QuantType.QUInt8 if self.preset.weight_type == "uint8" else q.QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                use_external_data_format=self.prepared.stat().st_size > _LARGE,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+            )
 
     def _static(self, dst: Path, exclude: list[str]) -> None:
         import onnx
@@ -499,19 +515,20 @@ class OnnxQuantizer:
         # ("No data is collected."). MinMax keeps only per-tensor ReduceMin / ReduceMax per sample anyway.
         if self.calibration_method == "percentile":
             extra["CalibPercentile"] = PERCENTILE
-        q.quantize_static(  # ORT writes its augmented model into its own temporary folder
-            str(self.prepared), str(dst), reader,
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=self._op_types(),
-            per_channel=self.per_channel,
-            reduce_range=self.reduce_range,
-            activation_type=types[self.preset.activation_type],
-            weight_type=types[self.preset.weight_type],
-            nodes_to_exclude=exclude,
-            use_external_data_format=self.prepared.stat().st_size > _LARGE,
-            calibrate_method=method,
-            extra_options=extra,
-        )
+        with _no_preprocess_hint():
+            q.quantize_static(  # ORT writes its augmented model into its own temporary folder
+                str(self.prepared), str(dst), reader,
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=self._op_types(),
+                per_channel=self.per_channel,
+                reduce_range=self.reduce_range,
+                activation_type=types[self.preset.activation_type],
+                weight_type=types[self.preset.weight_type],
+                nodes_to_exclude=exclude,
+                use_external_data_format=self.prepared.stat().st_size > _LARGE,
+                calibrate_method=method,
+                extra_options=extra,
+            )
 
     def _activation_matmuls(self) -> list[str]:
         if not self.preset.contrib_ops:

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from edgellm._faults import fault_point
+from edgellm.console import live_progress
 from edgellm.errors import ConfigError, TrainingError
 
 __all__ = [
@@ -463,7 +464,8 @@ def _barrier(world: int) -> None:
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    if not enabled:
+    """A tqdm bar on a terminal (or notebook); None elsewhere, where every redraw would be a line of a log."""
+    if not enabled or not live_progress():
         return None
     from tqdm.auto import tqdm
 
