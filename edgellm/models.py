@@ -23,6 +23,7 @@ __all__ = [
     "sentence_embedding_config",
     "default_max_length",
     "count_parameters",
+    "source_record",
     "is_local_model",
     "is_causal_lm",
     "load_causal_lm",
@@ -179,6 +180,19 @@ def default_max_length(model: Any, tokenizer: Any, folder: str | None = None) ->
     if isinstance(tok_max, int) and 0 < tok_max < 100_000:
         limit = min(limit, tok_max)
     return min(limit, 512)
+
+
+def source_record(model: Any, source: str) -> dict[str, Any]:
+    """The artifact manifest's `source` entry: where the model came from and its shape."""
+    cfg = model.config
+    return {
+        "model": source,
+        "architecture": type(model).__name__,
+        "model_type": cfg.model_type,
+        "parameters": count_parameters(model),
+        "hidden_size": int(cfg.hidden_size),
+        "num_hidden_layers": int(cfg.num_hidden_layers),
+    }
 
 
 def count_parameters(model: Any) -> int:

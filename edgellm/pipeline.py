@@ -624,14 +624,16 @@ def render_summary(rows: list[dict[str, Any]]) -> str:
     lines = [f"| stage | model | parameters | size MB | {metric} | {length_note} | p50 ms (real lengths) |",
              "|---|---|---|---|---|---|---|"]
 
-    def fmt(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
     for r in rows:
         params = f"{r['parameters'] / 1e6:.2f} M" if r.get("parameters") else "-"
         lines.append(f"| {r['stage']} | {r['model']} | {params} | {fmt(r.get('size_mb'), '.1f')} | "
                      f"{fmt(r.get('metric'), '.2f')} | {fmt(r.get('p50_ms'), '.2f')} | {fmt(r.get('p50_ms_real'), '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def fmt(value: Any, spec: str) -> str:
+    """A summary-table cell: `value` formatted with `spec`, "-" when there is none."""
+    return "-" if value is None else format(value, spec)
 
 
 def _publish(recipe: Recipe, data: Any, source: Path, out: Path, stages: dict[str, StageRecord],

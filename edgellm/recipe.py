@@ -81,21 +81,10 @@ class DataConfig:
 Precision = Literal["auto", "fp32", "bf16"]
 
 
-def _check_schedule(cfg: Any, where: str) -> None:
-    check_range(f"{where}.epochs", cfg.epochs, low=0.0, low_open=True)
-    check_range(f"{where}.learning_rate", cfg.learning_rate, low=0.0, low_open=True)
-    check_range(f"{where}.batch_size", cfg.batch_size, low=1)
-    check_range(f"{where}.warmup_ratio", cfg.warmup_ratio, low=0.0, high=1.0)
-    check_range(f"{where}.weight_decay", cfg.weight_decay, low=0.0)
-    check_range(f"{where}.max_grad_norm", cfg.max_grad_norm, low=0.0, low_open=True)
-    check_range(f"{where}.eval_every", cfg.eval_every, low=1)
-
-
 @dataclass
-class FinetuneConfig:
-    """Teacher fine-tuning (a task head on a teacher that has none)."""
+class ScheduleConfig:
+    """The training schedule both training stages share (fields first in FinetuneConfig and DistillConfig)."""
 
-    enabled: bool = True  # skipped anyway when the teacher's head already matches the labels
     epochs: float = 3.0  # passes over the training split (fractions allowed)
     learning_rate: float = 5e-5  # AdamW peak learning rate
     batch_size: int = 32  # rows per optimizer step (all processes together)
@@ -103,17 +92,32 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW decay (not on biases and LayerNorm weights)
     max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
     eval_every: int = 200  # optimizer steps between validation runs and checkpoints (best one kept)
-    seed: int = 42  # data order, dropout and head initialisation
+    seed: int = 42  # data order, dropout (and a new head's initialisation)
     precision: Precision = "auto"  # autocast dtype; auto = bf16 where the CPU/GPU has native bf16, else fp32
 
     def validate(self, where: str) -> None:
-        _check_schedule(self, where)
+        check_range(f"{where}.epochs", self.epochs, low=0.0, low_open=True)
+        check_range(f"{where}.learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_range(f"{where}.batch_size", self.batch_size, low=1)
+        check_range(f"{where}.warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
+        check_range(f"{where}.weight_decay", self.weight_decay, low=0.0)
+        check_range(f"{where}.max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
+        check_range(f"{where}.eval_every", self.eval_every, low=1)
 
 
 @dataclass
-class DistillConfig:
-    """Student built from the teacher's layers, trained on the teacher's outputs."""
+class FinetuneConfig(ScheduleConfig):
+    """Teacher fine-tuning (a task head on a teacher that has none); the schedule fields are ScheduleConfig's."""
 
+    enabled: bool = True  # skipped anyway when the teacher's head already matches the labels
+
+
+@dataclass
+class DistillConfig(ScheduleConfig):
+    """Student built from the teacher's layers, trained on the teacher's outputs; the schedule fields are
+    ScheduleConfig's (its learning rate is 1e-4 here)."""
+
+    learning_rate: float = 1e-4  # AdamW peak learning rate (students learn faster than a fine-tuned teacher)
     layers: list[int] | None = None  # teacher layer indices to keep, e.g. [0, 2, 4]; None -> num_layers evenly
     num_layers: int | None = 3  # used when `layers` is None
     ffn_size: int | None = None  # narrower FFN for the student (neurons kept by importance); None keeps it
@@ -124,18 +128,9 @@ class DistillConfig:
     alpha_attention: float = 0.0  # weight of attention-map KL (MiniLM); needs matching head counts
     embedding_loss: Literal["mse", "cosine", "mse+cosine"] = "mse+cosine"  # feature-extraction: pooled-vector loss
     augment_with: list[str] = field(default_factory=list)  # extra unlabelled text (built-in names / files) for KD
-    epochs: float = 3.0  # passes over the training split (+ augmentation text)
-    learning_rate: float = 1e-4  # AdamW peak learning rate
-    batch_size: int = 32  # rows per optimizer step (all processes together)
-    warmup_ratio: float = 0.06  # share of steps with linear warm-up, then linear decay to 0
-    weight_decay: float = 0.01  # AdamW decay (not on biases and LayerNorm weights)
-    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
-    eval_every: int = 200  # optimizer steps between validation runs and checkpoints (best one kept)
-    seed: int = 42  # data order and dropout
-    precision: Precision = "auto"  # autocast dtype; auto = bf16 where the CPU/GPU has native bf16, else fp32
 
     def validate(self, where: str) -> None:
-        _check_schedule(self, where)
+        super().validate(where)
         check_range(f"{where}.temperature", self.temperature, low=0.0, low_open=True)
         check_range(f"{where}.num_layers", self.num_layers, low=1)
         check_range(f"{where}.ffn_size", self.ffn_size, low=1)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgellm.errors import DataError, ModelError
+from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
            "SUPPORTED_MODELS"]
@@ -58,17 +59,6 @@ def _check_model(data: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def _raw_encoder(tokenizer: Any) -> Any:
-    """The backend tokenizer without truncation or padding (counting must see every token)."""
-    from tokenizers import Tokenizer
-
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    raw = Tokenizer.from_str(backend.to_str())
-    raw.no_truncation()
-    raw.no_padding()
-    return raw
-
-
 def _special_ids(data: dict[str, Any], tokenizer: Any) -> set[int]:
     vocab = data["model"]["vocab"]
     ids = {int(t["id"]) for t in data.get("added_tokens", [])}
@@ -93,7 +83,7 @@ def choose_tokens(tokenizer: Any, texts: Sequence[str], *, min_count: int = 1,
     vocab: dict[str, int] = model["vocab"]
     prefix = model.get("continuing_subword_prefix", "##")
     counts: Counter = Counter()
-    for enc in _raw_encoder(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
+    for enc in plain_tokenizer(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
         counts.update(enc.ids)
     keep = _special_ids(data, tokenizer)
     keep |= {i for i, c in counts.items() if c >= min_count}
@@ -157,7 +147,7 @@ def vocab_coverage(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
     model = _check_model(data)
     unk = model["vocab"].get(model.get("unk_token", ""), -1)
     total = unknown = 0
-    for enc in _raw_encoder(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
+    for enc in plain_tokenizer(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
         total += len(enc.ids)
         unknown += sum(1 for i in enc.ids if i == unk)
     return {"tokens": total, "unknown": unknown, "coverage": (total - unknown) / total if total else 1.0}
@@ -288,8 +278,8 @@ def trim_vocabulary(
 def _identical_share(old: Any, new: Any, keep_ids: Sequence[int], texts: Sequence[str]) -> float:
     """Share of `texts` whose trimmed tokens, mapped back to original ids, equal the original tokens."""
     items = [str(t) for t in texts]
-    a = _raw_encoder(old).encode_batch(items, add_special_tokens=False)
-    b = _raw_encoder(new).encode_batch(items, add_special_tokens=False)
+    a = plain_tokenizer(old).encode_batch(items, add_special_tokens=False)
+    b = plain_tokenizer(new).encode_batch(items, add_special_tokens=False)
     same = sum(1 for x, y in zip(a, b) if list(x.ids) == [keep_ids[i] for i in y.ids])
     return same / len(items) if items else 1.0
 

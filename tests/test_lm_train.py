@@ -152,10 +152,11 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     config = DistillConfig(num_layers=2, epochs=8, batch_size=16, learning_rate=1e-2, temperature=1.0, alpha_ce=0.0,
                            eval_every=1000, warmup_ratio=0.0, precision="fp32")
     lm = CausalLMConfig(layer_selection="uniform", eval_rows=40, freeze_embeddings=True, sample_tokens=8)
-    extra = ["the teacher wrote this story about a film", "a great plot and a slow story", "bad fun"]
+    extra = ["the film plot was good and fun", "a great story but a slow plot", "the boring film was bad",
+             "fun and good but slow"]
     student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", extra_texts=extra, progress=False)
     m = student.metrics
-    assert m["extra_texts"] == 3 and m["train_rows"] == len(data.train) + 3  # teacher-written rows added
+    assert m["extra_texts"] == 4 and m["train_rows"] == len(data.train) + 4  # teacher-written rows added
     assert m["teacher_layers"] == [0, 5] and student.model.config.num_hidden_layers == 2
     assert m["kl_teacher_student"]["validation"] < 0.75 * m["kl_teacher_student"]["initial_validation"]
     ppl = m["perplexity"]  # the student's validation perplexity moves to the teacher's
@@ -170,7 +171,7 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     torch.testing.assert_close(student.model.get_input_embeddings().weight,
                                teacher.model.get_input_embeddings().weight)
     # rerunning the same call returns the finished result from the work folder
-    again = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
+    again = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", extra_texts=extra, progress=False)
     assert again.metrics["steps"] == m["steps"]
     torch.testing.assert_close(again.model.model.layers[0].mlp.up_proj.weight, student.model.model.layers[0].mlp.up_proj.weight)
 

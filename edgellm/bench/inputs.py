@@ -10,22 +10,12 @@ import numpy as np
 
 from edgellm.bench.stats import percentile
 from edgellm.errors import ConfigError, DataError
+from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["texts_of_length", "load_test_split", "load_heldout_texts", "centroid_accuracy", "token_stats",
            "plain_tokenizer", "label_ids"]
 
 log = logging.getLogger(__name__)
-
-
-def plain_tokenizer(tokenizer: Any) -> Any:
-    """A copy of a `tokenizers.Tokenizer` (or of a transformers fast tokenizer's) without truncation or padding."""
-    from tokenizers import Tokenizer
-
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 def texts_of_length(tokenizer: Any, source: Sequence[str], length: int, count: int) -> list[str]:

@@ -145,7 +145,7 @@ def encoder_manifest(
 ) -> Manifest:
     """Manifest fields an encoder artifact needs, read off the model."""
     from edgellm.exporting.onnx import encoder_input_names
-    from edgellm.models import count_parameters
+    from edgellm.models import source_record
 
     cfg = model.config
     labels = None
@@ -162,14 +162,7 @@ def encoder_manifest(
         pooling=emb.get("pooling", "mean") if task == "feature-extraction" else None,
         normalize=bool(emb.get("normalize", False)) if task == "feature-extraction" else False,
         inputs=encoder_input_names(model),
-        source={
-            "model": source,
-            "architecture": type(model).__name__,
-            "model_type": cfg.model_type,
-            "parameters": count_parameters(model),
-            "hidden_size": int(cfg.hidden_size),
-            "num_hidden_layers": int(cfg.num_hidden_layers),
-        },
+        source=source_record(model, source),
     )
 
 

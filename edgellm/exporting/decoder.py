@@ -21,7 +21,6 @@ T = 1. The same file runs without a cache by always feeding an empty past and th
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 
 from edgellm.artifact import Manifest, ModelEntry
 from edgellm.errors import ConfigError, ExportError, ExportMismatchError
+from edgellm.exporting.onnx import torch_export
 from edgellm.recipe import CausalLMConfig
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DECODER_TYPES = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
-OPSET = 17
 DEFAULT_ATOL = CausalLMConfig.logits_atol  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
 DEFAULT_CONTEXT = CausalLMConfig.context_length  # tokens, when the model allows more
 GREEDY_CHECK_STEPS = 32
@@ -223,8 +222,6 @@ def _sample_inputs(spec: DecoderSpec, *, batch: int = 1, seq: int = 3, past: int
 
 def export_decoder_onnx(model: Any, path: Path, *, context_length: int = DEFAULT_CONTEXT) -> DecoderSpec:
     """Write `model` as one decoder ONNX with KV-cache inputs / outputs (weights inside the file when < 2 GB)."""
-    import torch
-
     spec = decoder_spec(model)
     _check_supported(model, context_length)
     wrapper = _wrapper(model)
@@ -241,23 +238,8 @@ def export_decoder_onnx(model: Any, path: Path, *, context_length: int = DEFAULT
     if sum(p.numel() for p in model.parameters()) * 4 > 1.8e9:
         raise ExportError(f"{type(model).__name__} has over 1.8 GB of FP32 weights; this exporter writes one file "
                           "(protobuf's 2 GB limit)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                _sample_inputs(spec),
-                str(path),
-                input_names=spec.inputs,
-                output_names=spec.outputs,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    torch_export(wrapper, _sample_inputs(spec), path, inputs=spec.inputs, outputs=spec.outputs, dynamic=dynamic,
+                 what=type(model).__name__)
     return spec
 
 
@@ -582,9 +564,8 @@ def write_decoder_models(
 def decoder_manifest(model: Any, export: DecoderExport, *, context_length: int, source: str) -> Manifest:
     """The text-generation manifest of a decoder export (default model: the first entry; the quantize and
     evaluate stages choose again)."""
-    from edgellm.models import count_parameters
+    from edgellm.models import source_record
 
-    cfg = model.config
     return Manifest(
         task="text-generation",
         models=list(export.entries),
@@ -592,14 +573,7 @@ def decoder_manifest(model: Any, export: DecoderExport, *, context_length: int, 
         max_length=context_length,
         inputs=export.inputs,
         generation=export.generation,
-        source={
-            "model": source,
-            "architecture": type(model).__name__,
-            "model_type": cfg.model_type,
-            "parameters": count_parameters(model),
-            "hidden_size": int(cfg.hidden_size),
-            "num_hidden_layers": int(cfg.num_hidden_layers),
-        },
+        source=source_record(model, source),
     )
 
 

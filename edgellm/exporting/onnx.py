@@ -85,6 +85,23 @@ def _cls_only_logits(model: Any, input_ids: Any, attention_mask: Any, token_type
     return model.classifier(model.dropout(bert.pooler(state)))
 
 
+def torch_export(module: Any, args: tuple[Any, ...], path: Path, *, inputs: list[str], outputs: list[str],
+                 dynamic: dict[str, dict[int, str]] | None, what: str) -> None:
+    """torch.onnx.export (TorchScript tracer, opset OPSET, constant folding) of `module` on `args` into `path`;
+    any failure is an ExportError naming `what`. The tracer's warnings (shape-dependent control flow that the
+    wrappers keep out of the graph on purpose) are silenced."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {what}: {exc}") from exc
+
+
 def export_encoder_onnx(
     model: Any,
     path: Path,
@@ -120,23 +137,8 @@ def export_encoder_onnx(
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
         dynamic[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     wrapped = EncoderWrapper(model, task, names, cls_only=cls_only)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped,
-                tuple(args),
-                str(path),
-                input_names=names,
-                output_names=[output],
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    torch_export(wrapped, tuple(args), path, inputs=names, outputs=[output], dynamic=dynamic,
+                 what=type(model).__name__)
     return names
 
 

@@ -119,6 +119,8 @@ class Backend(ABC):
         self.threads = threads
         self.options = dict(options)
         self.selection: dict[str, Any] | None = None  # how the device was chosen (runtime.devices.DeviceChoice)
+        self._inputs: list[InputSpec] = []  # filled by the implementation when it compiles the model
+        self._outputs: dict[str, tuple[int | None, ...]] = {}  # output name -> declared shape, graph order
 
     @property
     @abstractmethod
@@ -126,18 +128,18 @@ class Backend(ABC):
         """The device / execution provider really in use, e.g. 'CPUExecutionProvider' or 'CPU'."""
 
     @property
-    @abstractmethod
     def inputs(self) -> list[InputSpec]:
         """The model's inputs in graph order."""
+        return self._inputs
 
     @property
-    @abstractmethod
     def output_names(self) -> list[str]:
         """The model's output names in graph order."""
+        return list(self._outputs)
 
-    @abstractmethod
     def output_shape(self, name: str) -> tuple[int | None, ...]:
         """Declared shape of an output; dynamic dimensions are None."""
+        return self._outputs[name]
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:

@@ -76,17 +76,6 @@ class OpenVINOBackend(Backend):
     def device(self) -> str:
         return self._device
 
-    @property
-    def inputs(self) -> list[InputSpec]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
-    def output_shape(self, name: str) -> tuple[int | None, ...]:
-        return self._outputs[name]
-
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         request = getattr(self._local, "request", None)
         if request is None:

@@ -99,17 +99,6 @@ class OrtBackend(Backend):
     def device(self) -> str:
         return self._session.get_providers()[0]
 
-    @property
-    def inputs(self) -> list[InputSpec]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
-    def output_shape(self, name: str) -> tuple[int | None, ...]:
-        return self._outputs[name]
-
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         try:
             return self._session.run(outputs, dict(feeds))

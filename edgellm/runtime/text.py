@@ -11,10 +11,22 @@ import numpy as np
 
 from edgellm.errors import ArtifactError, InputError
 
-__all__ = ["MAX_TEXT_CHARS", "MAX_BATCH", "as_texts", "TextEncoder"]
+__all__ = ["MAX_TEXT_CHARS", "MAX_BATCH", "as_texts", "plain_tokenizer", "TextEncoder"]
 
 MAX_TEXT_CHARS = 1_000_000  # longer texts are refused (InputError); shorter ones are truncated to max_length tokens
 MAX_BATCH = 100_000  # texts per call; the runtime still runs them in batches of `batch_size`
+
+
+def plain_tokenizer(tokenizer: Any) -> Any:
+    """A copy of a `tokenizers.Tokenizer` (or of a transformers fast tokenizer's) without truncation or padding:
+    what counting and packing tokens must see."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def as_texts(texts: str | Sequence[str]) -> list[str]:
