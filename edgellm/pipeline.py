@@ -136,7 +136,8 @@ class StageCache:
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _stage_files(folder)}
             fault_point("done")
             atomic_write_text(done, json.dumps(record, indent=2, default=_jsonable))
-        self.echo(f"[{name}] done in {seconds:.0f} s")
+        headline = stage_headline(metrics)
+        self.echo(f"[{name}] done in {seconds:.0f} s" + (f": {headline}" if headline else ""))
         return StageRecord(name, key, folder, metrics, cached=False, seconds=seconds)
 
     def _finished(self, name: str, folder: Path) -> dict[str, Any] | None:
@@ -160,6 +161,29 @@ class StageCache:
         self.echo(f"[{name}] {problem}: running it again in {folder}")
         shutil.rmtree(folder)
         return None
+
+
+def stage_headline(metrics: dict[str, Any]) -> str:
+    """The key number of a stage's metrics for its "done" line (empty when it has none)."""
+    def pick(m: dict[str, Any]) -> str:
+        test = m.get("test") if isinstance(m.get("test"), dict) else {}
+        if "accuracy" in test:
+            return f"test accuracy {test['accuracy']:.2f} %"
+        if "spearman" in test:
+            return f"test Spearman vs teacher {test['spearman']:.4f}"
+        if "perplexity_out_of_domain" in m:
+            return (f"perplexity in-domain {m['perplexity_in_domain']:.2f}, out-of-domain "
+                    f"{m['perplexity_out_of_domain']:.2f}")
+        if "tokens" in m and "texts" in m:
+            return f"{m['texts']} texts, {m['tokens']} tokens"
+        return ""
+
+    found = pick(metrics)
+    if found:
+        return found
+    models = metrics.get("models", metrics)  # per-model records (export, quantize, evaluate)
+    parts = [f"{name} {text}" for name, m in models.items() if isinstance(m, dict) and (text := pick(m))]
+    return "; ".join(parts[:3]) + (f" (+{len(parts) - 3} more)" if len(parts) > 3 else "")
 
 
 def _stage_files(folder: Path) -> dict[str, str]:
@@ -217,9 +241,11 @@ def compress(
 
 def _echo(echo: Callable[[str], None] | None) -> Callable[[str], None]:
     def say(line: str) -> None:
-        log.info(line)
         if echo is not None:
             echo(line)
+            log.debug(line)  # the caller shows it; logging it at INFO too would print it twice under -v
+        else:
+            log.info(line)
 
     return say
 

@@ -75,6 +75,9 @@ def test_default_log_has_a_start_and_a_timed_end_line_per_stage(logs: dict[str, 
     for stage in STAGES:
         assert re.search(rf"^\[{stage}\] running in \S+$", logs["quiet"], re.M), stage
         assert re.search(rf"^\[{stage}\] done in \d+ s", logs["quiet"], re.M), stage
+    # the key number of the stage on its done line
+    assert re.search(r"^\[distill\] done in \d+ s: test accuracy \d+\.\d\d %$", logs["quiet"], re.M)
+    assert re.search(r"^\[evaluate\] done in \d+ s: onnx-\S+ test accuracy", logs["quiet"], re.M)
 
 
 @pytest.mark.parametrize("what", sorted(KNOWN))
@@ -91,7 +94,8 @@ def test_default_log_has_no_warnings_at_all(logs: dict[str, str]) -> None:
 
 def test_verbose_flags_bring_edgellm_logs_back(logs: dict[str, str]) -> None:
     assert len(logs["reused-v"].splitlines()) > len(logs["reused"].splitlines())
-    assert re.search(r"^INFO edgellm\.pipeline: \[teacher\] unchanged since", logs["reused-v"], re.M)
+    assert re.search(r"^INFO edgellm\.", logs["reused-v"], re.M)
+    assert len(re.findall(r"\[teacher\] unchanged since", logs["reused-v"])) == 1  # echoed once, not logged again
     assert not re.search(r"^INFO ", logs["reused"], re.M)
     assert re.search(r"^INFO edgellm\.train\.", logs["vv"], re.M)
     assert len(logs["vv"].splitlines()) > len(logs["quiet"].splitlines())

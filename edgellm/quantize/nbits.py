@@ -329,7 +329,8 @@ def quantize_nbits(
         "fallback_8bit": sorted(fallback),
         "relative_error": {name: round(r[4], 6) for name, r in sorted(results.items())},
     }
-    log.info("%s: %d MatMuls -> MatMulNBits (%s)", dst.name, counts["MatMulNBits"], settings)
+    log.info("%s: %d MatMuls -> MatMulNBits (%d-bit, block %d, %s, %d kept at 8 bits)", dst.name,
+             counts["MatMulNBits"], bits, block_size, settings["method"], len(settings.get("fallback_8bit") or []))
     return NBitsResult(dst, settings, counts)
 
 
