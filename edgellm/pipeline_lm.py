@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 # causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
 # changing them reuses the distilled student)
-TRAINING_FIELDS = ("layer_selection", "corpora", "freeze_embeddings", "teacher_precision", "eval_rows", "max_steps",
-                   "budget_minutes", "token_budget", "sample_tokens")
+TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "freeze_embeddings", "teacher_precision",
+                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")
@@ -124,6 +124,8 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
     base = {"edgellm": __version__, "task": recipe.task, "data": described["split"]["sha256"],
             "max_length": data.max_length, "out_of_domain": list(lm.out_of_domain)}
     training = {k: getattr(lm, k) for k in TRAINING_FIELDS}
+    if recipe.distill is None or recipe.distill.ffn_size is None:
+        del training["width_selection"]  # it only chooses FFN neurons when the student's FFN is narrower
     export_fields = {k: getattr(lm, k) for k in ("context_length", "stateful", "logits_atol", "graph")}
     stages: dict[str, StageRecord] = {}
     teacher_path = resolve_model(recipe.teacher)

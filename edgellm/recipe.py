@@ -246,6 +246,7 @@ class CausalLMConfig:
     temperature and schedule come from `distill`; the INT8 modes from `quantize.mode`; formats from `export`."""
 
     layer_selection: Literal["block-influence", "uniform"] = "block-influence"  # how distill.num_layers teacher layers are picked when distill.layers is null
+    width_selection: Literal["activation", "magnitude"] = "activation"  # which FFN neurons distill.ffn_size keeps: largest mean activation on validation text (Minitron) or largest weights
     corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way (train / validation / test)
     out_of_domain: list[str] = field(default_factory=lambda: ["nyt-editorials"])  # text never trained on (built-in names, files, hf:NAME): out-of-domain perplexity; must not overlap the training text
     teacher_samples: int = 0  # texts the teacher writes from diverse prompts (seeded, cached) added to training: general-domain data

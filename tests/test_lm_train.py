@@ -84,6 +84,35 @@ def test_student_copies_teacher_layers(teacher: Any) -> None:
     assert narrow.config.intermediate_size == 64
 
 
+def test_width_by_activation_keeps_the_busiest_neurons(teacher: Any) -> None:
+    """Minitron-style width: the neurons with the largest mean |act(gate) * up| on real text are kept, in order."""
+    import torch
+
+    from edgellm.train.causal import build_lm_student, ffn_activation_importance
+
+    model = teacher.model
+    seqs = [teacher.tokenizer(t).input_ids for t in ["the film was good", "a slow and boring story", "fun"]]
+    scores = ffn_activation_importance(model, seqs)
+    width = model.config.intermediate_size
+    assert sorted(scores) == list(range(model.config.num_hidden_layers))
+    assert all(v.shape == (width,) and bool((v >= 0).all()) and float(v.sum()) > 0 for v in scores.values())
+    student = build_lm_student(model, [0, 5], ffn_size=width // 2, neuron_scores=scores)
+    keep = torch.sort(torch.topk(scores[5], width // 2).indices).values
+    torch.testing.assert_close(student.model.layers[1].mlp.up_proj.weight,
+                               model.model.layers[5].mlp.up_proj.weight[keep])
+    torch.testing.assert_close(student.model.layers[1].mlp.down_proj.weight,
+                               model.model.layers[5].mlp.down_proj.weight[:, keep])
+    # by hand for one neuron of layer 0: the mean over every token of |silu(gate) * up|
+    captured = []
+    handle = model.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    with torch.no_grad():
+        for ids in seqs:
+            model(torch.tensor([ids]))
+    handle.remove()
+    acts = torch.cat([c[0] for c in captured]).abs().double()
+    torch.testing.assert_close(scores[0], acts.mean(0), rtol=1e-5, atol=1e-7)
+
+
 def test_causal_kd_loss_values() -> None:
     import torch
     import torch.nn.functional as F

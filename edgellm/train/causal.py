@@ -49,6 +49,7 @@ __all__ = [
     "lm_perplexity",
     "lm_kl",
     "block_influence",
+    "ffn_activation_importance",
     "choose_lm_layers",
     "build_lm_student",
     "causal_kd_loss",
@@ -205,6 +206,36 @@ def block_influence(model: Any, sequences: Sequence[Sequence[int]], *, pad_id: i
     return [float(s / max(count, 1)) for s in sums]
 
 
+@torch.no_grad()
+def ffn_activation_importance(model: Any, sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+                              batch_size: int = EVAL_BATCH) -> dict[int, torch.Tensor]:
+    """Per decoder layer: mean |activation| of each FFN neuron (the input of down_proj, act(gate) * up) over the
+    real tokens of `sequences` (Minitron's width importance): the neurons that carry the least are pruned first."""
+    model.eval()
+    layers = list(model.model.layers)
+    sums: dict[int, torch.Tensor] = {}
+    mask_now: dict[str, torch.Tensor] = {}
+
+    def hook(index: int) -> Any:
+        def record(module: Any, args: Any) -> None:
+            act = args[0].float().abs()[mask_now["real"]]  # (tokens, width)
+            sums[index] = sums.get(index, torch.zeros(act.shape[-1], dtype=torch.float64)) + act.sum(0).double()
+        return record
+
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    count = 0
+    try:
+        with torch.autocast("cpu", enabled=False):
+            for batch in eval_batches([list(s) for s in sequences], batch_size=batch_size, pad_id=pad_id):
+                mask_now["real"] = batch["attention_mask"].bool()
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                count += int(mask_now["real"].sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {i: v / max(count, 1) for i, v in sums.items()}
+
+
 def choose_lm_layers(model: Any, num_layers: int, *, method: str = "block-influence",
                      sequences: Sequence[Sequence[int]] = (), pad_id: int = 0) -> list[int]:
     """Teacher layer indices for a student of `num_layers` (sorted; first and last layer always kept)."""
@@ -228,9 +259,12 @@ def choose_lm_layers(model: Any, num_layers: int, *, method: str = "block-influe
     return chosen
 
 
-def build_lm_student(teacher: Any, layers: Sequence[int], *, ffn_size: int | None = None) -> Any:
-    """The teacher's class with `layers` (and optionally a narrower FFN) copied from it."""
-    return build_student(teacher, DistillConfig(layers=list(layers), num_layers=None, ffn_size=ffn_size))
+def build_lm_student(teacher: Any, layers: Sequence[int], *, ffn_size: int | None = None,
+                     neuron_scores: dict[int, torch.Tensor] | None = None) -> Any:
+    """The teacher's class with `layers` (and optionally a narrower FFN: the neurons of highest `neuron_scores`,
+    else of largest weights) copied from it."""
+    return build_student(teacher, DistillConfig(layers=list(layers), num_layers=None, ffn_size=ffn_size),
+                         neuron_scores=neuron_scores)
 
 
 # -- the loss --------------------------------------------------------------------------------------------------
@@ -353,12 +387,16 @@ def distill_causal_lm(
     else:
         layers = choose_lm_layers(tmodel, int(config.num_layers or total), method=lm.layer_selection,
                                   sequences=val_eval[:128], pad_id=pad)
-    student = build_lm_student(tmodel, layers, ffn_size=config.ffn_size)
+    scores = None
+    if config.ffn_size is not None and lm.width_selection == "activation":
+        scores = ffn_activation_importance(tmodel, val_eval[:128], pad_id=pad)
+    student = build_lm_student(tmodel, layers, ffn_size=config.ffn_size, neuron_scores=scores)
     if lm.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
 
     metrics: dict[str, Any] = {"teacher_layers": layers, "teacher_num_layers": total, "ffn_size": config.ffn_size,
+                               "width_selection": lm.width_selection if config.ffn_size is not None else None,
                                "layer_selection": "given" if config.layers is not None else lm.layer_selection}
     ppl: dict[str, Any] = {"teacher_validation": lm_perplexity(tmodel, val_eval, pad_id=pad)["perplexity"]}
     eval_started = time.perf_counter()
@@ -411,8 +449,9 @@ def distill_causal_lm(
     kl["validation"] = lm_kl(tmodel, student, val_eval, pad_id=pad)
     if test_ids:
         ppl["teacher_test"] = lm_perplexity(tmodel, test_ids, pad_id=pad)["perplexity"]
-        ppl["student_initial_test"] = lm_perplexity(build_lm_student(tmodel, layers, ffn_size=config.ffn_size),
-                                                    test_ids, pad_id=pad)["perplexity"]
+        ppl["student_initial_test"] = lm_perplexity(
+            build_lm_student(tmodel, layers, ffn_size=config.ffn_size, neuron_scores=scores), test_ids,
+            pad_id=pad)["perplexity"]
         ppl["student_test"] = lm_perplexity(student, test_ids, pad_id=pad)["perplexity"]
     metrics.update({
         "perplexity": ppl,

@@ -89,8 +89,13 @@ def ffn_importance(block: torch.nn.Module, width: int, hidden: int) -> torch.Ten
     return score
 
 
-def build_student(teacher: Any, config: DistillConfig) -> torch.nn.Module:
+def build_student(teacher: Any, config: DistillConfig,
+                  neuron_scores: dict[int, torch.Tensor] | None = None) -> torch.nn.Module:
     """A smaller model of the teacher's class: embeddings, the chosen layers and the head copied from it.
+
+    With `config.ffn_size`, each kept layer keeps its `ffn_size` most important FFN neurons: `neuron_scores`
+    (teacher layer index -> one score per neuron, e.g. mean activation magnitude on real text) where given, else
+    `ffn_importance` (weight magnitude).
 
     teacher: a Hugging Face model (or a TrainedModel / path, loaded first). The student's config records
     `edgellm_student = {"teacher_layers": [...], "teacher_num_layers": N, "ffn_size": ...}` so that layer-wise
@@ -124,7 +129,8 @@ def build_student(teacher: Any, config: DistillConfig) -> torch.nn.Module:
     sliced: dict[str, tuple[int, int]] = {}  # teacher-layer-relative param name -> (layer position, dim)
     if ffn is not None and ffn < width:
         for pos, idx in enumerate(chosen):
-            scores = ffn_importance(blocks[idx], width, hidden)
+            given = (neuron_scores or {}).get(idx)
+            scores = given.double() if given is not None else ffn_importance(blocks[idx], width, hidden)
             keep[pos] = torch.sort(torch.topk(scores, ffn).indices).values
         ins, outs = _ffn_linears(blocks[chosen[0]], width, hidden)
         for name, _ in ins:
