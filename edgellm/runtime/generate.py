@@ -141,12 +141,24 @@ def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep the most likely tokens whose cumulative probability first reaches `p` (at least one token)."""
+    """Keep the most likely tokens whose cumulative probability first reaches `p` (at least one token).
+
+    Only the head of the distribution is sorted: candidates are every logit >= the k-th largest (ties included, so
+    the order below is the full sort's), k growing until their probability reaches `p` (a full argsort of a 49k
+    vocabulary costs milliseconds per sampled token)."""
     if p >= 1.0:
         return logits
-    order = np.argsort(-logits, kind="stable")
-    probs = _softmax(logits[order])
-    cum = np.cumsum(probs)
+    probs = _softmax(logits)
+    n = logits.shape[-1]
+    k = min(64, n)
+    while True:
+        kth = np.partition(logits, n - k)[n - k] if k < n else -np.inf
+        cand = np.flatnonzero(logits >= kth)
+        order = cand[np.lexsort((cand, -logits[cand]))]  # logit descending, then index (a stable sort's order)
+        cum = np.cumsum(probs[order])
+        if cum[-1] >= p - 1e-9 or cand.size >= n:
+            break
+        k = min(n, k * 8)
     cut = int(np.searchsorted(cum, p - 1e-9, side="left")) + 1  # tokens needed to reach p (float rounding forgiven)
     out = np.full_like(logits, -np.inf)
     keep = order[: max(1, cut)]

@@ -1,0 +1,157 @@
+"""The distilled LLM against its teacher, from one run of the text-generation recipe: quality where the user will use
+it (in-domain and out-of-domain perplexity, KL and top-1 agreement with the teacher, zero-shot sentiment) and decode
+speed, every number from the recipe's own evaluate stage (every model and the teacher's runtime models measured in
+that one stage, one after the other, on the same texts and prompt).
+
+    python -m bench.lm_student --build      # run export/lm-smollm2.yaml (about an hour here), then report
+    python -m bench.lm_student              # report from the finished artifact
+
+Writes bench/results/lm-student.json / .md and the `lm-student` block of docs/benchmarks.md, with the checks of
+issue 15's targets (student 8-bit: out-of-domain perplexity <= 1.3x the FP32 teacher's, in-domain <= 1.2x, decode
+>= 1.5x the teacher's 8-bit model, zero-shot sentiment within 3 points of the teacher's, the recipe within 60
+minutes) passed or failed as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import record
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"ood_ratio": 1.3, "in_domain_ratio": 1.2, "speedup": 1.5, "sentiment_drop": 3.0, "minutes": 60.0}
+
+
+def build(recipe_path: str, artifact: Path) -> float:
+    """Run the recipe (reusing finished stages of its work folder); returns the wall seconds of this call."""
+    from edgellm.pipeline import compress
+    from edgellm.recipe import load_recipe
+
+    started = time.perf_counter()
+    compress(load_recipe(recipe_path), artifact, overwrite=True, echo=print, progress=False)
+    return time.perf_counter() - started
+
+
+def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
+    """The table rows and the target checks from the artifact's manifest (its stage records)."""
+    from edgellm.artifact import read_manifest
+    from edgellm.bench.machine import machine_info
+
+    manifest = read_manifest(artifact)
+    stages = {k: v for k, v in manifest.metrics.items() if isinstance(v, dict) and "key" in v}
+    evaluated = stages["evaluate"]["models"]
+    teacher_fp32 = evaluated["teacher onnx-fp32"]
+    teacher_int8 = evaluated["teacher onnx-int8"]
+    student = evaluated["onnx-int8"]
+
+    def ratio(m: dict[str, Any], key: str) -> float:
+        return m[f"perplexity_{key}"] / teacher_fp32[f"perplexity_{key}"]
+
+    def tps(m: dict[str, Any]) -> float | None:
+        return (m.get("generation") or {}).get("decode_tokens_per_s")
+
+    rows = []
+    for name, m in evaluated.items():
+        rows.append({
+            "model": name if m.get("teacher") else f"student {name}",
+            "ppl_in_domain": m["perplexity_in_domain"], "in_domain_ratio": ratio(m, "in_domain"),
+            "ppl_out_of_domain": m["perplexity_out_of_domain"], "ood_ratio": ratio(m, "out_of_domain"),
+            "kl": m.get("kl_from_teacher"), "top1": m.get("top1_agreement"),
+            "sentiment": (m.get("sentiment") or {}).get("accuracy"),
+            "decode_tps": tps(m), "speedup_vs_teacher_int8": (tps(m) or 0) / (tps(teacher_int8) or 1),
+            "first_token_ms": (m.get("generation") or {}).get("time_to_first_token_ms"),
+        })
+    seconds = sum(float(v.get("seconds") or 0) for v in stages.values())
+    checks = {
+        "ood_ratio": (ratio(student, "out_of_domain"), ratio(student, "out_of_domain") <= TARGETS["ood_ratio"]),
+        "in_domain_ratio": (ratio(student, "in_domain"), ratio(student, "in_domain") <= TARGETS["in_domain_ratio"]),
+        "speedup": (tps(student) / tps(teacher_int8), tps(student) / tps(teacher_int8) >= TARGETS["speedup"]),
+        "sentiment_drop": (teacher_fp32["sentiment"]["accuracy"] - student["sentiment"]["accuracy"],
+                           teacher_fp32["sentiment"]["accuracy"] - student["sentiment"]["accuracy"]
+                           <= TARGETS["sentiment_drop"]),
+        "minutes": (seconds / 60, seconds / 60 <= TARGETS["minutes"]),
+    }
+    distill = stages.get("distill", {})
+    training = distill.get("training", {})
+    return {"artifact": str(artifact), "recipe": recipe_path, "machine": machine_info(), "rows": rows,
+            "checks": {k: {"value": v, "passed": ok, "target": TARGETS[k]} for k, (v, ok) in checks.items()},
+            "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
+            "student": {"layers": manifest.source.get("num_hidden_layers"),
+                        "parameters": manifest.source.get("parameters"),
+                        "teacher_layers": training.get("teacher_layers"), "steps": training.get("steps"),
+                        "train_tokens": training.get("train_tokens"), "extra_texts": training.get("extra_texts")},
+            "corpus": stages.get("corpus"), "texts": stages["evaluate"].get("texts"),
+            "sentiment_examples": stages["evaluate"].get("sentiment_examples"),
+            "default_model": manifest.default_model}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    s = result["student"]
+    corpus = result.get("corpus") or {}
+    lines = [
+        "### lm-student: the distilled SmolLM2 student against its teacher, one run of the recipe",
+        "",
+        f"{m['cpu_model']}, 2 threads, batch 1, greedy decode of 128 new tokens after a 128-token "
+        f"held-out prompt (median of 3). Student: {s['layers']} of the teacher's 30 layers "
+        f"({s['teacher_layers']}), {s['parameters'] / 1e6:.1f} M parameters, {s['steps']} steps / "
+        f"{s['train_tokens']} training tokens"
+        + (f", {corpus.get('texts')} teacher-written texts ({corpus.get('tokens')} tokens)" if corpus else "")
+        + f". Perplexity on {result['texts']['in_domain']} test sentences of the training corpora (in-domain) and "
+        f"{result['texts']['out_of_domain']} 256-token passages of nyt-editorials, never trained on "
+        f"(out-of-domain); KL / top-1 against the teacher in FP32; zero-shot sentiment on "
+        f"{result['sentiment_examples']} movie-review test sentences by prompting.",
+        "",
+        "| model | ppl in-domain | x teacher | ppl out-of-domain | x teacher | KL | top-1 | sentiment % | "
+        "decode tok/s | x teacher 8-bit | first token ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {f(r['ppl_in_domain'], '.1f')} | {f(r['in_domain_ratio'], '.2f')} | "
+                     f"{f(r['ppl_out_of_domain'], '.1f')} | {f(r['ood_ratio'], '.2f')} | {f(r['kl'], '.3f')} | "
+                     f"{f(r['top1'], '.3f')} | {f(r['sentiment'], '.1f')} | {f(r['decode_tps'], '.1f')} | "
+                     f"{f(r['speedup_vs_teacher_int8'], '.2f')} | {f(r['first_token_ms'], '.0f')} |")
+    names = {"ood_ratio": "out-of-domain perplexity / teacher FP32 <= 1.3",
+             "in_domain_ratio": "in-domain perplexity / teacher FP32 <= 1.2",
+             "speedup": "decode tok/s / teacher 8-bit >= 1.5",
+             "sentiment_drop": "zero-shot sentiment: teacher minus student <= 3 points",
+             "minutes": "the whole recipe (sum of its stages) <= 60 minutes"}
+    lines += ["", "Targets (student onnx-int8):", ""]
+    for key, c in result["checks"].items():
+        lines.append(f"- {names[key]}: {c['value']:.2f}: **{'met' if c['passed'] else 'not met'}**")
+    lines += ["", f"Stage seconds: {', '.join(f'{k} {v:.0f}' for k, v in result['stage_seconds'].items() if v)}.",
+              "", "Reproduce: `python -m bench.lm_student --build`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lm_student", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="export/lm-smollm2.yaml")
+    parser.add_argument("--artifact", default="artifacts/lm-smollm2")
+    parser.add_argument("--build", action="store_true", help="run the recipe first (finished stages are reused)")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    artifact = Path(args.artifact)
+    if args.build:
+        build(args.recipe, artifact)
+    result = report(artifact, args.recipe)
+    text = markdown(result)
+    record("lm-student", result, text)
+    if not args.no_docs:
+        from bench.run import update_readme
+
+        update_readme(ROOT / "docs" / "benchmarks.md", "lm-student", text.split("\n", 2)[2])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
