@@ -1,0 +1,155 @@
+"""The compression frontier of a causal-LM student: depth (teacher layers kept by block influence) and width (FFN
+neurons kept by mean activation, Minitron-style) against out-of-domain perplexity and decode tokens/s, each plan
+distilled for the same short budget and measured in the edgellm runtime (8-bit weights, fused ONNX Runtime graph).
+
+    python -m bench.lm_frontier --plans 24,20,16,20x0.75,12 --minutes 4 --budget 1.3
+
+Reuses the teacher and its teacher-written corpus from a run of export/lm-smollm2.yaml (`--work`, the recipe's work
+folder), so run the recipe first. Every plan gets the same training budget, so the frontier ranks plans at equal
+cost (the recipe then trains the chosen one longer); the teacher's 8-bit model is timed before and after the plans
+(its median is the speed reference, both readings are recorded). Prints the table and the fastest plan whose
+out-of-domain perplexity is within `--budget` x the FP32 teacher's, or says that none is and which is closest.
+Writes bench/results/lm-frontier.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_plans(text: str) -> list[tuple[int, float]]:
+    """"24,20x0.75" -> [(24, 1.0), (20, 0.75)]: layers kept, and the share of FFN neurons kept."""
+    plans = []
+    for item in text.split(","):
+        layers, _, ratio = item.strip().partition("x")
+        plans.append((int(layers), float(ratio) if ratio else 1.0))
+    return plans
+
+
+def finished(work: Path, stage: str) -> Path:
+    for folder in sorted(work.glob(f"{stage}-*")):
+        if (folder / "stage.json").is_file():
+            return folder
+    raise SystemExit(f"no finished {stage} stage in {work}: run `edgellm compress export/lm-smollm2.yaml` first")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lm_frontier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="export/lm-smollm2.yaml")
+    parser.add_argument("--work", default="artifacts/lm-smollm2.work")
+    parser.add_argument("--plans", default="24,20,16,20x0.75,12")
+    parser.add_argument("--minutes", type=float, default=4.0, help="distillation budget per plan")
+    parser.add_argument("--budget", type=float, default=1.3, help="out-of-domain perplexity / FP32 teacher's")
+    parser.add_argument("--passages", type=int, default=100, help="out-of-domain passages scored per plan")
+    parser.add_argument("--out", default="artifacts/lm-frontier")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from edgellm.bench.generation import measure_generation, perplexity
+    from edgellm.bench.machine import machine_info
+    from edgellm.pipeline_lm import OOD_LENGTH, _read_corpus, load_out_of_domain, pack_sequences
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
+    from edgellm.recipe import load_recipe
+    from edgellm.runtime import load
+    from edgellm.train.causal import distill_causal_lm, load_lm_data, load_teacher_lm
+
+    recipe = load_recipe(args.recipe)
+    lm = recipe.causal_lm
+    work, out = Path(args.work), Path(args.out)
+    teacher_folder = finished(work, "teacher")
+    corpus_folder = finished(work, "corpus") if lm.teacher_samples else None
+    corpus = _read_corpus(corpus_folder / "corpus.jsonl") if corpus_folder else []
+    data = load_lm_data(recipe.data, corpora=lm.corpora)
+    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    teacher = load_teacher_lm(teacher_folder / "model")
+    passages = pack_sequences(teacher.tokenizer, ood, length=OOD_LENGTH, count=args.passages)
+    prompt = [i for p in passages for i in p][:128]
+    threads = recipe.evaluate.threads
+
+    def measure(generator: Any) -> dict[str, Any]:
+        gen = measure_generation(lambda ids, n: generator.tokens(list(ids), n, ignore_eos=True), prompt,
+                                 max_new_tokens=128, warmup=1, repeat=3)
+        return {"perplexity_out_of_domain": perplexity(generator.log_probs, passages)["perplexity"],
+                "decode_tokens_per_s": gen["decode_tokens_per_s"]}
+
+    fp32 = measure(load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False))
+    int8 = load(teacher_folder / "runtime", model="onnx-int8", threads=threads, verify=False)
+    teacher_before = measure(int8)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = []
+    for layers, ratio in parse_plans(args.plans):
+        width = teacher.model.config.intermediate_size
+        ffn = None if ratio >= 1.0 else int(round(width * ratio / 64)) * 64
+        name = f"{layers}L" + (f"-ffn{ffn}" if ffn else "")
+        config = dataclasses.replace(recipe.distill, num_layers=layers, layers=None, ffn_size=ffn)
+        plan_lm = dataclasses.replace(lm, budget_minutes=args.minutes, eval_rows=100)
+        t0 = time.perf_counter()
+        student = distill_causal_lm(teacher, data, config, plan_lm, out / name / "work", extra_texts=corpus,
+                                    progress=False)
+        train_s = time.perf_counter() - t0
+        export_causal_lm(student.model, out / name / "artifact", tokenizer=teacher.tokenizer, formats=("onnx",),
+                         weights=WeightFormats(bits=(8,), block_size=lm.block_size), context_length=lm.context_length,
+                         texts=list(data.validation.texts[:4]), overwrite=True)
+        measured = measure(load(out / name / "artifact", model="onnx-int8", threads=threads, verify=False))
+        rows.append({"plan": name, "layers": layers, "ffn": ffn or width,
+                     "parameters": sum(p.numel() for p in student.model.parameters()),
+                     "teacher_layers": student.metrics["teacher_layers"], "steps": student.metrics["steps"],
+                     "train_s": round(train_s), **measured})
+    teacher_after = measure(int8)
+    reference = (teacher_before["decode_tokens_per_s"] + teacher_after["decode_tokens_per_s"]) / 2
+    for r in rows:
+        r["ood_ratio"] = r["perplexity_out_of_domain"] / fp32["perplexity_out_of_domain"]
+        r["speedup"] = r["decode_tokens_per_s"] / reference
+        r["within_budget"] = r["ood_ratio"] <= args.budget
+    inside = [r for r in rows if r["within_budget"]]
+    chosen = max(inside, key=lambda r: r["speedup"]) if inside else None
+    closest = min(rows, key=lambda r: r["ood_ratio"]) if rows else None
+    machine = machine_info()
+    lines = [
+        "### lm-frontier: student depth / width vs out-of-domain perplexity vs decode speed",
+        "",
+        f"{machine['cpu_model']}, {threads} threads; each plan distilled for {args.minutes:g} minutes (same budget), "
+        f"8-bit weights in the fused ONNX Runtime graph; out-of-domain perplexity on {len(passages)} {OOD_LENGTH}-token "
+        f"passages of {', '.join(lm.out_of_domain)} (never trained on); decode: 128 new tokens after a 128-token "
+        f"prompt, median of 3. Teacher: FP32 perplexity {fp32['perplexity_out_of_domain']:.2f}; 8-bit decode "
+        f"{teacher_before['decode_tokens_per_s']:.1f} tok/s before the plans, {teacher_after['decode_tokens_per_s']:.1f}"
+        f" after. {started}.",
+        "",
+        "| plan | layers | FFN | parameters | steps | ppl out-of-domain | x teacher FP32 | decode tok/s | "
+        "x teacher 8-bit | within budget |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *[f"| {r['plan']} | {r['layers']} | {r['ffn']} | {r['parameters'] / 1e6:.1f} M | {r['steps']} | "
+          f"{r['perplexity_out_of_domain']:.2f} | {r['ood_ratio']:.2f} | {r['decode_tokens_per_s']:.1f} | "
+          f"{r['speedup']:.2f} | {'yes' if r['within_budget'] else 'no'} |" for r in rows],
+        "",
+        (f"Fastest plan within {args.budget:g}x: **{chosen['plan']}** ({chosen['speedup']:.2f}x the teacher's 8-bit "
+         "decode)." if chosen else
+         f"No plan is within {args.budget:g}x the teacher's out-of-domain perplexity at this training budget; the "
+         f"closest is {closest['plan']} ({closest['ood_ratio']:.2f}x, {closest['speedup']:.2f}x decode)."
+         if closest else "No plan was measured."),
+        "",
+        f"Reproduce: `python -m bench.lm_frontier --plans {args.plans} --minutes {args.minutes:g} --budget "
+        f"{args.budget:g}`",
+        "",
+    ]
+    record("lm-frontier", {"created": started, "settings": vars(args), "machine": machine, "teacher_fp32": fp32,
+                           "teacher_int8": {"before": teacher_before, "after": teacher_after}, "plans": rows,
+                           "chosen": chosen["plan"] if chosen else None,
+                           "closest": closest["plan"] if closest else None}, "\n".join(lines))
+    from bench.run import update_readme
+
+    update_readme(ROOT / "docs" / "benchmarks.md", "lm-frontier", "\n".join(lines).split("\n", 2)[2])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
