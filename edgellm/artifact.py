@@ -43,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "TASKS",
+    "ENCODER_TASKS",
     "BACKENDS",
     "PRECISIONS",
     "ModelEntry",
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST_NAME = "edgellm.json"
 TASKS = ("text-classification", "feature-extraction", "text-generation")
+ENCODER_TASKS = TASKS[:2]  # the tasks of encoder models (a head or pooled vectors over a bidirectional encoder)
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 _STAGING_PREFIX = ".edgellm-staging-"

@@ -12,8 +12,11 @@ from typing import Any
 import click
 
 from edgellm import __version__
+from edgellm.config import jsonable
 from edgellm.console import configure
 from edgellm.errors import EdgeLLMError
+from edgellm.recipe import DataConfig, DistillConfig, ExportConfig, PruneConfig, QuantizeConfig
+from edgellm.runtime.generate import GenerationOptions  # numpy only: the generation defaults live there, once
 
 __all__ = ["main", "cli"]
 
@@ -39,13 +42,7 @@ def cli(verbose: int) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable))
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=jsonable))
 
 
 @cli.command("export")
@@ -55,7 +52,7 @@ def _jsonable(value: Any) -> Any:
 @click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "openvino"]),
               help="Formats to emit (repeatable). Default: onnx and openvino.")
 @click.option("--max-length", type=int, default=None, help="Token limit (default: the model's own).")
-@click.option("--atol", type=float, default=None, help="Max abs difference allowed vs torch (default 1e-4).")
+@click.option("--atol", type=float, default=None, help=f"Max abs difference allowed vs torch (default {ExportConfig.atol:g}).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--target", "targets", multiple=True,
               help="Also build one model for this device profile (repeatable; edgellm targets list). "
@@ -125,11 +122,16 @@ def run_cmd(artifact: str, texts: tuple[str, ...], as_json: bool, backend: str, 
 @click.argument("prompt")
 @click.option("--chat", is_flag=True, help="Send PROMPT as a user message through the tokenizer's chat template.")
 @click.option("--system", default=None, help="With --chat: a system message first.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy; > 0 samples.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely (0 = all).")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1].")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="> 1 discourages repeats.")
+@click.option("--max-new-tokens", type=int, default=GenerationOptions.max_new_tokens, show_default=True,
+              help="Tokens to generate at most.")
+@click.option("--temperature", type=float, default=GenerationOptions.temperature, show_default=True,
+              help="0 = greedy; > 0 samples.")
+@click.option("--top-k", type=int, default=GenerationOptions.top_k, show_default=True,
+              help="Sample among the k most likely (0 = all).")
+@click.option("--top-p", type=float, default=GenerationOptions.top_p, show_default=True,
+              help="Nucleus sampling mass, in (0, 1].")
+@click.option("--repetition-penalty", type=float, default=GenerationOptions.repetition_penalty, show_default=True,
+              help="> 1 discourages repeats.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
 @click.option("--seed", type=int, default=None, help="Sampling seed.")
 @click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino.")
@@ -260,12 +262,12 @@ def compress_cmd(recipe: str, output: str, targets: tuple[str, ...], overrides: 
 @click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...).")
 @click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file, or a datasets save_to_disk folder.")
 @click.option("--hf-dataset", default=None, help="Hugging Face dataset name (needs the datasets package).")
-@click.option("--text-column", default=None, help="Text column (default: text).")
-@click.option("--label-column", default=None, help="Label column (default: label).")
+@click.option("--text-column", default=None, help=f"Text column (default: {DataConfig.text_column}).")
+@click.option("--label-column", default=None, help=f"Label column (default: {DataConfig.label_column}).")
 @click.option("--max-rows", type=int, default=None, help="Cap on data rows, for quick runs.")
-@click.option("--max-length", type=int, default=None, help="Tokens per text in training (default 128).")
+@click.option("--max-length", type=int, default=None, help=f"Tokens per text in training (default {DataConfig.max_length}).")
 @click.option("--layers", default=None, help="Teacher layers the student keeps, e.g. 0,2,4.")
-@click.option("--num-layers", type=int, default=None, help="Student depth, layers evenly spaced (default 3).")
+@click.option("--num-layers", type=int, default=None, help=f"Student depth, layers evenly spaced (default {DistillConfig.num_layers}).")
 @click.option("--ffn-size", type=int, default=None, help="Narrower FFN for the student (neurons kept by importance).")
 @click.option("--epochs", type=float, default=None, help="Distillation epochs.")
 @click.option("--teacher-epochs", type=float, default=None, help="Teacher fine-tuning epochs.")
@@ -333,15 +335,15 @@ def distill_cmd(teacher: str, output: str, task: str, recipe_path: str | None, d
               default=None, help="Default: read from the model's config.")
 @click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...).")
 @click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file, or a datasets save_to_disk folder.")
-@click.option("--text-column", default=None, help="Text column of --data-path (default: text).")
-@click.option("--label-column", default=None, help="Label column of --data-path (default: label).")
+@click.option("--text-column", default=None, help=f"Text column of --data-path (default: {DataConfig.text_column}).")
+@click.option("--label-column", default=None, help=f"Label column of --data-path (default: {DataConfig.label_column}).")
 @click.option("--max-rows", type=int, default=None, help="Cap on data rows, for quick runs.")
 @click.option("--heads", type=float, default=None, help="Fraction of attention heads (KV groups) to remove.")
 @click.option("--ffn", type=float, default=None, help="Fraction of FFN neurons to remove.")
 @click.option("--layers", type=float, default=None, help="Fraction of layers to remove.")
 @click.option("--target-params", type=int, default=None, help="Parameter budget instead of --heads / --ffn.")
 @click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default=None,
-              help="taylor (needs data; the default) or magnitude.")
+              help=f"taylor (needs data) or magnitude (default {PruneConfig.importance}).")
 @click.option("--sparsity", type=float, default=None, help="Unstructured magnitude sparsity of the block matrices.")
 @click.option("--sparsity-scope", type=click.Choice(["global", "layer"]), default=None)
 @click.option("--recovery-epochs", type=float, default=None, help="Distillation epochs after pruning (0 = none).")
@@ -380,14 +382,14 @@ def prune_cmd(model: str, output: str, task: str | None, data_name: str | None, 
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Artifact folder to write (default: ARTIFACT itself, which needs --overwrite).")
 @click.option("--mode", type=click.Choice(["dynamic", "static", "weight-only"]), default=None,
-              help="INT8 mode (default: dynamic; OpenVINO makes NNCF static INT8 for dynamic).")
+              help=f"INT8 mode (default: {QuantizeConfig.mode}; OpenVINO makes NNCF static INT8 for dynamic).")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
               help="Runtimes to make INT8 models for (repeatable; default: both).")
 @click.option("--preset", default=None, help="CPU family / device preset: avx512-vnni, avx2, arm64, intel-npu, "
               "qnn-htp (default: this machine's).")
 @click.option("--method", "calibration_method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default=None, help="Static calibration method (default: minmax).")
-@click.option("--samples", "calibration_samples", type=int, default=None, help="Calibration texts (default: 300).")
+              default=None, help=f"Static calibration method (default: {QuantizeConfig.calibration_method}).")
+@click.option("--samples", "calibration_samples", type=int, default=None, help=f"Calibration texts (default: {QuantizeConfig.calibration_samples}).")
 @click.option("--tolerance", type=float, default=None,
               help="Max accuracy drop in points vs FP32 on validation; ops fall back to float until it holds.")
 @click.option("--exclude", multiple=True, help="Node (ORT) / op (OpenVINO) name to keep in float (repeatable).")
@@ -398,8 +400,8 @@ def prune_cmd(model: str, output: str, task: str | None, data_name: str | None, 
 @click.option("--data", "data_name", default=None, help="Built-in data set (movie-reviews, tweets, ...); default: the "
               "data set the artifact records.")
 @click.option("--data-path", default=None, help="CSV / TSV / JSONL / text file with the task's labelled texts.")
-@click.option("--text-column", default=None, help="Text column of --data-path (default: text).")
-@click.option("--label-column", default=None, help="Label column of --data-path (default: label).")
+@click.option("--text-column", default=None, help=f"Text column of --data-path (default: {DataConfig.text_column}).")
+@click.option("--label-column", default=None, help=f"Label column of --data-path (default: {DataConfig.label_column}).")
 @click.option("--threads", type=int, default=None, help="Threads for evaluating the models.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT (or ARTIFACT in place).")
 def quantize_cmd(artifact: str, output: str | None, backends: tuple[str, ...], exclude: tuple[str, ...],

@@ -73,6 +73,13 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return obj
 
 
+def jsonable(value: Any) -> Any:
+    """`json.dumps(default=...)` for what JSON lacks: arrays / numpy scalars as lists / numbers, the rest as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass (tree) as plain dicts / lists, for YAML, JSON and hashing."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

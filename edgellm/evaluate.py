@@ -7,10 +7,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgellm.errors import DataError
+from edgellm.runtime.generate import log_softmax
 
-__all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "log_softmax",
+__all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "sentence_pairs",
+           "AGREEMENT_PAIRS", "log_softmax",
            "lm_agreement", "SENTIMENT_PROMPT", "zero_shot_sentiment"]
 
+AGREEMENT_PAIRS = 2000  # held-out sentence pairs whose similarity ranking embedding models are compared on
 SENTIMENT_PROMPT = ("Is the following movie review positive or negative? Answer with one word.\n\n"
                     "Review: {text}")  # the zero-shot task metric of text-generation artifacts
 
@@ -71,6 +74,22 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float((rx * ry).sum() / denom) if denom else 0.0
 
 
+def sentence_pairs(n: int, count: int, seed: int) -> np.ndarray:
+    """`count` distinct seeded pairs (i < j) of n rows (all pairs when there are fewer), as an (P, 2) array."""
+    if n < 2:
+        raise DataError(f"sentence pairs need at least 2 sentences, got {n}")
+    total = n * (n - 1) // 2
+    rng = np.random.default_rng([seed, 7])
+    if total <= count:
+        return np.array([(i, j) for i in range(n) for j in range(i + 1, n)], dtype=np.int64)
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < count:
+        a, b = rng.integers(0, n, size=2)
+        if a != b:
+            seen.add((int(min(a, b)), int(max(a, b))))
+    return np.array(sorted(seen), dtype=np.int64)
+
+
 def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
     """How well `candidate` embeddings rank sentence-pair similarities like `reference` does.
 
@@ -87,13 +106,6 @@ def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, pairs: np.
         cu = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
         out["mean_cosine_to_reference"] = float((ru * cu).sum(1).mean())
     return out
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """log-softmax over the last axis, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    top = x.max(axis=-1, keepdims=True)
-    return x - (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)
 
 
 def lm_agreement(reference: Any, candidate: Any, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:

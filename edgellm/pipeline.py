@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from edgellm._faults import fault_point, fault_scope
 from edgellm.artifact import Manifest, atomic_write_text, check_output, read_manifest, staging, write_manifest
-from edgellm.config import to_dict
+from edgellm.config import jsonable, to_dict
 from edgellm.recipe import Recipe
 
 __all__ = ["compress", "CompressResult", "StageCache", "stage_key", "fingerprint_path", "render_summary",
@@ -135,7 +135,7 @@ class StageCache:
             record = {"stage": name, "key": key, "material": material, "metrics": metrics, "seconds": seconds,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _stage_files(folder)}
             fault_point("done")
-            atomic_write_text(done, json.dumps(record, indent=2, default=_jsonable))
+            atomic_write_text(done, json.dumps(record, indent=2, default=jsonable))
         headline = stage_headline(metrics)
         self.echo(f"[{name}] done in {seconds:.0f} s" + (f": {headline}" if headline else ""))
         return StageRecord(name, key, folder, metrics, cached=False, seconds=seconds)
@@ -194,12 +194,6 @@ def _stage_files(folder: Path) -> dict[str, str]:
     return {f.relative_to(folder).as_posix(): sha256_file(f)
             for f in sorted(folder.rglob("*"))
             if f.is_file() and f.name != STAGE_FILE and not f.name.startswith(f".{STAGE_FILE}.")}
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------------
@@ -474,6 +468,7 @@ def _teacher_vectors(teacher_folder: Path, texts: Sequence[str], recipe: Recipe)
     import torch
 
     from edgellm.train import load_model
+    from edgellm.train.losses import mean_pool
 
     tm = load_model(teacher_folder, task="feature-extraction")
     pooling = (tm.embedding or {}).get("pooling", "mean")
@@ -485,11 +480,7 @@ def _teacher_vectors(teacher_folder: Path, texts: Sequence[str], recipe: Recipe)
             enc = tm.tokenizer(list(texts[start:start + 64]), padding=True, truncation=True, max_length=length,
                                return_tensors="pt")
             hidden = tm.model(**enc).last_hidden_state
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = hidden[:, 0] if pooling == "cls" else mean_pool(hidden, enc["attention_mask"])
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=1)
             out.append(pooled.float().numpy())
@@ -497,10 +488,9 @@ def _teacher_vectors(teacher_folder: Path, texts: Sequence[str], recipe: Recipe)
 
 
 def _embedding_test(vectors: Any, reference: Any, data: Any) -> dict[str, Any]:
-    from edgellm.evaluate import embedding_agreement
-    from edgellm.train import sentence_pairs
+    from edgellm.evaluate import AGREEMENT_PAIRS, embedding_agreement, sentence_pairs
 
-    pairs = sentence_pairs(len(vectors), 2000, data.split.seed)
+    pairs = sentence_pairs(len(vectors), AGREEMENT_PAIRS, data.split.seed)
     return embedding_agreement(reference, vectors, pairs)
 
 

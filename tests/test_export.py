@@ -91,15 +91,15 @@ def test_cls_only_last_layer_same_logits_less_work(classifier_artifact: Path, ti
 
 def test_export_mismatch_is_an_error_and_writes_nothing(tiny_classifier_dir: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgellm.exporting as exporting
+    import edgellm.exporting.encoder as exporting
 
-    real = exporting._runner
+    real = exporting.model_runner
 
     def noisy(*args, **kwargs):
         run = real(*args, **kwargs)
         return lambda feeds: run(feeds) + 0.01  # an export that is off by 0.01 everywhere
 
-    monkeypatch.setattr(exporting, "_runner", noisy)
+    monkeypatch.setattr(exporting, "model_runner", noisy)
     out = tmp_path / "art"
     with pytest.raises(ExportMismatchError, match=r"differs from torch by max abs 0\.01") as info:
         export(tiny_classifier_dir, out, task="text-classification", formats=("onnx",))

@@ -147,7 +147,7 @@ def test_greedy_masks_end_of_sequence_and_target_logp_is_log_softmax() -> None:
     assert peers._greedy(np.array([0.0, 5.0, 3.0], np.float32), [1]) == 2
     assert peers._greedy(np.array([0.0, 5.0, 3.0], np.float32), [2]) == 1
     logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, np.log(2.0)]])
-    got = peers._target_logp(logits, [2, 2])
+    got = peers.token_log_probs(logits, [2, 2])  # the runtime's scorer, used by every peer
     np.testing.assert_allclose(got, [3.0 - np.log(np.exp([1.0, 2.0, 3.0]).sum()), np.log(2.0 / 4.0)], rtol=1e-12)
 
 

@@ -364,13 +364,10 @@ def _measure_peers(folder: Path, manifest: Any, teacher: str | None, settings: B
 
 def _add_agreement(rows: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
     """Embeddings: agreement of every subject with the reference (the teacher, else the first subject)."""
-    from edgellm.evaluate import embedding_agreement
+    from edgellm.evaluate import AGREEMENT_PAIRS, embedding_agreement, sentence_pairs
 
     ref = next((r for r in rows if r["kind"] == "pytorch" and r["stage"] == "teacher"), rows[0])["name"]
-    n = len(outputs[ref])
-    rng = np.random.default_rng(0)
-    pairs = rng.integers(0, n, size=(min(2000, n * (n - 1) // 2), 2))
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs = sentence_pairs(len(outputs[ref]), AGREEMENT_PAIRS, 0)
     for row in rows:
         row["agreement"] = {"reference": ref, **embedding_agreement(outputs[ref], outputs[row["name"]], pairs)}
 

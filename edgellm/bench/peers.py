@@ -42,6 +42,7 @@ import numpy as np
 
 from edgellm import errors as _errors
 from edgellm.errors import BackendError, ConfigError, EdgeLLMError, GenerationError, InputError, ModelError
+from edgellm.runtime.generate import token_log_probs
 
 __all__ = [
     "ENGINES",
@@ -172,14 +173,6 @@ def _greedy(logits: np.ndarray, eos: Sequence[int]) -> int:
     return token
 
 
-def _target_logp(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """log softmax(logits)[t, targets[t]] in float64; logits (T-1, vocab)."""
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    norm = np.log(np.exp(x).sum(axis=-1))
-    return x[np.arange(len(targets)), np.asarray(targets)] - norm
-
-
 def _folder_bytes(folder: Path, patterns: Sequence[str]) -> int:
     """Total size of the files matching any of `patterns` (each file counted once)."""
     files = {p for pattern in patterns for p in folder.glob(pattern) if p.is_file()}
@@ -277,7 +270,7 @@ class LlamaCppPeer:
             self._scorer = self._open(logits_all=True, n_ctx=max(512, len(tokens)))
         self._scorer.reset()
         self._scorer.eval(tokens)
-        return _target_logp(self._scorer.scores[: len(tokens) - 1], tokens[1:])
+        return token_log_probs(self._scorer.scores[: len(tokens) - 1], tokens[1:])
 
     def close(self) -> None:
         for llm in (self._scorer, self._llm):
@@ -380,7 +373,7 @@ class OrtGenAIPeer:
         if logits.ndim != 3 or logits.shape[1] != len(tokens):
             raise BackendError(f"onnxruntime-genai returned logits of shape {logits.shape} for {len(tokens)} tokens; "
                                "this model keeps only the last position, so it cannot score a passage")
-        return _target_logp(logits[0, :-1], tokens[1:])
+        return token_log_probs(logits[0, :-1], tokens[1:])
 
     def close(self) -> None:
         self._model = None
@@ -570,7 +563,7 @@ class OpenVINOGenAIPeer:
         logits = np.asarray(result["logits"])  # (1, T, vocab)
         if logits.ndim != 3 or logits.shape[1] != n:
             raise BackendError(f"OpenVINO returned logits of shape {logits.shape} for {n} tokens")
-        return _target_logp(logits[0, :-1], tokens[1:])
+        return token_log_probs(logits[0, :-1], tokens[1:])
 
     def close(self) -> None:
         self._pipe = None

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from edgellm.config import jsonable
 from edgellm.errors import ConfigError
 
 __all__ = ["write_results", "render_markdown", "plot_results", "check_result_name"]
@@ -28,17 +29,11 @@ def write_results(result: dict[str, Any], output_dir: str | os.PathLike[str], na
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / f"{name}.json"), "md": str(out / f"{name}.md"), "png": str(out / f"{name}.png")}
     body = {k: v for k, v in result.items() if k != "paths"}
-    Path(paths["json"]).write_text(json.dumps(body, indent=2, default=_jsonable) + "\n",
+    Path(paths["json"]).write_text(json.dumps(body, indent=2, default=jsonable) + "\n",
                                    encoding="utf-8")
     Path(paths["md"]).write_text(render_markdown(result), encoding="utf-8")
     plot_results(result, paths["png"])
     return paths
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgellm.bench.machine import package_version
 from edgellm.errors import ConfigError, ModelError
+from edgellm.runtime.tasks import pool
 
 __all__ = ["Subject", "artifact_subjects", "teacher_subject", "optimum_subject", "open_subject", "Runner",
            "pipeline_stage_models", "PIPELINE_STAGES"]
@@ -319,11 +320,7 @@ class _HFRunner(Runner):
             z = first.astype(np.float64) - first.max(axis=1, keepdims=True)
             e = np.exp(z)
             return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        if self.subject.pooling == "cls":
-            pooled = first[:, 0]
-        else:
-            m = mask[:, : first.shape[1], None].astype(np.float32)
-            pooled = (first * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        pooled = pool(first, mask, "cls" if self.subject.pooling == "cls" else "mean")
         if self.subject.normalize:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)

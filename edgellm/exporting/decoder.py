@@ -31,9 +31,10 @@ from edgellm.artifact import Manifest, ModelEntry
 from edgellm.errors import ConfigError, ExportError, ExportMismatchError
 from edgellm.exporting.onnx import torch_export
 from edgellm.recipe import CausalLMConfig
+from edgellm.runtime.generate import token_log_probs
 
 __all__ = [
-    "DECODER_TYPES",
+    "EXPORTABLE_DECODERS",
     "DecoderSpec",
     "DecoderExport",
     "decoder_spec",
@@ -52,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DECODER_TYPES = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
+EXPORTABLE_DECODERS = ("llama", "mistral", "qwen2")  # architectures whose graph `DecoderWrapper` writes
 DEFAULT_ATOL = CausalLMConfig.logits_atol  # FP32 logits vs torch (logits are O(10); float32 summation order differs)
 DEFAULT_CONTEXT = CausalLMConfig.context_length  # tokens, when the model allows more
 GREEDY_CHECK_STEPS = 32
@@ -87,9 +88,9 @@ class DecoderSpec:
 def decoder_spec(model: Any) -> DecoderSpec:
     """Names and shapes of the decoder graph for `model` (refuses architectures the wrapper cannot write)."""
     cfg = model.config
-    if cfg.model_type not in DECODER_TYPES:
+    if cfg.model_type not in EXPORTABLE_DECODERS:
         raise ExportError(
-            f"decoder export writes the graph for {list(DECODER_TYPES)}; {cfg.model_type!r} is not one of them"
+            f"decoder export writes the graph for {list(EXPORTABLE_DECODERS)}; {cfg.model_type!r} is not one of them"
         )
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
@@ -312,9 +313,8 @@ def check_decoder(
         got = generator.logits(seq).astype(np.float64)
         max_diff = max(max_diff, float(np.abs(ref.logits - got).max()))
         targets = np.asarray(seq[1:])
-        rows = np.arange(len(targets))
-        nll_ref -= float(_log_softmax(ref.logits[:-1])[rows, targets].sum())
-        nll_got -= float(_log_softmax(got[:-1])[rows, targets].sum())
+        nll_ref -= float(token_log_probs(ref.logits[:-1], targets).sum())
+        nll_got -= float(token_log_probs(got[:-1], targets).sum())
         count += len(targets)
     stats: dict[str, Any] = {
         "max_abs_diff": max_diff,
@@ -336,11 +336,6 @@ def check_decoder(
                 max_abs_diff=max_diff, tolerance=atol)
     log.info("%s vs torch: max abs logit diff %.3g, greedy agreement %.3f", label, max_diff, stats["greedy_agreement"])
     return stats
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=-1, keepdims=True)
-    return x - (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)
 
 
 # -- INT8 and OpenVINO -------------------------------------------------------------------------------------------

@@ -45,11 +45,11 @@ _MS = "com.microsoft"
 def fused_decoder_supported(model: Any) -> str | None:
     """None when the fused graph can be written for `model`, else the reason it cannot (for a typed error or a
     fallback to the plain graph)."""
-    from edgellm.exporting.decoder import DECODER_TYPES
+    from edgellm.exporting.decoder import EXPORTABLE_DECODERS
 
     cfg = model.config
-    if cfg.model_type not in DECODER_TYPES:
-        return f"the fused decoder graph is written for {list(DECODER_TYPES)}, not {cfg.model_type!r}"
+    if cfg.model_type not in EXPORTABLE_DECODERS:
+        return f"the fused decoder graph is written for {list(EXPORTABLE_DECODERS)}, not {cfg.model_type!r}"
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
     if head_dim % 16:

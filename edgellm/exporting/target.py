@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from edgellm.artifact import ModelEntry
 from edgellm.errors import ConfigError, ExportError
-from edgellm.exporting import DEFAULT_ATOL, ENCODER_TASKS, _runner, validation_batches, write_encoder_models
+from edgellm.exporting.encoder import DEFAULT_ATOL, ENCODER_TASKS, model_runner, validation_batches, write_encoder_models
 from edgellm.exporting.onnx import ENCODER_OUTPUTS
 from edgellm.exporting.openvino import onnx_to_openvino
 from edgellm.exporting.validate import check_against_torch
@@ -121,5 +121,5 @@ def _check(model: Any, tokenizer: Any, path: Path, entry: ModelEntry, *, task: s
     output = ENCODER_OUTPUTS[task]
     names = encoder_input_names(model)
     batches = validation_batches(tokenizer, texts, max_length=max_length, static_shape=static)
-    run = _runner(entry.backend, path, names, output, entry.inference_precision)
+    run = model_runner(entry.backend, path, names, output, entry.inference_precision)
     return check_against_torch(model, run, batches, input_names=names, output=output, atol=atol, label=label)

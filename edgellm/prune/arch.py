@@ -22,12 +22,13 @@ from typing import Any, Iterator, Sequence
 
 from edgellm.errors import PruningError
 
-__all__ = ["Arch", "EncoderArch", "DecoderArch", "arch_for", "check_supported", "ENCODER_TYPES", "DECODER_TYPES"]
+__all__ = ["Arch", "EncoderArch", "DecoderArch", "arch_for", "check_supported", "PRUNABLE_ENCODERS", "PRUNABLE_DECODERS"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
-DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+PRUNABLE_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "camembert")  # model types EncoderArch slices
+PRUNABLE_DECODERS = ("llama", "mistral", "qwen2", "qwen3")  # model types DecoderArch slices (the exporter writes
+# fewer: edgellm.exporting.decoder.EXPORTABLE_DECODERS; a pruned qwen3 stays a torch model)
 
 
 def _slice_linear(linear: Any, index: Any, dim: int) -> Any:
@@ -384,11 +385,11 @@ def arch_for(model: Any) -> Arch:
     model_type = getattr(config, "model_type", None)
     name = type(model).__name__
     base = getattr(model, "base_model", None)
-    if model_type in ENCODER_TYPES and hasattr(getattr(base, "encoder", None), "layer"):
+    if model_type in PRUNABLE_ENCODERS and hasattr(getattr(base, "encoder", None), "layer"):
         layer = base.encoder.layer[0] if len(base.encoder.layer) else None
         if layer is not None and hasattr(layer, "attention") and hasattr(layer.attention, "self"):
             return EncoderArch(model)
-    if model_type in DECODER_TYPES:
+    if model_type in PRUNABLE_DECODERS:
         inner = getattr(model, "model", model)
         layers = getattr(inner, "layers", None)
         if layers is not None and len(layers) and hasattr(layers[0], "self_attn") and hasattr(layers[0], "mlp"):
@@ -399,7 +400,7 @@ def arch_for(model: Any) -> Arch:
 def check_supported(config: Any) -> None:
     """PruningError naming the architecture when `config`'s family cannot be pruned (before loading weights)."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in ENCODER_TYPES + DECODER_TYPES:
+    if model_type not in PRUNABLE_ENCODERS + PRUNABLE_DECODERS:
         name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
         raise _unsupported(name, model_type)
 
@@ -407,5 +408,5 @@ def check_supported(config: Any) -> None:
 def _unsupported(name: str, model_type: Any) -> PruningError:
     return PruningError(
         f"cannot prune {name} (model_type {model_type!r}): structured pruning supports BERT-family encoders "
-        f"({', '.join(ENCODER_TYPES)}) and Llama-family decoders ({', '.join(DECODER_TYPES)})"
+        f"({', '.join(PRUNABLE_ENCODERS)}) and Llama-family decoders ({', '.join(PRUNABLE_DECODERS)})"
     )

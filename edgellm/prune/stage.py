@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgellm.artifact import atomic_folder, check_output
+from edgellm.artifact import TASKS, atomic_folder, check_output
+from edgellm.config import jsonable
 from edgellm.errors import ConfigError, DataError, ModelError
 from edgellm.recipe import DataConfig, DistillConfig, PruneConfig
 
@@ -27,7 +28,6 @@ __all__ = ["prune", "detect_task", "REPORT_FILE"]
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "prune_report.json"
-TASKS = ("text-classification", "feature-extraction", "text-generation")
 
 
 def detect_task(path: str) -> str:
@@ -143,7 +143,8 @@ def prune(
         work_dir: recovery checkpoints (default `<output>.work`); rerunning the same call resumes there.
     """
     from edgellm.models import resolve_model
-    from edgellm.prune import make_batches, model_stats, prune_model
+    from edgellm.prune.importance import make_batches
+    from edgellm.prune.model import model_stats, prune_model
 
     config = config or PruneConfig()
     config.validate("prune")
@@ -205,7 +206,7 @@ def prune(
             "before": source_file.stat().st_size if source_file.is_file() else None,
             "after": sum(f.stat().st_size for f in stage.glob("*.safetensors")),
         }
-        (stage / REPORT_FILE).write_text(json.dumps(result, indent=2, default=_jsonable), encoding="utf-8")
+        (stage / REPORT_FILE).write_text(json.dumps(result, indent=2, default=jsonable), encoding="utf-8")
     return result
 
 
@@ -257,7 +258,3 @@ def _config_dict(config: PruneConfig) -> dict[str, Any]:
     return to_dict(config)
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

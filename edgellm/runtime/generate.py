@@ -180,6 +180,18 @@ def next_token(logits: np.ndarray, opts: GenerationOptions, rng: np.random.Gener
     return int(rng.choice(probs.shape[-1], p=probs))
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, in float64 (scoring text, comparing models)."""
+    x = np.asarray(x, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    return x - (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)
+
+
+def token_log_probs(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log P(targets[t]) under logits row t, float64; logits (T, vocab), len(targets) == T."""
+    return log_softmax(logits)[np.arange(len(targets)), np.asarray(targets)]
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - np.max(x)
     e = np.exp(z)
@@ -423,10 +435,7 @@ class Generator(EdgeModel):
         seq = self._prompt_ids(list(ids))
         if len(seq) < 2:
             return np.zeros(0, dtype=np.float64)
-        logits = self.logits(seq).astype(np.float64)[:-1]  # (T-1, V)
-        top = logits.max(axis=-1, keepdims=True)
-        logz = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]
-        return logits[np.arange(len(seq) - 1), seq[1:]] - logz
+        return token_log_probs(self.logits(seq)[:-1], seq[1:])
 
     def perplexity(self, texts: str | Sequence[str]) -> float:
         """exp(mean NLL per predicted token) over `texts`, each scored on its own (tokenizer's special tokens)."""

@@ -13,7 +13,7 @@ from edgellm.errors import InputError
 from edgellm.runtime.base import Backend
 from edgellm.runtime.text import TextEncoder, as_texts
 
-__all__ = ["EdgeModel", "Classifier", "Embedder"]
+__all__ = ["EdgeModel", "Classifier", "Embedder", "pool"]
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Embedder(EdgeModel):
             return np.zeros((0, self.dim), dtype=np.float32)
         pooled = []
         for hidden, mask in self._forward(items, self._hidden_name()):
-            pooled.append(_pool(hidden.astype(np.float32), mask, self.manifest.pooling or "mean"))
+            pooled.append(pool(hidden.astype(np.float32), mask, self.manifest.pooling or "mean"))
         out = np.stack(pooled)
         if norm:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -175,11 +175,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
-    """hidden (T, C), mask (T,) -> (C,)"""
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence vectors from token vectors: hidden (..., T, C) and mask (..., T) -> (..., C); "cls" takes the first
+    token, "mean" averages the real ones (the numpy twin of edgellm.train.losses.mean_pool, which training needs
+    differentiable)."""
     if mode == "cls":
-        return hidden[0]
+        return hidden[..., 0, :]
     if mode == "mean":
-        m = mask[: hidden.shape[0]].astype(np.float32)[:, None]
-        return (hidden * m).sum(0) / max(float(m.sum()), 1e-9)
+        m = mask[..., : hidden.shape[-2]].astype(np.float32)[..., None]
+        return (hidden * m).sum(-2) / np.maximum(m.sum(-2), 1e-9)
     raise InputError(f"unknown pooling {mode!r}; known: mean, cls")

@@ -59,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 16
+EVAL_BATCH = 16  # LM rows per evaluation forward: each row's logits are (T, vocab), 49k wide for SmolLM2
 
 
 # -- data --------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgellm.artifact import atomic_folder, check_output
+from edgellm.artifact import ENCODER_TASKS, atomic_folder, check_output
+from edgellm.config import jsonable
 from edgellm.errors import DataError, ModelError
 
 __all__ = ["TrainedModel", "load_model", "head_labels", "match_head_labels", "METRICS_FILE", "publish_folder",
@@ -20,7 +21,6 @@ __all__ = ["TrainedModel", "load_model", "head_labels", "match_head_labels", "ME
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "training_metrics.json"  # written beside the weights; marks a folder edgellm may overwrite
-TASKS = ("text-classification", "feature-extraction")
 
 
 @dataclass
@@ -59,15 +59,9 @@ class TrainedModel:
                 _write_sentence_transformers(stage, self.model, self.embedding or {}, self.tokenizer)
             data = {"format": "edgellm-training-metrics", "task": self.task, "labels": self.labels,
                     "source": self.source, **(metrics if metrics is not None else self.metrics)}
-            (stage / METRICS_FILE).write_text(json.dumps(data, indent=2, default=_jsonable))
+            (stage / METRICS_FILE).write_text(json.dumps(data, indent=2, default=jsonable))
         self.folder = Path(folder)
         return self.folder
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def _written_by_trainer(folder: Path) -> bool:
@@ -174,8 +168,8 @@ def load_model(name: Any, *, task: str | None = None, labels: Sequence[str] | No
         raise ModelError(f"{field_name} = {str(name)!r} is not a Hugging Face model: {exc}") from exc
     head = head_labels(config)
     task = task or ("text-classification" if head else "feature-extraction")
-    if task not in TASKS:
-        raise ModelError(f"task {task!r} is not one of {list(TASKS)} for {field_name} = {str(name)!r}")
+    if task not in ENCODER_TASKS:
+        raise ModelError(f"task {task!r} is not one of {list(ENCODER_TASKS)} for {field_name} = {str(name)!r}")
     try:
         tokenizer = load_tokenizer(path)
         if task == "text-classification" and head is None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from edgellm.config import to_dict
 from edgellm.data import Examples, TaskData, load_task_data, load_texts
 from edgellm.errors import ConfigError, DataError, ModelError, TrainingError
-from edgellm.evaluate import classification_metrics, embedding_agreement
+from edgellm.evaluate import AGREEMENT_PAIRS, classification_metrics, embedding_agreement, sentence_pairs
 from edgellm.recipe import DataConfig, DistillConfig, FinetuneConfig
 from edgellm.train.data import IGNORE_LABEL, TokenBatches, encode_texts, eval_batches
 from edgellm.train.losses import attention_kl, embedding_loss, hidden_mse, kd_loss, layer_map, mean_pool
@@ -40,8 +40,7 @@ __all__ = ["finetune", "distill", "evaluate_model", "train_student", "sentence_p
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 128
-PAIRS = 5000  # held-out sentence pairs for the embedding agreement
+EVAL_BATCH = 128  # encoder rows per evaluation forward (short texts, small outputs)
 
 
 # --- verbs ------------------------------------------------------------------------------------------------------
@@ -182,7 +181,7 @@ def evaluate_model(model: Any, data: TaskData, *, split: str = "test", teacher: 
         raise ConfigError("evaluating an embedding model needs the teacher (reference vectors) to compare with")
     t = load_model(teacher, task=data.task, field_name="teacher")
     t.model.to(device)
-    pairs = sentence_pairs(len(part), PAIRS, data.split.seed)
+    pairs = sentence_pairs(len(part), AGREEMENT_PAIRS, data.split.seed)
     mine = _embeddings(tm.model, ids, _pad(tm), device, dtype, _pooling(tm), batch_size).numpy()
     ref = _embeddings(t.model, _encode(t, part.texts, data), _pad(t), device, dtype, _pooling(t), batch_size).numpy()
     return embedding_agreement(ref, mine, pairs)
@@ -263,22 +262,6 @@ def _augment_texts(sources: Sequence[str], data: TaskData) -> list[str]:
                 out.append(text)
     log.info("augmenting with %d sentences from %s", len(out), list(sources))
     return out
-
-
-def sentence_pairs(n: int, count: int, seed: int) -> np.ndarray:
-    """`count` distinct seeded pairs (i < j) of n rows (all pairs when there are fewer), as an (P, 2) array."""
-    if n < 2:
-        raise DataError(f"sentence pairs need at least 2 sentences, got {n}")
-    total = n * (n - 1) // 2
-    rng = np.random.default_rng([seed, 7])
-    if total <= count:
-        return np.array([(i, j) for i in range(n) for j in range(i + 1, n)], dtype=np.int64)
-    seen: set[tuple[int, int]] = set()
-    while len(seen) < count:
-        a, b = rng.integers(0, n, size=2)
-        if a != b:
-            seen.add((int(min(a, b)), int(max(a, b))))
-    return np.array(sorted(seen), dtype=np.int64)
 
 
 def _digest(texts: Sequence[str]) -> str:
@@ -535,7 +518,7 @@ def _classifier_eval(tm: TrainedModel, data: TaskData, options: LoopOptions) -> 
 def _embedding_eval(st: TrainedModel, tm: TrainedModel, part: Examples, data: TaskData,
                     options: LoopOptions) -> Callable:
     ids = _encode(st, part.texts, data)
-    pairs = sentence_pairs(len(part), PAIRS, data.split.seed)
+    pairs = sentence_pairs(len(part), AGREEMENT_PAIRS, data.split.seed)
     pooling = _pooling(tm)
     reference: dict[str, np.ndarray] = {}
 
