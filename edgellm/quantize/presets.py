@@ -85,57 +85,23 @@ class Preset:
         return {k: v for k, v in self.__dict__.items() if k not in ("description", "cpu_flags")}
 
 
+# What the three CPU families share: both engines, every mode, per-channel int8 weights with uint8 activations,
+# ORT's fused contrib ops, NNCF's CPU target, float32 inference. They differ in reduce_range and the CPU flags.
+_CPU: dict[str, Any] = dict(backends=("onnxruntime", "openvino"), modes=("dynamic", "static", "weight-only"),
+                            per_channel=True, fuse=True, activation_type="uint8", weight_type="int8", contrib_ops=True,
+                            nncf_target="CPU", inference_precision="f32")
+
 PRESETS: dict[str, Preset] = {
     p.key: p
     for p in (
-        Preset(
-            key="avx512-vnni",
-            description="x86-64 with AVX-512 VNNI / AVX-VNNI / AMX: dynamic INT8, per-channel, fused transformer ops",
-            backends=("onnxruntime", "openvino"),
-            modes=("dynamic", "static", "weight-only"),
-            per_channel=True,
-            reduce_range=False,
-            fuse=True,
-            activation_type="uint8",
-            weight_type="int8",
-            contrib_ops=True,
-            nncf_target="CPU",
-            inference_precision="f32",
-            cpu_flags=("avx512_vnni", "avx_vnni", "amx_int8"),
-            arch="x86_64",
-        ),
-        Preset(
-            key="avx2",
-            description="x86-64 with AVX2, no VNNI: dynamic INT8 with reduce_range (7-bit weights) against saturation",
-            backends=("onnxruntime", "openvino"),
-            modes=("dynamic", "static", "weight-only"),
-            per_channel=True,
-            reduce_range=True,
-            fuse=True,
-            activation_type="uint8",
-            weight_type="int8",
-            contrib_ops=True,
-            nncf_target="CPU",
-            inference_precision="f32",
-            cpu_flags=("avx2",),
-            arch="x86_64",
-        ),
-        Preset(
-            key="arm64",
-            description="64-bit Arm with dot-product: dynamic INT8, per-channel, full range, fused transformer ops",
-            backends=("onnxruntime", "openvino"),
-            modes=("dynamic", "static", "weight-only"),
-            per_channel=True,
-            reduce_range=False,
-            fuse=True,
-            activation_type="uint8",
-            weight_type="int8",
-            contrib_ops=True,
-            nncf_target="CPU",
-            inference_precision="f32",
-            cpu_flags=("asimddp", "asimd"),
-            arch="aarch64",
-        ),
+        Preset(key="avx512-vnni", **_CPU, reduce_range=False, cpu_flags=("avx512_vnni", "avx_vnni", "amx_int8"),
+               arch="x86_64",
+               description="x86-64 with AVX-512 VNNI / AVX-VNNI / AMX: dynamic INT8, per-channel, fused transformer ops"),
+        Preset(key="avx2", **_CPU, reduce_range=True, cpu_flags=("avx2",), arch="x86_64",
+               description="x86-64 with AVX2, no VNNI: dynamic INT8 with reduce_range (7-bit weights) against "
+                           "saturation"),
+        Preset(key="arm64", **_CPU, reduce_range=False, cpu_flags=("asimddp", "asimd"), arch="aarch64",
+               description="64-bit Arm with dot-product: dynamic INT8, per-channel, full range, fused transformer ops"),
         Preset(
             key="intel-npu",
             description="Intel NPU via OpenVINO: NNCF static INT8 for the NPU, f16 float parts",

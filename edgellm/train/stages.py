@@ -443,16 +443,22 @@ def _run(model: torch.nn.Module, batch: dict[str, torch.Tensor], pairing: _Pairi
                  output_attentions=bool(pairing and pairing.attention))
 
 
+def _teacher_target(tm: TrainedModel, batch: dict[str, torch.Tensor], pairing: _Pairing | None,
+                    cache: _TeacherCache | None, pick: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """(the teacher's target for this batch, its full output or None): from the cache of precomputed targets when
+    there is one (no layer-wise losses then), else a no-grad teacher forward and `pick` of its output."""
+    if cache is not None:
+        return cache(batch["index"]), None
+    with torch.no_grad():
+        out = _run(tm.model, batch, pairing)
+    return pick(out), out
+
+
 def _classifier_loss(tm: TrainedModel, config: DistillConfig, cache: _TeacherCache | None,
                      pairing: _Pairing | None) -> Callable:
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         s_out = _run(model, batch, pairing)
-        if cache is not None:
-            t_logits, t_out = cache(batch["index"]), None
-        else:
-            with torch.no_grad():
-                t_out = _run(tm.model, batch, pairing)
-            t_logits = t_out.logits
+        t_logits, t_out = _teacher_target(tm, batch, pairing, cache, lambda out: out.logits)
         parts: dict[str, torch.Tensor] = {}
         if config.alpha_kd > 0:
             parts["kd"] = kd_loss(s_out.logits, t_logits, config.temperature) * config.alpha_kd
@@ -480,12 +486,8 @@ def _embedding_loss(tm: TrainedModel, config: DistillConfig, cache: _TeacherCach
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         mask = batch["attention_mask"]
         s_out = _run(model, batch, pairing)
-        if cache is not None:
-            t_vec, t_out = cache(batch["index"]), None
-        else:
-            with torch.no_grad():
-                t_out = _run(tm.model, batch, pairing)
-            t_vec = _pool(t_out.last_hidden_state, mask, pooling)
+        t_vec, t_out = _teacher_target(tm, batch, pairing, cache,
+                                       lambda out: _pool(out.last_hidden_state, mask, pooling))
         parts = {"embedding": embedding_loss(_pool(s_out.last_hidden_state, mask, pooling), t_vec,
                                              config.embedding_loss)}
         if pairing is not None:
