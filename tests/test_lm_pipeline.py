@@ -210,3 +210,38 @@ def test_interrupted_distill_resumes(tiny_llama_factory: Any, lm_texts: dict[str
     assert result.stages["teacher"].cached and not result.stages["distill"].cached
     training = result.stages["distill"].metrics["training"]
     assert training["resumed_from"] == 1 and training["steps"] > 1
+
+
+def test_batched_decoding_gives_each_row_what_it_gets_alone(lm_artifact: Path) -> None:
+    """Rows of different prompt lengths in one shared KV buffer: greedy tokens identical to decoding each prompt
+    alone, sampled tokens identical for the same per-row seed, and each row stops on its own."""
+    import numpy as np
+
+    from edgellm.runtime import load
+
+    gen = load(lm_artifact, model="onnx-fp32", threads=1)
+    assert gen.manifest.model("onnx-fp32").kv_cache["shared_buffer"]
+    prompts = [gen.encode(t) for t in ("the film", "a slow and boring story about a great plot", "fun")]
+    alone = [list(gen.tokens(p, 12, ignore_eos=True)) for p in prompts]
+    assert gen.tokens_batch(prompts, 12, ignore_eos=True) == alone
+    sampled = gen.tokens_batch(prompts, 12, temperature=0.9, top_p=0.9, seed=11, ignore_eos=True)
+    assert sampled == [list(gen.tokens(p, 12, temperature=0.9, top_p=0.9, seed=11 + i, ignore_eos=True))
+                       for i, p in enumerate(prompts)]
+    # the prompt step's logits for each row equal that row's own
+    session = gen.backend.batch_decode_session(gen.kv_layout, batch=3, capacity=64)
+    batched = session.feed(prompts)
+    for row, p in zip(batched, prompts):
+        np.testing.assert_allclose(row, gen.next_token_logits(p), atol=1e-4)
+    # a row that meets a stop token ends there while the others go on
+    stop = alone[1][3]
+    stopped = gen.tokens_batch(prompts, 12, stop_token_ids=[stop], ignore_eos=True)
+    for got, full in zip(stopped, alone):
+        assert got == (full[: full.index(stop)] if stop in full else full)
+
+
+def test_batched_decoding_falls_back_row_by_row_where_there_is_no_batched_graph(lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+
+    gen = load(lm_artifact, model="openvino-fp32", threads=1)  # stateful OpenVINO: no batched session
+    prompts = [gen.encode("the film"), gen.encode("fun")]
+    assert gen.tokens_batch(prompts, 5, ignore_eos=True) == [list(gen.tokens(p, 5, ignore_eos=True)) for p in prompts]

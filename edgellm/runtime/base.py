@@ -9,9 +9,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgellm.errors import BackendError
+from edgellm.errors import BackendError, GenerationError
 
-__all__ = ["Backend", "InputSpec", "KVCacheLayout", "DecodeSession", "ArrayDecodeSession"]
+__all__ = ["Backend", "InputSpec", "KVCacheLayout", "DecodeSession", "BatchDecodeSession", "ArrayDecodeSession"]
 
 
 class InputSpec:
@@ -85,6 +85,18 @@ class DecodeSession(ABC):
         """Append `ids`; return the logits of the last `keep` positions, (keep, V) float32."""
 
 
+class BatchDecodeSession(ABC):
+    """Several sequences' decoding state, advanced together: `feed` takes one list of new ids per row and returns
+    each row's next-token logits (the logits after its last real token), (B, V) float32."""
+
+    lengths: list[int]
+
+    @abstractmethod
+    def feed(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append `rows[b]` to sequence b (every row gets at least one id; a prompt step may give rows of
+        different lengths, decode steps give one id each)."""
+
+
 class ArrayDecodeSession(DecodeSession):
     """The portable session: past / present as numpy arrays through `Backend.run` (any engine)."""
 
@@ -149,6 +161,12 @@ class Backend(ABC):
         """A new decoding state for a decoder with this KV layout. `capacity`: the most positions the session
         will hold (a preallocated cache is sized to it; default the layout's max_length)."""
         return ArrayDecodeSession(self, layout)
+
+    def batch_decode_session(self, layout: KVCacheLayout, *, batch: int, capacity: int) -> BatchDecodeSession:
+        """A decoding state for `batch` sequences advanced together (one graph call per step for all of them);
+        GenerationError where this backend / graph cannot (the caller then decodes them one by one)."""
+        raise GenerationError(f"{self.name} has no batched decoding for this graph (it needs the fused ONNX Runtime "
+                              "decoder with a shared KV buffer)")
 
     def describe(self) -> dict[str, Any]:
         out = {"backend": self.name, "device": self.device, "threads": self.threads, "path": self.path.name}

@@ -348,6 +348,48 @@ class Generator(EdgeModel):
                 return
             logits = session.feed([token])[-1] if session is not None else self._full(sequence)
 
+    def tokens_batch(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None, *,
+                     seeds: Sequence[int | None] | None = None, **options: Any) -> list[list[int]]:
+        """Generated token ids for several prompts at once: one graph call per step advances every row (the fused
+        ONNX Runtime graph; other models decode the rows one after the other, with the same results). Each row
+        samples with its own generator, seeded `seeds[i]` (default: `seed + i`, or fresh entropy without a seed), so
+        row i draws what `tokens(prompts[i], seed=seeds[i])` would from the same logits; rows stop on their own."""
+        opts = GenerationOptions.build(self.defaults, max_new_tokens=max_new_tokens, **options)
+        rows = [self._fit(self._prompt_ids(p), opts.max_new_tokens) for p in prompts]
+        if not rows:
+            return []
+        if seeds is None:
+            seeds = [None if opts.seed is None else opts.seed + i for i in range(len(rows))]
+        if len(seeds) != len(rows):
+            raise InputError(f"{len(seeds)} seeds for {len(rows)} prompts")
+        try:
+            session = self.backend.batch_decode_session(self.kv_layout, batch=len(rows), capacity=min(
+                self.context_length, max(len(r) for r in rows) + opts.max_new_tokens))
+        except GenerationError:  # no batched form for this model: the same tokens, one row at a time
+            return [list(self._run(r, replace(opts, seed=s))) for r, s in zip(rows, seeds)]
+        stops = set(opts.stop_token_ids) | (set() if opts.ignore_eos else set(self.eos_token_ids))
+        rngs = [np.random.default_rng(s) for s in seeds]
+        seen = [np.asarray(r, dtype=np.int64) for r in rows]
+        out: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        logits = session.feed(rows)
+        for _ in range(opts.max_new_tokens):
+            step = []
+            for b in range(len(rows)):
+                token = 0 if done[b] else next_token(logits[b], opts, rngs[b], seen[b])
+                if not done[b] and token in stops:
+                    done[b] = True
+                elif not done[b]:
+                    out[b].append(token)
+                    if opts.repetition_penalty != 1.0:
+                        seen[b] = np.append(seen[b], token)
+                    done[b] = len(rows[b]) + len(out[b]) >= self.context_length
+                step.append([token])  # finished rows feed a placeholder: their outputs are not read
+            if all(done):
+                break
+            logits = session.feed(step)
+        return out
+
     def _full(self, sequence: list[int]) -> np.ndarray:
         """Logits of the last position with no cache: the whole sequence from an empty state."""
         return self._session(len(sequence)).feed(sequence)[-1]

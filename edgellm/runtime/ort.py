@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgellm.errors import BackendError, GenerationError, UnsupportedTargetError
-from edgellm.runtime.base import Backend, DecodeSession, InputSpec, KVCacheLayout
+from edgellm.runtime.base import Backend, BatchDecodeSession, DecodeSession, InputSpec, KVCacheLayout
 
 __all__ = ["OrtBackend", "ort_devices", "PROVIDERS", "CPU_DISABLED_OPTIMIZERS"]
 
@@ -110,6 +110,11 @@ class OrtBackend(Backend):
             return _SharedBufferSession(self, layout, capacity or layout.max_length)
         return _OrtValueSession(self, layout)
 
+    def batch_decode_session(self, layout: KVCacheLayout, *, batch: int, capacity: int) -> BatchDecodeSession:
+        if not layout.shared_buffer or layout.position_ids:
+            return super().batch_decode_session(layout, batch=batch, capacity=capacity)
+        return _SharedBufferBatch(self, layout, batch, capacity)
+
 
 class _OrtValueSession(DecodeSession):
     """A growing KV cache kept as OrtValues: present tensors go straight back in as the next step's past, never
@@ -179,3 +184,58 @@ class _SharedBufferSession(DecodeSession):
             raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
         self.length = total
         return io.get_outputs()[0].numpy()[0]
+
+
+class _SharedBufferBatch(BatchDecodeSession):
+    """`batch` sequences in one shared KV buffer (batch, kv_heads, capacity, head_dim) per tensor, bound once, for the
+    fused graph (GroupQueryAttention takes each row's length from its attention-mask row).
+
+    Rows are right-padded: a prompt step feeds (B, T) ids with row b's real ids first, and its mask row holds ones
+    for its real positions only; GroupQueryAttention writes row b's keys / values from its own length on, so the
+    padding written at a prompt step is overwritten by the row's next token, and positions (rotary) follow each
+    row's own length. Logits come for every fed position; each row's last real one is returned."""
+
+    def __init__(self, backend: OrtBackend, layout: KVCacheLayout, batch: int, capacity: int) -> None:
+        from onnxruntime import OrtValue
+
+        if batch < 1 or capacity < 1 or (layout.max_length and capacity > layout.max_length):
+            raise GenerationError(f"a KV buffer of {batch} x {capacity} positions does not fit the model's "
+                                  f"context of {layout.max_length}")
+        self.backend, self.layout, self.capacity = backend, layout, capacity
+        shape = (batch, layout.num_kv_heads, capacity, layout.head_dim)
+        self._arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]
+        self._buffers = [OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
+        self._binding = io = backend._session.io_binding()
+        io.bind_output("logits")
+        for past, present, buffer in zip(layout.past, layout.present, self._buffers):
+            io.bind_ortvalue_input(past, buffer)
+            io.bind_ortvalue_output(present, buffer)
+        self.lengths = [0] * batch
+
+    def feed(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        if len(rows) != len(self.lengths) or any(len(r) == 0 for r in rows):
+            raise GenerationError(f"feed {len(self.lengths)} rows of at least one id each, not {len(rows)}")
+        if any(self.lengths) and any(len(r) != len(rows[0]) for r in rows):
+            raise GenerationError("after the prompt step every row feeds the same number of ids")
+        width = max(len(r) for r in rows)
+        totals = [n + len(r) for n, r in zip(self.lengths, rows)]
+        if max(totals) > self.capacity:
+            raise GenerationError(f"a row reached {max(totals)} tokens; this session's KV buffer holds "
+                                  f"{self.capacity}")
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = r
+        mask = (np.arange(max(totals))[None, :] < np.asarray(totals)[:, None]).astype(np.int64)
+        io = self._binding
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        keep = np.array(width, dtype=np.int64)
+        io.bind_cpu_input(self.layout.keep_input, keep)
+        io.bind_output("logits")
+        try:
+            self.backend._session.run_with_iobinding(io)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
+        logits = io.get_outputs()[0].numpy()  # (B, width, V)
+        self.lengths = totals
+        return logits[np.arange(len(rows)), [len(r) - 1 for r in rows]]

@@ -5,8 +5,9 @@
     rows[0]      # {"prompt": "Write a news article about ...", "text": "...", "tokens": 241}
 
 The generator is the runtime's (`edgellm.runtime.generate.Generator`, the teacher's fused 8-bit ONNX Runtime model
-in the pipeline): KV cache, sampling in numpy, one seed per prompt (`seed + index`), so the same prompts and seed
-give the same corpus on the same machine and ONNX Runtime build. Each prompt goes through the teacher's chat
+in the pipeline): prompts decoded `batch_size` at a time in one shared KV buffer (`Generator.tokens_batch`),
+sampling in numpy, one seed per prompt (`seed + index`), so the same prompts, seed and batch size give the same
+corpus on the same machine and ONNX Runtime build. Each prompt goes through the teacher's chat
 template when it has one; the corpus keeps the reply only (plain prose the student learns the teacher's
 distributions on). The prompt forms ask for the kinds of text a general assistant writes (explanations, stories,
 letters, news, advice, lists), over topics from everyday life, science, history, work and culture.
@@ -68,26 +69,26 @@ def teacher_prompts(count: int, seed: int) -> list[str]:
 
 
 def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: int, seed: int,
-                    temperature: float = 0.8, top_p: float = 0.95) -> list[dict[str, Any]]:
-    """The teacher's reply to each prompt, sampled (`temperature`, `top_p`, seed `seed + i`), with its token count;
-    empty replies are dropped."""
+                    temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 8) -> list[dict[str, Any]]:
+    """The teacher's reply to each prompt, sampled (`temperature`, `top_p`, seed `seed + i` for prompt i), with its
+    token count, `batch_size` prompts decoded together (`Generator.tokens_batch`); empty replies are dropped."""
     rows = []
     started = time.perf_counter()
     produced = 0
-    for i, prompt in enumerate(prompts):
-        if generator.chat_template:
-            ids = generator.encode(generator.apply_chat_template([{"role": "user", "content": prompt}]),
-                                   add_special_tokens=False)
-        else:
-            ids = generator.encode(prompt)
-        tokens = list(generator.tokens(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + i))
-        produced += len(tokens)
-        text = generator.decode(tokens).strip()
-        if text:
-            rows.append({"prompt": prompt, "text": text, "tokens": len(tokens)})
-        if (i + 1) % 25 == 0:
-            elapsed = time.perf_counter() - started
-            log.info("teacher corpus: %d / %d texts, %.0f tokens/s", i + 1, len(prompts), produced / elapsed)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        ids = [generator.encode(generator.apply_chat_template([{"role": "user", "content": p}]),
+                                add_special_tokens=False) if generator.chat_template else generator.encode(p)
+               for p in chunk]
+        outputs = generator.tokens_batch(ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                                         seeds=[seed + start + i for i in range(len(chunk))])
+        for prompt, tokens in zip(chunk, outputs):
+            produced += len(tokens)
+            text = generator.decode(tokens).strip()
+            if text:
+                rows.append({"prompt": prompt, "text": text, "tokens": len(tokens)})
+        log.info("teacher corpus: %d / %d texts, %.0f tokens/s", min(start + batch_size, len(prompts)), len(prompts),
+                 produced / (time.perf_counter() - started))
     return rows
 
 
