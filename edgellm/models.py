@@ -28,6 +28,7 @@ __all__ = [
     "is_causal_lm",
     "load_causal_lm",
     "gguf_to_folder",
+    "check_gguf_tensor_types",
     "plain_causal_lm",
     "causal_lm_folder",
 ]
@@ -238,6 +239,7 @@ def gguf_to_folder(gguf: str | os.PathLike[str], output: str | os.PathLike[str] 
             return out
     else:
         out = Path(output)
+    check_gguf_tensor_types(src)
     log.info("converting %s to a Hugging Face folder %s (once)", src.name, out)
     try:
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -252,6 +254,32 @@ def gguf_to_folder(gguf: str | os.PathLike[str], output: str | os.PathLike[str] 
         model.save_pretrained(stage, safe_serialization=True)
         tok.save_pretrained(stage)
     return out
+
+
+def check_gguf_tensor_types(path: Path) -> None:
+    """ModelError naming the tensor types (and a few tensors of each) of a GGUF file that can't be de-quantized here
+    (the `gguf` package's de-quantizers: F32 / F16 / BF16 and the block formats it implements), before loading."""
+    try:
+        from gguf import GGMLQuantizationType, GGUFReader
+        from gguf.quants import _type_traits  # the block formats gguf can de-quantize (no public list exists)
+    except ImportError as exc:
+        raise ModelError("reading a .gguf file needs the gguf package: pip install gguf") from exc
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # a truncated or foreign file: gguf raises assorted errors
+        raise ModelError(f"{path.name} is not a readable GGUF file: {exc}") from exc
+    readable = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16, *_type_traits}
+    bad: dict[str, list[str]] = {}
+    for tensor in reader.tensors:
+        kind = GGMLQuantizationType(tensor.tensor_type)
+        if kind not in readable:
+            bad.setdefault(kind.name, []).append(tensor.name)
+    if bad:
+        listed = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''} ({len(v)} tensors)"
+                           for k, v in sorted(bad.items()))
+        raise ModelError(f"{path.name} holds tensor types that cannot be de-quantized here ({listed}); "
+                         f"readable: {', '.join(sorted(t.name for t in readable))}. Convert it "
+                         "with llama.cpp's llama-quantize to one of those (e.g. Q8_0), or give the original model")
 
 
 def plain_causal_lm(model: Any) -> Any:

@@ -249,3 +249,29 @@ def test_interleaved_generations_do_not_share_state(lm_artifact: Path) -> None:
             mixed_a.append(x)
             mixed_b.append(y)
         assert (mixed_a, mixed_b) == (alone_a, alone_b), name
+
+
+def test_gguf_with_a_tensor_type_that_cannot_be_dequantized_is_a_typed_error(tmp_path: Path) -> None:
+    """Refused before transformers loads anything, naming the type and its tensors; a truncated file likewise."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    from edgellm.errors import ModelError
+    from edgellm.models import gguf_to_folder
+
+    path = tmp_path / "odd.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.ffn_up.weight", np.zeros((1, 40), dtype=np.uint8), raw_dtype=GGMLQuantizationType.Q8_1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match=r"odd\.gguf holds tensor types that cannot be de-quantized here "
+                                         r"\(Q8_1: blk\.0\.ffn_up\.weight \(1 tensors\)\); readable: .*Q8_0"):
+        gguf_to_folder(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ModelError, match=r"cut\.gguf is not a readable GGUF file"):
+        gguf_to_folder(cut, tmp_path / "out")
