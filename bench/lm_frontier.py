@@ -2,7 +2,7 @@
 neurons kept by mean activation, Minitron-style) against out-of-domain perplexity and decode tokens/s, each plan
 distilled for the same short budget and measured in the edgellm runtime (8-bit weights, fused ONNX Runtime graph).
 
-    python -m bench.lm_frontier --plans 24,20,16,20x0.75,12 --minutes 4 --budget 1.3
+    python -m bench.lm_frontier --plans 24,20,16,20x0.75 --minutes 3 --budget 1.3
 
 Reuses the teacher and its teacher-written corpus from a run of export/lm-smollm2.yaml (`--work`, the recipe's work
 folder), so run the recipe first. Every plan gets the same training budget, so the frontier ranks plans at equal
@@ -46,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lm_frontier", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="export/lm-smollm2.yaml")
     parser.add_argument("--work", default="artifacts/lm-smollm2.work")
-    parser.add_argument("--plans", default="24,20,16,20x0.75,12")
-    parser.add_argument("--minutes", type=float, default=4.0, help="distillation budget per plan")
+    parser.add_argument("--plans", default="24,20,16,20x0.75")
+    parser.add_argument("--minutes", type=float, default=3.0, help="distillation budget per plan")
     parser.add_argument("--budget", type=float, default=1.3, help="out-of-domain perplexity / FP32 teacher's")
     parser.add_argument("--passages", type=int, default=100, help="out-of-domain passages scored per plan")
     parser.add_argument("--out", default="artifacts/lm-frontier")
+    parser.add_argument("--no-record", action="store_true",
+                        help="print only: write neither bench/results/ nor docs/benchmarks.md (trial runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     from edgellm.bench.generation import measure_generation, perplexity
+    from edgellm.data import Examples
+    from edgellm.exporting.decoder import context_length_for
     from edgellm.bench.machine import machine_info
     from edgellm.pipeline_lm import OOD_LENGTH, _read_corpus, load_out_of_domain, pack_sequences
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
@@ -70,14 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     corpus = _read_corpus(corpus_folder / "corpus.jsonl") if corpus_folder else []
     data = load_lm_data(recipe.data, corpora=lm.corpora)
     ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    # the plans are compared out of domain; distillation's own in-domain test scoring is cut to 100 rows
+    data = dataclasses.replace(data, test=Examples(data.test.texts[:100], None, data.test.ids[:100]))
     teacher = load_teacher_lm(teacher_folder / "model")
-    passages = pack_sequences(teacher.tokenizer, ood, length=OOD_LENGTH, count=args.passages)
-    prompt = [i for p in passages for i in p][:128]
+    context = context_length_for(teacher.model, lm.context_length)
+    passage = min(OOD_LENGTH, context)
+    passages = pack_sequences(teacher.tokenizer, ood, length=passage, count=args.passages)
+    prompt = [i for p in passages for i in p][: min(recipe.evaluate.latency_length, context // 2)]
+    new_tokens = min(lm.decode_tokens, context - len(prompt))
     threads = recipe.evaluate.threads
 
     def measure(generator: Any) -> dict[str, Any]:
         gen = measure_generation(lambda ids, n: generator.tokens(list(ids), n, ignore_eos=True), prompt,
-                                 max_new_tokens=128, warmup=1, repeat=3)
+                                 max_new_tokens=new_tokens, warmup=1, repeat=lm.decode_repeat)
         return {"perplexity_out_of_domain": perplexity(generator.log_probs, passages)["perplexity"],
                 "decode_tokens_per_s": gen["decode_tokens_per_s"]}
 
@@ -118,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         "### lm-frontier: student depth / width vs out-of-domain perplexity vs decode speed",
         "",
         f"{machine['cpu_model']}, {threads} threads; each plan distilled for {args.minutes:g} minutes (same budget), "
-        f"8-bit weights in the fused ONNX Runtime graph; out-of-domain perplexity on {len(passages)} {OOD_LENGTH}-token "
-        f"passages of {', '.join(lm.out_of_domain)} (never trained on); decode: 128 new tokens after a 128-token "
-        f"prompt, median of 3. Teacher: FP32 perplexity {fp32['perplexity_out_of_domain']:.2f}; 8-bit decode "
+        f"8-bit weights in the fused ONNX Runtime graph; out-of-domain perplexity on {len(passages)} {passage}-token "
+        f"passages of {', '.join(lm.out_of_domain)} (never trained on); decode: {new_tokens} new tokens after a "
+        f"{len(prompt)}-token prompt, median of {lm.decode_repeat}. Teacher: FP32 perplexity {fp32['perplexity_out_of_domain']:.2f}; 8-bit decode "
         f"{teacher_before['decode_tokens_per_s']:.1f} tok/s before the plans, {teacher_after['decode_tokens_per_s']:.1f}"
         f" after. {started}.",
         "",
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.budget:g}`",
         "",
     ]
+    if args.no_record:
+        print("\n".join(lines))
+        return 0
     record("lm-frontier", {"created": started, "settings": vars(args), "machine": machine, "teacher_fp32": fp32,
                            "teacher_int8": {"before": teacher_before, "after": teacher_after}, "plans": rows,
                            "chosen": chosen["plan"] if chosen else None,

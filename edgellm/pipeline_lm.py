@@ -199,9 +199,10 @@ def _torch_lm_metrics(folder: Path, data: Any, ood: Sequence[str], lm: CausalLMC
         "perplexity_out_of_domain": lm_perplexity(tm.model, passages, pad_id=pad, batch_size=4)["perplexity"],
         "texts": {"in_domain": len(test), "out_of_domain": len(passages), "out_of_domain_tokens": passage},
     }
-    if teacher is not None:
-        out["kl_from_teacher"] = lm_kl(teacher.model, tm.model, passages[: lm.agreement_texts], pad_id=pad,
-                                       batch_size=4)
+    if teacher is not None and lm.agreement_texts:  # the evaluate stage's set: half in-domain, half out-of-domain
+        half = lm.agreement_texts // 2
+        agreement = [*test[:half], *passages[: lm.agreement_texts - half]]
+        out["kl_from_teacher"] = lm_kl(teacher.model, tm.model, agreement, pad_id=pad, batch_size=4)
     return out
 
 
