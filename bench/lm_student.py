@@ -81,6 +81,7 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
             "student": {"layers": manifest.source.get("num_hidden_layers"),
                         "parameters": manifest.source.get("parameters"),
                         "teacher_layers": training.get("teacher_layers"), "steps": training.get("steps"),
+                        "teacher_num_layers": training.get("teacher_num_layers"),
                         "train_tokens": training.get("train_tokens"), "extra_texts": training.get("extra_texts")},
             "corpus": stages.get("corpus"), "texts": stages["evaluate"].get("texts"),
             "decode": {"prompt_tokens": stages["evaluate"].get("decode_prompt_tokens"),
@@ -103,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
         "### lm-student: the distilled SmolLM2 student against its teacher, one run of the recipe",
         "",
         f"{m['cpu_model']}, {d['threads']} threads, batch 1, greedy decode of {d['new_tokens']} new tokens after a "
-        f"{d['prompt_tokens']}-token held-out prompt (median of {d['repeat']}). Student: {s['layers']} of the teacher's 30 layers "
+        f"{d['prompt_tokens']}-token held-out prompt (median of {d['repeat']}). Student: {s['layers']} of the teacher's {s['teacher_num_layers']} layers "
         f"({s['teacher_layers']}), {s['parameters'] / 1e6:.1f} M parameters, {s['steps']} steps / "
         f"{s['train_tokens']} training tokens"
         + (f", {corpus.get('texts')} teacher-written texts ({corpus.get('tokens')} tokens)" if corpus else "")
