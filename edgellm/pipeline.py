@@ -259,13 +259,19 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
                       progress: bool, say: Callable[[str], None]) -> CompressResult:
     from edgellm import __version__
     from edgellm.data import load_task_data
-    from edgellm.models import resolve_model
+    from edgellm.models import load_tokenizer, resolve_model
+    from edgellm.vocab import text_coverage
 
     task = recipe.task
     data = load_task_data(recipe.data, task=task)
+    # Known now, not after hours of training: how much of the text the teacher's vocabulary cannot read.
+    data.coverage = {"tokenizer": recipe.teacher, "split": "train",
+                     **text_coverage(load_tokenizer(recipe.teacher), data.train.texts)}
     described = data.describe()
     say(f"[data] {described['source'].get('name') or described['source'].get('path')}: "
-        f"{described['split']['sizes']} rows (seed {data.split.seed}), labels {data.labels}")
+        f"{described['split']['sizes']} rows (seed {data.split.seed}), labels {data.labels}; "
+        f"{data.coverage['unknown_rate']:.1%} of the training tokens unknown to the teacher's tokenizer"
+        + (" (see the warning)" if "warning" in data.coverage else ""))
     cache = StageCache(work, say)
     base = {"edgellm": __version__, "task": task, "data": described["split"]["sha256"], "labels": data.labels,
             "max_length": data.max_length}
@@ -423,7 +429,9 @@ def _quantize_stage(recipe: Recipe, data: Any, source: Path, folder: Path) -> di
 
     artifact = _copy_artifact(source, folder / "artifact")
     manifest = read_manifest(artifact)
-    quantize_models(artifact, manifest, config=recipe.quantize, data=data, threads=recipe.evaluate.threads)
+    # Calibration uses the task's own training texts, whose coverage was reported when the data was read.
+    quantize_models(artifact, manifest, config=recipe.quantize, data=data, threads=recipe.evaluate.threads,
+                    own_texts=True)
     write_manifest(artifact, manifest)
     return dict(manifest.metrics.get("quantize", {}))
 

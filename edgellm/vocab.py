@@ -28,11 +28,15 @@ from edgellm.errors import DataError, ModelError
 from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
-           "SUPPORTED_MODELS"]
+           "SUPPORTED_MODELS", "unknown_rate", "unknown_tokens", "text_coverage", "UNKNOWN_WARN_RATE"]
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODELS = ("WordPiece",)
+
+# Above this share of unknown tokens in the task's text, the tokenizer's vocabulary does not cover its language or
+# script: the pipeline warns when the data is read.
+UNKNOWN_WARN_RATE = 0.05
 
 
 @dataclass
@@ -143,14 +147,66 @@ def _remap_processor(proc: Any, new_id: Any) -> None:
 
 def vocab_coverage(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
     """Share of the tokens of `texts` (no special tokens) that are not the unknown token."""
-    data = _backend_json(tokenizer)
-    model = _check_model(data)
-    unk = model["vocab"].get(model.get("unk_token", ""), -1)
-    total = unknown = 0
-    for enc in plain_tokenizer(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
-        total += len(enc.ids)
-        unknown += sum(1 for i in enc.ids if i == unk)
+    _check_model(_backend_json(tokenizer))
+    counts = unknown_tokens(tokenizer, texts)
+    total, unknown = counts["tokens"], counts["unknown"]
     return {"tokens": total, "unknown": unknown, "coverage": (total - unknown) / total if total else 1.0}
+
+
+def unknown_tokens(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """How many of the tokens of `texts` (special tokens not counted) are the tokenizer's unknown token.
+
+    `tokenizer`: a `tokenizers.Tokenizer`, a transformers fast tokenizer or a tokenizer.json path. Returns
+    {"unk_token", "tokens", "unknown", "unknown_rate"}; a tokenizer without an unknown token (byte-level BPE,
+    byte fallback) has none: unk_token None, unknown 0.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer))
+    plain = plain_tokenizer(tokenizer)
+    model = json.loads(plain.to_str())["model"]
+    unk_token: str | None = None
+    if model.get("unk_id") is not None and model.get("type") == "Unigram":  # SentencePiece: an index into its vocab
+        unk_token = model["vocab"][int(model["unk_id"])][0]
+    elif model.get("unk_token"):  # WordPiece, WordLevel, BPE with an unknown token
+        unk_token = str(model["unk_token"])
+    unk = plain.token_to_id(unk_token) if unk_token is not None else None
+    total = unknown = 0
+    for enc in plain.encode_batch([str(t) for t in texts], add_special_tokens=False):
+        total += len(enc.ids)
+        if unk is not None:
+            unknown += sum(1 for i in enc.ids if i == unk)
+    return {"unk_token": unk_token if unk is not None else None, "tokens": total, "unknown": unknown,
+            "unknown_rate": unknown / total if total else 0.0}
+
+
+def unknown_rate(tokenizer: Any, texts: Sequence[str]) -> float:
+    """Share of the tokens of `texts` that are the tokenizer's unknown token (0 for tokenizers without one)."""
+    return float(unknown_tokens(tokenizer, texts)["unknown_rate"])
+
+
+def text_coverage(tokenizer: Any, texts: Sequence[str], *, what: str = "the training text",
+                  threshold: float = UNKNOWN_WARN_RATE, limit: int = 20_000) -> dict[str, Any]:
+    """The coverage record of `texts` under `tokenizer` (unknown_tokens, the texts counted, the threshold) and,
+    above the threshold, a `warning` that names the cause and the remedies; the warning is logged too.
+
+    More than `limit` texts: an evenly spaced sample of `limit` of them is counted.
+    """
+    items = list(texts)
+    if len(items) > limit:
+        items = [items[i * len(items) // limit] for i in range(limit)]
+    record = {**unknown_tokens(tokenizer, items), "texts": len(items), "threshold": threshold}
+    if record["unknown_rate"] > threshold:
+        record["warning"] = (
+            f"{record['unknown_rate']:.0%} of the tokens of {what} are {record['unk_token']}: the teacher's "
+            "vocabulary does not cover this language / script, so the model cannot tell those words apart and "
+            "accuracy suffers. Remedies: a teacher whose vocabulary covers the text (a multilingual one such as "
+            "xlm-roberta-base or bert-base-multilingual-cased, or one trained on the language), or extending the "
+            "teacher's vocabulary with the text's characters (not available in edgellm yet)"
+        )
+        log.warning("%s", record["warning"])
+    return record
 
 
 def _rebuild_tokenizer(tokenizer: Any, data: dict[str, Any], keep_ids: Sequence[int]) -> Any:

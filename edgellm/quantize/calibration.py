@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 # Calibration texts whose tokens are mostly [UNK] are data of another language / tokenizer / task.
 MAX_UNKNOWN_FRACTION = 0.5
-_UNK_TOKENS = ("[UNK]", "<unk>", "<|unk|>")
 
 
 class CalibrationReader:
@@ -101,12 +100,15 @@ def text_feeds(
     input_types: Mapping[str, Any] | None = None,
     static_shape: Sequence[int] | None = None,
     pad_to_longest: bool = False,
+    own_texts: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Tokenize the first `samples` texts, one feed per text (batch 1, its own length; or `static_shape`; or all
     padded to the longest, which entropy / percentile calibration needs).
 
     Raises DataError when there is no text, fewer texts than `samples`, a text that is not a string, or texts the
-    tokenizer mostly cannot read (more than half [UNK]: data of another language or task).
+    tokenizer mostly cannot read (more than half [UNK]: data of another language or task). `own_texts`: the texts
+    are the task's own, whose unknown-token rate was reported when the data was read (the pipeline); then that is
+    no reason to stop, and the rate is only logged.
     """
     from edgellm.runtime.text import TextEncoder
 
@@ -128,7 +130,7 @@ def text_feeds(
         raise DataError(f"calibration text {bad[0]} is a {type(chosen[bad[0]]).__name__}, not a str "
                         "(give texts, not (text, label) pairs)")
     encoder = TextEncoder(Path(tokenizer), max_length=max_length)
-    _check_known_tokens(encoder, chosen)
+    _check_known_tokens(encoder.tokenizer, chosen, own_texts=own_texts)
     batch, pad_to = (int(static_shape[0]), int(static_shape[1])) if static_shape else (1, None)
     if pad_to_longest and pad_to is None:
         pad_to = max(encoder.lengths(chosen))
@@ -147,17 +149,18 @@ def text_feeds(
     return feeds
 
 
-def _check_known_tokens(encoder: Any, texts: list[str]) -> None:
-    unk = next((encoder.tokenizer.token_to_id(t) for t in _UNK_TOKENS if encoder.tokenizer.token_to_id(t) is not None), None)
-    if unk is None:
-        return  # byte-level tokenizers have no unknown token
-    total = unknown = 0
-    for enc in encoder.tokenizer.encode_batch(texts):
-        real = [i for i, special in zip(enc.ids, enc.special_tokens_mask) if not special]
-        total += len(real)
-        unknown += sum(1 for i in real if i == unk)
-    if total and unknown / total > MAX_UNKNOWN_FRACTION:
-        raise DataError(
-            f"{unknown / total:.0%} of the calibration tokens are unknown to this model's tokenizer: the texts are "
-            "of another language or task; calibrate with the task's own training texts"
-        )
+def _check_known_tokens(tokenizer: Any, texts: list[str], *, own_texts: bool) -> None:
+    from edgellm.vocab import unknown_tokens
+
+    counts = unknown_tokens(tokenizer, texts)
+    rate = counts["unknown_rate"]
+    if rate <= MAX_UNKNOWN_FRACTION:
+        return
+    if own_texts:
+        log.info("%.0f%% of the calibration tokens are %s: the task's own texts, as reported when the data was read",
+                 100 * rate, counts["unk_token"])
+        return
+    raise DataError(
+        f"{rate:.0%} of the calibration tokens are unknown to this model's tokenizer: the texts are "
+        "of another language or task; calibrate with the task's own training texts"
+    )

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -53,6 +54,7 @@ class QuantData:
     validation: list[str]
     labels: list[Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    own_texts: bool = False  # the task's own texts, their tokenizer coverage reported already: no [UNK] guard
 
     @classmethod
     def from_task_data(cls, data: Any) -> QuantData:
@@ -96,7 +98,8 @@ def _as_data(data: Any, manifest: Manifest) -> QuantData:
     if not data.validation:
         raise DataError("validation data is empty: every INT8 model is evaluated on it; give the validation split")
     if manifest.task == "text-classification":
-        data = QuantData(list(data.calibration), list(data.validation), _label_ids(data, manifest), data.source)
+        data = QuantData(list(data.calibration), list(data.validation), _label_ids(data, manifest), data.source,
+                         data.own_texts)
     return data
 
 
@@ -276,6 +279,7 @@ def quantize_models(
     data: QuantData | Any,
     threads: int | None = None,
     suffix: str = "",
+    own_texts: bool = False,
 ) -> list[ModelEntry]:
     """Add INT8 twins of the FP32 models in `folder` (an artifact being written) to `manifest` and the folder.
 
@@ -286,6 +290,9 @@ def quantize_models(
     The default model becomes the generic ONNX Runtime INT8 model when one was made. `suffix` is appended to the
     new models' names and files (several INT8 variants in one artifact: "-static", "-entropy" ...). Returns the new
     entries; the caller writes the final manifest (`write_manifest`).
+
+    Calibration texts mostly unknown to the tokenizer ([UNK]) are refused as data of another language or task,
+    unless `own_texts` says they are the task's own (the pipeline, which reported their coverage at the start).
     """
     if suffix and (not isinstance(suffix, str) or not all(c.isalnum() or c in "-_." for c in suffix)):
         raise ConfigError(f"suffix {suffix!r} may hold only letters, digits, '-', '_' and '.'")
@@ -300,6 +307,8 @@ def quantize_models(
     if not plans:
         return []
     qdata = _as_data(data, manifest)
+    if own_texts:
+        qdata = dataclasses.replace(qdata, own_texts=True)
     tokenizer = folder / manifest.tokenizer
     evaluator = _Evaluator(manifest, tokenizer, qdata, threads)
     existing = {m.name for m in manifest.models}
@@ -374,7 +383,7 @@ def _calibration(folder: Path, manifest: Manifest, plan: _Plan, config: Quantize
     shape = next(iter(shapes.values()), None)
     return text_feeds(folder / manifest.tokenizer, qdata.calibration, samples=samples or config.calibration_samples,
                       max_length=manifest.max_length, input_names=input_names, input_types=input_types,
-                      static_shape=shape, pad_to_longest=pad_to_longest)
+                      static_shape=shape, pad_to_longest=pad_to_longest, own_texts=qdata.own_texts)
 
 
 def _quantize_ort(folder: Path, manifest: Manifest, plan: _Plan, config: QuantizeConfig, qdata: QuantData,
@@ -393,8 +402,8 @@ def _quantize_ort(folder: Path, manifest: Manifest, plan: _Plan, config: Quantiz
     check = None
     if qdata.calibration or qdata.validation:
         texts = qdata.calibration or qdata.validation
-        check = _calibration(folder, manifest, plan, config,
-                             QuantData(texts, []), list(inputs), inputs, samples=min(_CHECK_SAMPLES, len(texts)))
+        check = _calibration(folder, manifest, plan, config, QuantData(texts, [], own_texts=qdata.own_texts),
+                             list(inputs), inputs, samples=min(_CHECK_SAMPLES, len(texts)))
     name = int8_name(src.name) + suffix
     rel = _twin_path(src.path, "int8" + suffix)
     dst = folder / rel
@@ -411,8 +420,9 @@ def _quantize_ort(folder: Path, manifest: Manifest, plan: _Plan, config: Quantiz
         else:
             candidates = [c for c in quantizer.candidates if c.name not in set(config.exclude)]
             sens_texts = qdata.calibration or qdata.validation
-            sens_feeds = _calibration(folder, manifest, plan, config, QuantData(sens_texts, []), list(inputs),
-                                      inputs, samples=min(_SENSITIVITY_SAMPLES, len(sens_texts)))
+            sens_feeds = _calibration(folder, manifest, plan, config,
+                                      QuantData(sens_texts, [], own_texts=qdata.own_texts), list(inputs), inputs,
+                                      samples=min(_SENSITIVITY_SAMPLES, len(sens_texts)))
             ranking = onnx_sensitivity(quantizer.prepared, candidates, sens_feeds, mode=plan.mode,
                                        per_channel=quantizer.per_channel, reduce_range=quantizer.reduce_range,
                                        block_size=quantizer.block_size)
@@ -489,7 +499,8 @@ def _quantize_ov(folder: Path, manifest: Manifest, plan: _Plan, config: Quantize
 def _nncf_validation(folder: Path, manifest: Manifest, plan: _Plan, qdata: QuantData, names: list[str],
                      types: dict[str, Any], evaluator: _Evaluator, src: ModelEntry) -> tuple[list[Any], Any]:
     """Validation items (feed, label) and the metric function NNCF's accuracy control calls."""
-    feeds = _calibration(folder, manifest, plan, QuantizeConfig(), QuantData(qdata.validation, []), names, types,
+    feeds = _calibration(folder, manifest, plan, QuantizeConfig(),
+                         QuantData(qdata.validation, [], own_texts=qdata.own_texts), names, types,
                          samples=len(qdata.validation))
     if manifest.task == "text-classification":
         items = list(zip(feeds, qdata.labels or []))
@@ -550,16 +561,16 @@ def resolve_data(data: Any, manifest: Manifest) -> Any:
     `edgellm.data.load_task_data`; None means the data the artifact records it was trained on."""
     if isinstance(data, QuantData) or all(hasattr(data, k) for k in ("train", "validation", "labels")):
         return data
-    from edgellm.data import VADER_CORPORA, load_task_data
+    from edgellm.data import BUILTIN_NAMES, load_task_data
     from edgellm.recipe import DataConfig, SplitConfig
 
     if isinstance(data, DataConfig):
         config = data
     elif isinstance(data, (str, Path)):
         text = str(data)
-        config = DataConfig(name=text) if text in VADER_CORPORA else DataConfig(path=text)
-        if text not in VADER_CORPORA and not Path(text).exists():
-            raise DataError(f"data {text!r} is neither a built-in data set ({', '.join(VADER_CORPORA)}) nor a file")
+        config = DataConfig(name=text) if text in BUILTIN_NAMES else DataConfig(path=text)
+        if text not in BUILTIN_NAMES and not Path(text).exists():
+            raise DataError(f"data {text!r} is neither a built-in data set ({', '.join(BUILTIN_NAMES)}) nor a file")
     elif data is None:
         recorded = manifest.data or {}
         source = recorded.get("source") or {}
@@ -581,6 +592,21 @@ def resolve_data(data: Any, manifest: Manifest) -> Any:
     return load_task_data(config, task=manifest.task)
 
 
+def _recorded_data(data: Any, manifest: Manifest) -> bool:
+    """Whether `data` (TaskData) is the data set the artifact records: the same built-in / dataset name, the same
+    file bytes (sha256) or the same dataset folder."""
+    recorded = (manifest.data or {}).get("source") or {}
+    given = getattr(data, "source", None)
+    if not recorded or not isinstance(given, dict):
+        return False
+
+    def key(source: dict[str, Any]) -> tuple[Any, ...]:
+        folder = source.get("path") if source.get("kind") == "hf" else None
+        return source.get("kind"), source.get("name"), source.get("sha256"), folder
+
+    return key(given) == key(recorded) and any(key(given)[1:])
+
+
 def quantize(
     artifact: str | Path,
     output: str | Path | None = None,
@@ -593,7 +619,9 @@ def quantize(
     """Quantize an FP32 artifact folder into `output` (or in place when `output` is None and `overwrite`).
 
     `data`: QuantData, edgellm.data.TaskData, a DataConfig, a built-in data set name or a file (calibration from its
-    training split, evaluation on its validation split); None = the data set the artifact records.
+    training split, evaluation on its validation split); None = the data set the artifact records. The task's own
+    texts (None, or the recorded data set given again) are calibrated on whatever their unknown-token rate (the
+    manifest records it); other data that the tokenizer mostly cannot read is refused as another language or task.
     The result is written atomically (edgellm.artifact.staging): on any error nothing is left at `output` and an
     existing artifact there is untouched.
     """
@@ -610,7 +638,9 @@ def quantize(
     if config.tolerance is not None:
         check_tolerance(config.tolerance)
     _plans(manifest, config)  # refuse bad backends / presets / modes before loading any data
+    own_texts = data is None
     data = resolve_data(data, manifest)
+    own_texts = own_texts or _recorded_data(data, manifest)
     with staging(out, overwrite=overwrite) as stage:
         for rel in sorted(manifest.files):
             target = stage / rel
@@ -618,6 +648,6 @@ def quantize(
             shutil.copy2(src / rel, target)
         if not manifest.files:
             raise ArtifactError(f"{src} lists no files in its manifest: it was not written by edgellm")
-        quantize_models(stage, manifest, config=config, data=data, threads=threads)
+        quantize_models(stage, manifest, config=config, data=data, threads=threads, own_texts=own_texts)
         write_manifest(stage, manifest)
     return manifest
