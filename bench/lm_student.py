@@ -142,6 +142,26 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(result: dict[str, Any]) -> str:
+    """README's short table: the teacher in FP32 and 8-bit, the student's default 8-bit model, and the targets."""
+    rows = {r["model"]: r for r in result["rows"]}
+    lines = ["| model | perplexity in-domain | out-of-domain (x teacher) | zero-shot sentiment % | decode tok/s |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ("teacher onnx-fp32", "teacher onnx-int8", "student onnx-int8"):
+        r = rows.get(name)
+        if r is None:
+            continue
+        sentiment = "-" if r["sentiment"] is None else f"{r['sentiment']:.1f}"
+        lines.append(f"| {name} | {r['ppl_in_domain']:.1f} | {r['ppl_out_of_domain']:.1f} ({r['ood_ratio']:.2f}x) | "
+                     f"{sentiment} | {r['decode_tps']:.1f} |")
+    met = [k for k, c in result["checks"].items() if c["passed"]]
+    missed = [k for k, c in result["checks"].items() if c["passed"] is False]
+    lines += ["", f"{result['machine']['cpu_model']}, {result['decode']['threads']} threads. Targets met: "
+              f"{', '.join(met) or 'none'}; not met: {', '.join(missed) or 'none'} (details: "
+              "[docs/benchmarks.md](docs/benchmarks.md#the-distilled-smollm2-student-against-its-teacher))."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lm_student", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="export/lm-smollm2.yaml")
@@ -160,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.run import update_readme
 
         update_readme(ROOT / "docs" / "benchmarks.md", "lm-student", text.split("\n", 2)[2])
+        update_readme(ROOT / "README.md", "lm-student-headline", headline(result))
     return 0
 
 
