@@ -56,22 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from edgellm.bench.generation import measure_generation, perplexity
     from edgellm.data import Examples
     from edgellm.exporting.decoder import context_length_for
     from edgellm.bench.machine import machine_info
-    from edgellm.pipeline_lm import OOD_LENGTH, _read_corpus, load_out_of_domain, pack_sequences
+    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, load_out_of_domain, measure_lm, pack_sequences
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.runtime import load
     from edgellm.train.causal import distill_causal_lm, load_lm_data, load_teacher_lm
+    from edgellm.train.corpus import read_corpus
 
     recipe = load_recipe(args.recipe)
     lm = recipe.causal_lm
     work, out = Path(args.work), Path(args.out)
     teacher_folder = finished(work, "teacher")
     corpus_folder = finished(work, "corpus") if lm.teacher_samples else None
-    corpus = _read_corpus(corpus_folder / "corpus.jsonl") if corpus_folder else []
+    corpus = read_corpus(corpus_folder / CORPUS_FILE) if corpus_folder else []
     data = load_lm_data(recipe.data, corpora=lm.corpora)
     ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
     # the plans are compared out of domain; distillation's own in-domain test scoring is cut to 100 rows
@@ -84,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     new_tokens = min(lm.decode_tokens, context - len(prompt))
     threads = recipe.evaluate.threads
 
-    def measure(generator: Any) -> dict[str, Any]:
-        gen = measure_generation(lambda ids, n: generator.tokens(list(ids), n, ignore_eos=True), prompt,
-                                 max_new_tokens=new_tokens, warmup=1, repeat=lm.decode_repeat)
-        return {"perplexity_out_of_domain": perplexity(generator.log_probs, passages)["perplexity"],
-                "decode_tokens_per_s": gen["decode_tokens_per_s"]}
+    timed = dataclasses.replace(lm, decode_tokens=new_tokens)
+
+    def measure(generator: Any) -> dict[str, Any]:  # the recipe's evaluate-stage measurement, on these passages
+        got = measure_lm(generator, {"out_of_domain": passages}, prompt=prompt, lm=timed)
+        return {"perplexity_out_of_domain": got["perplexity_out_of_domain"],
+                "decode_tokens_per_s": got["generation"]["decode_tokens_per_s"]}
 
     fp32 = measure(load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False))
     int8 = load(teacher_folder / "runtime", model="onnx-int8", threads=threads, verify=False)

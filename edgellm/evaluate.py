@@ -141,11 +141,7 @@ def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[i
     predicted = []
     for text in texts:
         prompt = SENTIMENT_PROMPT.format(text=text)
-        if generator.chat_template:
-            ids = generator.encode(generator.apply_chat_template([{"role": "user", "content": prompt}]),
-                                   add_special_tokens=False)
-        else:
-            ids = generator.encode(prompt + "\nAnswer:")
+        ids = generator.user_prompt_ids(prompt if generator.chat_template else prompt + "\nAnswer:")
         logp = log_softmax(generator.next_token_logits(ids))
         predicted.append(int(np.argmax([np.logaddexp.reduce(logp[v]) for v in variants])))
     return classification_metrics(predicted, labels, len(label_names))

@@ -41,7 +41,8 @@ from edgellm.pipeline import (
 )
 from edgellm.recipe import CausalLMConfig, Recipe
 
-__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "check_lm_targets"]
+__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "check_lm_targets",
+           "measure_lm"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
     from edgellm import __version__
     from edgellm.models import resolve_model
     from edgellm.train.causal import load_lm_data
+    from edgellm.train.corpus import read_corpus
 
     lm = recipe.causal_lm or CausalLMConfig()
     profiles = check_lm_targets(targets)
@@ -140,7 +142,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
             "corpus", {"teacher": teacher.key, "samples": lm.teacher_samples, "tokens": lm.sample_tokens,
                        "seed": lm.sample_seed},
             lambda folder: _corpus_stage(lm, teacher.folder, folder))
-        corpus = _read_corpus(stages["corpus"].folder / CORPUS_FILE)
+        corpus = read_corpus(stages["corpus"].folder / CORPUS_FILE)
     if recipe.distill is not None:
         stages["distill"] = current = cache.run(
             "distill", {**base, "input": teacher.key, "corpus": stages["corpus"].key if "corpus" in stages else None,
@@ -227,7 +229,7 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
 
     from edgellm.artifact import atomic_write_text
     from edgellm.runtime import load
-    from edgellm.train.corpus import generate_corpus, teacher_prompts
+    from edgellm.train.corpus import SAMPLING, generate_corpus, teacher_prompts
 
     generator = load(teacher_folder / "runtime", model="onnx-int8", verify=False)
     prompts = teacher_prompts(lm.teacher_samples, lm.sample_seed)
@@ -238,26 +240,16 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
     atomic_write_text(folder / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"texts": len(rows), "prompts": len(prompts), "tokens": tokens, "seconds": round(seconds, 1),
             "tokens_per_s": tokens / seconds if seconds else None, "model": "teacher onnx-int8 (edgellm runtime)",
-            "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": lm.sample_seed,
-                         "max_new_tokens": lm.sample_tokens}}
-
-
-def _read_corpus(path: Path) -> list[str]:
-    from edgellm.train.corpus import corpus_texts
-
-    return corpus_texts([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line])
+            "sampling": {**SAMPLING, "seed": lm.sample_seed, "max_new_tokens": lm.sample_tokens}}
 
 
 def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], corpus: Sequence[str],
                    teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
-    from edgellm.data import load_texts
     from edgellm.train.causal import distill_causal_lm, load_teacher_lm
+    from edgellm.train.stages import augment_texts
 
     teacher = load_teacher_lm(teacher_folder / "model")
-    held_out = {*data.validation.texts, *data.test.texts, *ood}
-    extra = list(corpus)
-    for name in recipe.distill.augment_with:  # type: ignore[union-attr]
-        extra += [t for t in load_texts(name) if t not in held_out]
+    extra = [*corpus, *augment_texts(recipe.distill.augment_with, data, exclude=ood)]  # type: ignore[union-attr]
     student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
                                 extra_texts=extra, progress=progress)
     student.save(folder / "model", overwrite=True)
@@ -281,7 +273,7 @@ def _export_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: P
                   folder: Path) -> dict[str, Any]:
     """FP32 decoder models (checked against torch) + one per target profile; the plain graph and the torch
     references stay beside the artifact for the quantize stage."""
-    from edgellm.exporting.decoder import context_length_for, decoder_manifest, write_decoder_models
+    from edgellm.exporting.decoder import check_prompts, context_length_for, decoder_manifest, write_decoder_models
     from edgellm.train.causal import load_teacher_lm
 
     tm = load_teacher_lm(model_folder)
@@ -289,7 +281,7 @@ def _export_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: P
     length = context_length_for(model, lm.context_length)
     artifact = _fresh(folder / "artifact")
     tm.tokenizer.backend_tokenizer.save(str(artifact / "tokenizer.json"))
-    prompts = [ids for ids in (tm.tokenizer(t).input_ids[:64] for t in data.validation.texts[:8]) if ids] or [[0]]
+    prompts = check_prompts(tm.tokenizer, data.validation.texts)
     export = write_decoder_models(model, tm.tokenizer, artifact, prompts=prompts, formats=recipe.export.formats,
                                   graph=lm.graph, context_length=length, atol=lm.logits_atol, stateful=lm.stateful,
                                   keep_plain=folder / "plain" / "model.onnx")
@@ -330,7 +322,7 @@ def _target_entry(artifact: Path, manifest: Any, profile: Any) -> Any:
 
 def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: Path, source: Path,
                     folder: Path) -> dict[str, Any]:
-    from edgellm.exporting.decoder import torch_references
+    from edgellm.exporting.decoder import check_prompts, torch_references
     from edgellm.quantize.decoder import (
         CALIBRATION_TOKENS,
         WeightFormats,
@@ -349,8 +341,8 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     weights = WeightFormats.from_config(lm)
     if "onnxruntime" not in recipe.quantize.backends:  # type: ignore[union-attr]
         weights.bits = ()
-    prompts = [ids for ids in (tm.tokenizer(t).input_ids[:64] for t in data.validation.texts[:8]) if ids] or [[0]]
-    references = torch_references(model, prompts, context_length=manifest.max_length)
+    references = torch_references(model, check_prompts(tm.tokenizer, data.validation.texts),
+                                  context_length=manifest.max_length)
     calibration = calibration_sequences(tm.tokenizer, data.train.texts, count=lm.calibration_sequences,
                                         length=min(manifest.max_length, CALIBRATION_TOKENS)) \
         if 4 in weights.bits and weights.int4_method == "gptq" else []
@@ -370,6 +362,7 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     default model is the fastest within causal_lm.default_tolerance of FP32 on validation perplexity."""
     from tokenizers import Tokenizer
 
+    from edgellm.quantize.decoder import choose_default
     from edgellm.runtime import load
     from edgellm.runtime.text import plain_tokenizer
 
@@ -394,7 +387,8 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False)
 
     def measure(model: Any) -> dict[str, Any]:
-        return _measure_lm(model, sets, reference, agreement_set, sentiment, prompt, lm, recipe.evaluate.latency)
+        return measure_lm(model, sets, prompt=prompt, lm=lm, reference=reference, agreement_set=agreement_set,
+                          sentiment=sentiment, latency=recipe.evaluate.latency)
 
     results: dict[str, Any] = {}
     teacher_manifest = read_manifest(teacher_folder / "runtime")
@@ -413,7 +407,8 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
         if "generation" in record:
             entry.metrics["generation"] = record["generation"]
         results[entry.name] = record
-    default, why = _choose_default(manifest.models, lm.default_tolerance)
+    default, why = choose_default(manifest.models, lm.default_tolerance, what="validation ",
+                                  perplexity=lambda e: (e.metrics.get("validation") or {}).get("perplexity"))
     manifest.default_model = default
     manifest.metrics["default_model"] = {"name": default, "reason": why}
     write_manifest(artifact, manifest)
@@ -450,9 +445,12 @@ def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:
     return ids
 
 
-def _measure_lm(model: Any, sets: dict[str, list[list[int]]], reference: Any, agreement_set: list[list[int]],
-                sentiment: tuple[list[str], list[int]], prompt: list[int], lm: CausalLMConfig,
-                latency: bool) -> dict[str, Any]:
+def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, prompt: list[int], lm: CausalLMConfig,
+               reference: Any = None, agreement_set: Sequence[Sequence[int]] = (),
+               sentiment: tuple[list[str], list[int]] = ([], []), latency: bool = True) -> dict[str, Any]:
+    """One runtime model's numbers: perplexity on each named set of token sequences, KL / top-1 against `reference`
+    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and with `latency` greedy decode of
+    causal_lm.decode_tokens after `prompt` (causal_lm.decode_repeat timed runs)."""
     from edgellm.bench.generation import measure_generation, perplexity
     from edgellm.evaluate import lm_agreement, zero_shot_sentiment
 
@@ -468,26 +466,6 @@ def _measure_lm(model: Any, sets: dict[str, list[list[int]]], reference: Any, ag
             lambda ids, n: model.tokens(list(ids), n, ignore_eos=True), prompt, max_new_tokens=lm.decode_tokens,
             warmup=1, repeat=lm.decode_repeat)
     return out
-
-
-def _choose_default(entries: Sequence[Any], tolerance: float) -> tuple[str, str]:
-    """The fastest generic ONNX Runtime model (int4 < int8 < fp32) whose validation perplexity is within
-    `tolerance` of onnx-fp32's."""
-    by_name = {e.name: e for e in entries}
-    fp32 = by_name.get("onnx-fp32")
-    if fp32 is None:
-        return entries[0].name, "no ONNX Runtime FP32 model to compare with: the first model"
-    base = fp32.metrics["validation"]["perplexity"]
-    passed = []
-    for name in ("onnx-int4", "onnx-int8"):
-        if name in by_name:
-            ratio = by_name[name].metrics["validation"]["perplexity"] / base
-            if ratio <= 1.0 + tolerance:
-                return name, (f"fastest model within {tolerance:.1%} of FP32 validation perplexity (ratio "
-                              f"{ratio:.4f})" + (f"; passed over: {', '.join(passed)}" if passed else ""))
-            passed.append(f"{name} (ratio {ratio:.4f})")
-    return "onnx-fp32", f"no quantized model within {tolerance:.1%} of FP32 validation perplexity" + \
-        (f" ({', '.join(passed)})" if passed else " (none made)")
 
 
 # --- summary --------------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "export_decoder_onnx",
     "check_decoder",
     "check_entry",
+    "check_prompts",
     "torch_references",
     "TorchReference",
     "decoder_to_openvino",
@@ -279,6 +280,13 @@ def torch_references(model: Any, prompts: Sequence[list[int]], steps: int = GREE
             logits = model(torch.tensor([list(p) + tokens]), use_cache=False).logits[0].double().numpy()
             refs.append(TorchReference(list(p), tokens, logits))
     return refs
+
+
+def check_prompts(tokenizer: Any, texts: Sequence[str], *, count: int = 8, length: int = 64) -> list[list[int]]:
+    """The prompts an export is checked on: the first `count` texts' token ids, cut to `length` (empty ones
+    skipped; a single token 0 when none is left)."""
+    prompts = [ids for ids in (tokenizer(t).input_ids[:length] for t in texts[:count]) if ids]
+    return prompts or [[0]]
 
 
 def check_decoder(

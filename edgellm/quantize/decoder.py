@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from edgellm.artifact import Manifest, ModelEntry, staging, write_manifest
 from edgellm.errors import ConfigError
@@ -25,6 +25,7 @@ from edgellm.exporting.decoder import (
     DEFAULT_ATOL,
     TorchReference,
     check_entry,
+    check_prompts,
     context_length_for,
     decoder_manifest,
     plain_inputs,
@@ -123,16 +124,22 @@ class WeightFormats:
         return cls(tuple(lm.weight_bits), lm.block_size, lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
 
 
-def choose_default(entries: Sequence[ModelEntry], tolerance: float) -> tuple[str, str]:
-    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's (held-out text when measured,
-    else the check prompts), in the order int4 < int8 < fp32; returns (name, reason). Lossy models are never
-    the default: a model over the tolerance is passed over, and the reason says so."""
+def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
+                   perplexity: Callable[[ModelEntry], float | None] | None = None, what: str = "") -> tuple[str, str]:
+    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's, in the order int4 < int8 <
+    fp32; returns (name, reason). `perplexity` reads a model's number (default: its held-out `perplexity` metric;
+    where it or FP32's is missing, the check prompts' ratio to torch); `what` names it in the reason ("validation
+    "). Lossy models are never the default: a model over the tolerance is passed over, and the reason says so."""
+    def read(entry: ModelEntry) -> float | None:
+        return perplexity(entry) if perplexity is not None else entry.metrics.get("perplexity")
+
     by_name = {e.name: e for e in entries}
     fp32 = by_name.get("onnx-fp32")
 
     def ratio(entry: ModelEntry) -> float:
-        if fp32 is not None and "perplexity" in entry.metrics and "perplexity" in fp32.metrics:
-            return float(entry.metrics["perplexity"]) / float(fp32.metrics["perplexity"])
+        got, base = read(entry), read(fp32) if fp32 is not None else None
+        if got is not None and base is not None:
+            return float(got) / float(base)
         return float(entry.metrics.get("vs_torch", {}).get("perplexity_ratio", float("inf")))
 
     passed = []
@@ -140,11 +147,11 @@ def choose_default(entries: Sequence[ModelEntry], tolerance: float) -> tuple[str
         if name in by_name:
             r = ratio(by_name[name])
             if r <= 1.0 + tolerance:
-                return name, f"fastest model within {tolerance:.1%} of FP32 perplexity (ratio {r:.4f})" + \
+                return name, f"fastest model within {tolerance:.1%} of FP32 {what}perplexity (ratio {r:.4f})" + \
                     (f"; passed over: {', '.join(passed)}" if passed else "")
             passed.append(f"{name} (ratio {r:.4f})")
     name = "onnx-fp32" if fp32 is not None else entries[0].name
-    return name, "no quantized model within " + f"{tolerance:.1%} of FP32 perplexity" + \
+    return name, "no quantized model within " + f"{tolerance:.1%} of FP32 {what}perplexity" + \
         (f" ({', '.join(passed)})" if passed else " (none made)")
 
 
@@ -347,8 +354,7 @@ def export_causal_lm(
     model.eval()
     weights = weights if weights is not None else WeightFormats()
     length = context_length_for(model, context_length)
-    prompts = [tokenizer(t).input_ids[:64] for t in (texts or SAMPLE_TEXTS[:8])]
-    prompts = [p for p in prompts if p] or [[0]]
+    prompts = check_prompts(tokenizer, texts or SAMPLE_TEXTS)
     calibration = calibration_sequences(tokenizer, calibration_texts or texts or SAMPLE_TEXTS,
                                         count=calibration_count, length=min(length, CALIBRATION_TOKENS)) \
         if 4 in weights.bits and weights.int4_method == "gptq" and "onnx" in formats else []

@@ -290,6 +290,13 @@ class Generator(EdgeModel):
         return render_chat(self.chat_template, _check_messages(messages), add_generation_prompt=add_generation_prompt,
                            **{k: v for k, v in special.items() if v is not None})
 
+    def user_prompt_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as a user's message: through the chat template when the model has one (which writes
+        its own special tokens), else the text as it is."""
+        if not self.chat_template:
+            return self.encode(text)
+        return self.encode(self.apply_chat_template([{"role": "user", "content": text}]), add_special_tokens=False)
+
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             ids = self.encode(prompt)

@@ -146,26 +146,34 @@ class _OrtValueSession(DecodeSession):
         return out[0].numpy()[0]
 
 
+def _bind_kv_buffers(backend: OrtBackend, layout: KVCacheLayout, batch: int, capacity: int) -> tuple[Any, Any, Any]:
+    """(numpy arrays, OrtValues, IO binding): one zeroed (batch, kv_heads, capacity, head_dim) buffer per cache
+    tensor, bound once as both its past input and its present output, with the logits output bound first."""
+    from onnxruntime import OrtValue
+
+    if batch < 1 or capacity < 1 or (layout.max_length and capacity > layout.max_length):
+        rows = f"{batch} x " if batch != 1 else ""
+        raise GenerationError(f"a KV buffer of {rows}{capacity} positions does not fit the model's context of "
+                              f"{layout.max_length}")
+    shape = (batch, layout.num_kv_heads, capacity, layout.head_dim)
+    arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]  # pages touched only when written
+    buffers = [OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    io = backend._session.io_binding()
+    io.bind_output("logits")  # first: get_outputs() lists outputs in binding order; ORT allocates it per run
+    for past, present, buffer in zip(layout.past, layout.present, buffers):  # bound once, for every step
+        io.bind_ortvalue_input(past, buffer)
+        io.bind_ortvalue_output(present, buffer)
+    return arrays, buffers, io
+
+
 class _SharedBufferSession(DecodeSession):
     """The KV cache as one buffer per tensor, preallocated to `capacity` positions and bound (IO binding) as both
     the past input and the present output: GroupQueryAttention writes each step's keys / values in place, so no
     step copies the cache, and only the logits come back to numpy."""
 
     def __init__(self, backend: OrtBackend, layout: KVCacheLayout, capacity: int) -> None:
-        from onnxruntime import OrtValue
-
-        if capacity < 1 or (layout.max_length and capacity > layout.max_length):
-            raise GenerationError(f"a KV buffer of {capacity} positions does not fit the model's context of "
-                                  f"{layout.max_length}")
         self.backend, self.layout, self.capacity = backend, layout, capacity
-        shape = (1, layout.num_kv_heads, capacity, layout.head_dim)
-        self._arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]  # pages touched only when written
-        self._buffers = [OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
-        self._binding = io = backend._session.io_binding()
-        io.bind_output("logits")  # first: get_outputs() lists outputs in binding order; ORT allocates it per run
-        for past, present, buffer in zip(layout.past, layout.present, self._buffers):  # bound once, for every step
-            io.bind_ortvalue_input(past, buffer)
-            io.bind_ortvalue_output(present, buffer)
+        self._arrays, self._buffers, self._binding = _bind_kv_buffers(backend, layout, 1, capacity)
         self.length = 0
 
     def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
@@ -196,20 +204,8 @@ class _SharedBufferBatch(BatchDecodeSession):
     row's own length. Logits come for every fed position; each row's last real one is returned."""
 
     def __init__(self, backend: OrtBackend, layout: KVCacheLayout, batch: int, capacity: int) -> None:
-        from onnxruntime import OrtValue
-
-        if batch < 1 or capacity < 1 or (layout.max_length and capacity > layout.max_length):
-            raise GenerationError(f"a KV buffer of {batch} x {capacity} positions does not fit the model's "
-                                  f"context of {layout.max_length}")
         self.backend, self.layout, self.capacity = backend, layout, capacity
-        shape = (batch, layout.num_kv_heads, capacity, layout.head_dim)
-        self._arrays = [np.zeros(shape, dtype=np.float32) for _ in layout.past]
-        self._buffers = [OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
-        self._binding = io = backend._session.io_binding()
-        io.bind_output("logits")
-        for past, present, buffer in zip(layout.past, layout.present, self._buffers):
-            io.bind_ortvalue_input(past, buffer)
-            io.bind_ortvalue_output(present, buffer)
+        self._arrays, self._buffers, self._binding = _bind_kv_buffers(backend, layout, batch, capacity)
         self.lengths = [0] * batch
 
     def feed(self, rows: Sequence[Sequence[int]]) -> np.ndarray:

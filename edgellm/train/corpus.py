@@ -15,15 +15,17 @@ letters, news, advice, lists), over topics from everyday life, science, history,
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from edgellm.errors import ConfigError
 
-__all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "teacher_prompts", "generate_corpus", "corpus_texts"]
+__all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "SAMPLING", "teacher_prompts", "generate_corpus", "read_corpus"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,12 @@ def teacher_prompts(count: int, seed: int) -> list[str]:
     return [form.format(topic=topic) for form, topic in chosen]
 
 
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # how the teacher's replies are sampled (recorded with the corpus)
+
+
 def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: int, seed: int,
-                    temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 8) -> list[dict[str, Any]]:
+                    temperature: float = SAMPLING["temperature"], top_p: float = SAMPLING["top_p"],
+                    batch_size: int = 8) -> list[dict[str, Any]]:
     """The teacher's reply to each prompt, sampled (`temperature`, `top_p`, seed `seed + i` for prompt i), with its
     token count, `batch_size` prompts decoded together (`Generator.tokens_batch`); empty replies are dropped."""
     rows = []
@@ -77,9 +83,7 @@ def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: i
     produced = 0
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        ids = [generator.encode(generator.apply_chat_template([{"role": "user", "content": p}]),
-                                add_special_tokens=False) if generator.chat_template else generator.encode(p)
-               for p in chunk]
+        ids = [generator.user_prompt_ids(p) for p in chunk]
         outputs = generator.tokens_batch(ids, max_new_tokens, temperature=temperature, top_p=top_p,
                                          seeds=[seed + start + i for i in range(len(chunk))])
         for prompt, tokens in zip(chunk, outputs):
@@ -92,5 +96,7 @@ def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: i
     return rows
 
 
-def corpus_texts(rows: Sequence[dict[str, Any]]) -> list[str]:
+def read_corpus(path: Path) -> list[str]:
+    """The texts of a corpus written as JSON lines ({"prompt", "text", "tokens"} per line)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [r["text"] for r in rows if r.get("text")]

@@ -36,7 +36,7 @@ from edgellm.train.loop import LoopOptions, autocast_dtype, device_for, train_lo
 from edgellm.train.model import TrainedModel, check_labels, check_output_folder, head_labels, load_model
 from edgellm.train.student import STUDENT_KEY, build_student
 
-__all__ = ["finetune", "distill", "evaluate_model", "train_student", "sentence_pairs", "model_size"]
+__all__ = ["finetune", "distill", "evaluate_model", "train_student", "sentence_pairs", "model_size", "augment_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def distill(teacher: Any, data: TaskData, config: DistillConfig, work_dir: str |
     device = device_for(options)
     dtype = autocast_dtype(options.precision, device)
     started = time.perf_counter()
-    augment = _augment_texts(config.augment_with, data)
+    augment = augment_texts(config.augment_with, data)
     ids = _encode(tm, data.train.texts + augment, data)
     labels = None
     if task == "text-classification":
@@ -248,11 +248,12 @@ def _pooling(tm: TrainedModel) -> str:
     return (tm.embedding or {}).get("pooling", "mean")
 
 
-def _augment_texts(sources: Sequence[str], data: TaskData) -> list[str]:
-    """Extra text for distillation, without any sentence of the task's own splits (no test leakage)."""
+def augment_texts(sources: Sequence[str], data: TaskData, *, exclude: Sequence[str] = ()) -> list[str]:
+    """Extra text for distillation (`distill.augment_with`), without any sentence of the task's own splits (no test
+    leakage) or of `exclude` (e.g. out-of-domain evaluation text), each sentence once."""
     if not sources:
         return []
-    taken = {t.strip() for e in data.splits().values() for t in e.texts}
+    taken = {t.strip() for e in data.splits().values() for t in e.texts} | {t.strip() for t in exclude}
     out: list[str] = []
     for source in sources:
         for text in load_texts(source):
