@@ -162,7 +162,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         source = current.folder
         stages["quantize"] = current = cache.run(
             "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
-                         "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "int4_method",
+                         "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit", "int4_method",
                                                                     "int4_fallback", "lm_head_bits",
                                                                     "calibration_sequences")}},
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
@@ -217,7 +217,7 @@ def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[
     tm = load_teacher_lm(recipe.teacher)
     tm.save(folder / "model", overwrite=True)
     export_causal_lm(tm.model, folder / "runtime", tokenizer=tm.tokenizer, formats=("onnx",), graph=lm.graph,
-                     weights=WeightFormats(bits=(8,), block_size=lm.block_size, lm_head_bits=lm.lm_head_bits),
+                     weights=dataclasses.replace(WeightFormats.from_config(lm), bits=(8,)),
                      context_length=lm.context_length, atol=lm.logits_atol, texts=list(data.validation.texts[:8]),
                      source=recipe.teacher, overwrite=True, default_tolerance=lm.default_tolerance)
     return _torch_lm_metrics(folder / "model", data, ood, lm)
@@ -350,7 +350,8 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     added = quantize_decoder_models(artifact, manifest, references, plain=plain if plain.is_file() else None,
                                     modes=modes, weights=weights, calibration=calibration, openvino=openvino)
     for entry in [e for e in manifest.models if e.target]:
-        added.append(quantize_target_decoder(artifact, manifest, entry, references, block_size=lm.block_size))
+        added.append(quantize_target_decoder(artifact, manifest, entry, references,
+                                               weights=weights))
     manifest.metrics["quantize"] = {e.name: e.metrics for e in added}
     write_manifest(artifact, manifest)
     return dict(manifest.metrics["quantize"])

@@ -138,7 +138,9 @@ def test_weight_formats_round_trip(lm_artifact: Path) -> None:
         entry = manifest.model(name)
         graph = onnx.load(str(lm_artifact / entry.path)).graph
         found = [dict((a.name, a.i) for a in n.attribute) for n in graph.node if n.op_type == "MatMulNBits"]
-        assert len(found) == 17 and all(f["accuracy_level"] == 4 and f["block_size"] == 32 for f in found)
+        assert len(found) == 17 and all(f["accuracy_level"] == 4 for f in found)
+        assert {f["block_size"] for f in found if f["bits"] == 8} == {64}  # CausalLMConfig.block_size_8bit
+        assert {f["block_size"] for f in found if f["bits"] == 4} <= {32}  # CausalLMConfig.block_size
         eight = 17 if bits == 8 else 1 + len(entry.quantization["fallback_8bit"])  # lm_head_bits 8, the fallback
         assert sum(f["bits"] == 8 for f in found) == eight and sum(f["bits"] == bits for f in found) == \
             (17 if bits == 8 else 17 - eight)
@@ -164,11 +166,20 @@ def test_fused_graph_refuses_what_it_cannot_write(tiny_llama_factory: Callable[.
     assert entry.kv_cache["graph"] == "plain" and "head_dim is 12" in entry.kv_cache["fused_unavailable"]
 
 
-def test_block_size_must_divide_the_hidden_size(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from edgellm.errors import ConfigError
+def test_a_block_longer_than_the_hidden_size_is_padded(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Blocks of 128 on a 64-wide model: one padded block per column; the model passes the export's checks
+    against torch and records both block sizes."""
+    import onnx
+
+    from edgellm.artifact import read_manifest
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
 
-    with pytest.raises(ConfigError, match="block_size 128 does not divide the input size 64 of"):
-        export_causal_lm(tiny_llama_dir, tmp_path / "lm", formats=("onnx",),
-                         weights=WeightFormats(bits=(4,), block_size=128, int4_method="rtn"), texts=PROMPTS[:1])
-    assert not (tmp_path / "lm").exists()
+    export_causal_lm(tiny_llama_dir, tmp_path / "lm", formats=("onnx",),
+                     weights=WeightFormats(bits=(4,), block_size=128, block_size_8bit=128, int4_method="rtn"),
+                     texts=PROMPTS[:1])
+    entry = read_manifest(tmp_path / "lm").model("onnx-int4")
+    assert (entry.quantization["block_size"], entry.quantization["block_size_8bit"]) == (128, 128)
+    graph = onnx.load(str(tmp_path / "lm" / entry.path)).graph
+    blocks = {(a.name, a.i) for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+              if a.name in ("block_size", "K") and (a.name == "block_size" or a.i == 64)}
+    assert ("block_size", 128) in blocks and ("K", 64) in blocks and ("block_size", 32) not in blocks

@@ -37,6 +37,8 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
         (4, 32, True, 64),  # symmetric: no zero-point input (ONNX Runtime's default 8)
         (8, 32, False, 64),  # 8 bits: one byte per weight and per zero point
         (8, 16, True, 32),  # 8 bits symmetric: default zero point 128
+        (4, 32, False, 48),  # K not a multiple of the block: the last block of each column padded (MatMulNBits' layout)
+        (8, 64, True, 40),  # a block longer than K: one padded block per column
     ],
 )
 def test_packed_weights_run_in_onnx_runtime_as_dequantized(tmp_path: Path, bits: int, block: int, symmetric: bool,
@@ -52,12 +54,14 @@ def test_packed_weights_run_in_onnx_runtime_as_dequantized(tmp_path: Path, bits:
     result = quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", bits=bits, block_size=block,
                             symmetric=symmetric, accuracy_level=0)
     assert result.ops == {"MatMulNBits": 1, f"MatMulNBits_{bits}bit": 1}
-    q, scale, zero = quantize_blocks(weight, bits=bits, block_size=block, symmetric=symmetric)
-    dequant = ((q.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(24, k).T
+    pad = -k % block
+    q, scale, zero = quantize_blocks(np.pad(weight, ((0, pad), (0, 0))), bits=bits, block_size=block,
+                                     symmetric=symmetric)
+    dequant = ((q.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(24, k + pad)[:, :k].T
     x = rng.standard_normal((3, k)).astype(np.float32)
     np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), x @ dequant, atol=2e-4, rtol=0)
     # and the rounding is within half a step of the original weights (clipping search may trade a few)
-    step = np.repeat(scale, block, axis=1).T  # (K, N)
+    step = np.repeat(scale, block, axis=1).T[:k]  # (K, N)
     assert np.mean(np.abs(dequant - weight) <= step / 2 + 1e-6) > 0.95
     inputs = list(onnx.load(str(tmp_path / "q.onnx")).graph.node[0].input)
     assert len(inputs) == (3 if symmetric else 4)
@@ -135,7 +139,7 @@ def test_fallback_gives_the_worst_weights_8_bits(tmp_path: Path) -> None:
     [
         ({"bits": 3}, "ConfigError", "bits must be 4 or 8, not 3"),
         ({"block_size": 24}, "ConfigError", "block_size must be a power of two >= 16, not 24"),
-        ({"block_size": 128}, "ConfigError", "block_size 128 does not divide the input size 64 of 'proj'"),
+        ({"block_size_8bit": 48}, "ConfigError", "block_size_8bit must be a power of two >= 16, not 48"),
         ({"method": "awq"}, "ConfigError", r"unknown weight quantization method 'awq'; choose from \['rtn', 'gptq'\]"),
         ({"method": "gptq"}, "ConfigError", "method 'gptq' needs calibration token sequences"),
         ({"fallback_fraction": 1.0}, "ConfigError", r"fallback_fraction must be in \[0, 1\), not 1.0"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -115,13 +115,15 @@ class WeightFormats:
 
     bits: tuple[int, ...] = tuple(CausalLMConfig().weight_bits)
     block_size: int = CausalLMConfig.block_size
+    block_size_8bit: int = CausalLMConfig.block_size_8bit
     int4_method: str = CausalLMConfig.int4_method
     int4_fallback: float = CausalLMConfig.int4_fallback
     lm_head_bits: int | None = CausalLMConfig.lm_head_bits
 
     @classmethod
     def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
-        return cls(tuple(lm.weight_bits), lm.block_size, lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
+        return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, lm.int4_method, lm.int4_fallback,
+                   lm.lm_head_bits)
 
 
 def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
@@ -164,7 +166,8 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
     method = weights.int4_method if bits == 4 else "rtn"
     if method == "gptq" and not calibration:
         raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
-    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size, method=method,
+    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size,
+                            block_size_8bit=weights.block_size_8bit, method=method,
                             symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
                             lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
                             fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
@@ -265,7 +268,7 @@ def quantize_decoder_models(
 
 
 def quantize_target_decoder(folder: Path, manifest: Manifest, entry: ModelEntry,
-                            references: Sequence[TorchReference], *, block_size: int) -> ModelEntry:
+                            references: Sequence[TorchReference], *, weights: WeightFormats) -> ModelEntry:
     """Apply a target model's profile quantization (its `*-target.json` in `folder`) to the target's FP32 decoder
     in place: 8-bit block-quantized weights on ONNX Runtime, NNCF INT8 weights on OpenVINO (decoders get weight
     quantization whatever the profile's encoder INT8 mode). A profile without quantization leaves it FP32."""
@@ -281,7 +284,7 @@ def quantize_target_decoder(folder: Path, manifest: Manifest, entry: ModelEntry,
     if entry.backend == "onnxruntime":
         dst = folder / entry.path.replace(".onnx", "_int8.onnx")
         info = quantize_decoder_nbits(folder / entry.path, dst, bits=8,
-                                      weights=WeightFormats(bits=(8,), block_size=block_size))
+                                      weights=replace(weights, bits=(8,)))
         files = [dst.name]
         inputs = manifest.inputs
     else:
@@ -368,7 +371,7 @@ def export_causal_lm(
                                       eval_sequences=eval_sequences, keep_plain=plain)
         manifest = decoder_manifest(model, export, context_length=length, source=source)
         if "onnx" not in formats:
-            weights = WeightFormats(bits=(), block_size=weights.block_size)
+            weights = replace(weights, bits=())
         ov_quant = openvino_int8 if openvino_int8 is not None else bool(quantize or weights.bits)
         quantize_decoder_models(stage, manifest, export.references, plain=plain,
                                 modes=quantize if "onnx" in formats else (), weights=weights,

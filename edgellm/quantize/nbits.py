@@ -215,6 +215,7 @@ def quantize_nbits(
     *,
     bits: int = 4,
     block_size: int = 32,
+    block_size_8bit: int | None = None,
     method: str = "rtn",
     symmetric: bool = False,
     lm_head_bits: int | None = 8,
@@ -227,7 +228,8 @@ def quantize_nbits(
     threads: int | None = None,
 ) -> NBitsResult:
     """Copy the ONNX model at `src` to `dst` with every MatMul whose weight is a 2-D float initializer turned into
-    MatMulNBits (`bits` 4 or 8, blocks of `block_size` along K). `lm_head_bits`: bits of the MatMul named
+    MatMulNBits (`bits` 4 or 8, blocks of `block_size` along K; 8-bit weights, the lm_head and the 8-bit fallback
+    included, in blocks of `block_size_8bit` when given: larger blocks decode faster, see CausalLMConfig). `lm_head_bits`: bits of the MatMul named
     "lm_head" (None: keep it FP32). `exclude`: node names kept in FP32. `calibration`: token-id sequences, needed
     by method "gptq". The model keeps its inputs and outputs."""
     import onnx
@@ -239,8 +241,10 @@ def quantize_nbits(
         raise ConfigError(f"lm_head_bits must be 4, 8 or null (FP32), not {lm_head_bits!r}")
     if method not in NBITS_METHODS:
         raise ConfigError(f"unknown weight quantization method {method!r}; choose from {list(NBITS_METHODS)}")
-    if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
-        raise ConfigError(f"block_size must be a power of two >= 16, not {block_size!r}")
+    for label, size in (("block_size", block_size), ("block_size_8bit", block_size_8bit)):
+        if (size is not None or label == "block_size") and (not isinstance(size, int) or size < 16 or size & (size - 1)):
+            raise ConfigError(f"{label} must be a power of two >= 16, not {size!r}")
+    block_8 = block_size_8bit or block_size
     if embedding not in EMBEDDING_FORMATS:
         raise ConfigError(f"embedding must be one of {list(EMBEDDING_FORMATS)}, not {embedding!r}")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -264,22 +268,18 @@ def quantize_nbits(
         node_bits = (lm_head_bits if node.name == "lm_head" else bits)
         if node_bits is None:
             continue
-        k = int(tensor.dims[0])
-        if k % block_size:
-            raise ConfigError(f"block_size {block_size} does not divide the input size {k} of {node.name!r}; choose "
-                              f"a block size that divides {k}")
         targets[node.name] = (node, node_bits)
     if not targets:
         raise QuantizationError(f"{src.name} has no MatMul with a float weight to quantize")
     hessians = (_hessians(model, list(targets), {n: t[0].input[0] for n, t in targets.items()}, calibration, threads)
                 if method == "gptq" else {})
-    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_size, symmetric, hessians.get(name),
-                                   act_order)
+    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_8 if node_bits == 8 else block_size,
+                                   symmetric, hessians.get(name), act_order)
                for name, (node, node_bits) in targets.items()}
     fallback = _fallback(results, fallback_fraction)
     for name in fallback:
-        results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_size, symmetric, hessians.get(name),
-                                   act_order)
+        results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_8, symmetric, hessians.get(name),
+                                      act_order)
     nodes = []
     consumed: set[str] = set()
     counts: dict[str, int] = {"MatMulNBits": 0}
@@ -298,7 +298,7 @@ def quantize_nbits(
         consumed.add(base)
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *[t.name for t in extra]], list(node.output),
                                       name=node.name, domain="com.microsoft", K=k, N=n, bits=node_bits,
-                                      block_size=block_size, accuracy_level=accuracy_level))
+                                      block_size=int(q.shape[-1]), accuracy_level=accuracy_level))
         counts["MatMulNBits"] += 1
         counts[f"MatMulNBits_{node_bits}bit"] = counts.get(f"MatMulNBits_{node_bits}bit", 0) + 1
     if embedding == "fp16":
@@ -315,7 +315,8 @@ def quantize_nbits(
     settings = {
         "format": "MatMulNBits",
         "bits": bits,
-        "block_size": block_size,
+        "block_size": block_size if bits == 4 else block_8,  # of the `bits`-bit weights
+        "block_size_8bit": block_8,  # of every 8-bit weight (lm_head and fallback included)
         "method": method,
         "symmetric": symmetric,
         "lm_head_bits": lm_head_bits,
@@ -330,7 +331,7 @@ def quantize_nbits(
         "relative_error": {name: round(r[4], 6) for name, r in sorted(results.items())},
     }
     log.info("%s: %d MatMuls -> MatMulNBits (%d-bit, block %d, %s, %d kept at 8 bits)", dst.name,
-             counts["MatMulNBits"], bits, block_size, settings["method"], len(settings.get("fallback_8bit") or []))
+             counts["MatMulNBits"], bits, settings["block_size"], settings["method"], len(settings.get("fallback_8bit") or []))
     return NBitsResult(dst, settings, counts)
 
 
@@ -340,13 +341,17 @@ def _quantize_one(tensor: Any, bits: int, block_size: int, symmetric: bool, hess
     from onnx import numpy_helper
 
     weight = numpy_helper.to_array(tensor).astype(np.float32)
-    if hessian is not None:
-        q, scale, zero = gptq_blocks(weight, hessian, bits=bits, block_size=block_size, symmetric=symmetric,
-                                     act_order=act_order)
-    else:
-        q, scale, zero = quantize_blocks(weight, bits=bits, block_size=block_size, symmetric=symmetric)
     k, n = weight.shape
-    approx = ((q.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(n, k).T  # (K, N)
+    # MatMulNBits stores ceil(K / B) blocks per column and ignores the padding of the last one: zero rows here
+    # (a zero Hessian row is a dead input to GPTQ), so any block size fits any K.
+    pad = -k % block_size
+    padded = np.pad(weight, ((0, pad), (0, 0)))
+    if hessian is not None:
+        q, scale, zero = gptq_blocks(padded, np.pad(hessian, ((0, pad), (0, pad))), bits=bits, block_size=block_size,
+                                     symmetric=symmetric, act_order=act_order)
+    else:
+        q, scale, zero = quantize_blocks(padded, bits=bits, block_size=block_size, symmetric=symmetric)
+    approx = ((q.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(n, k + pad)[:, :k].T  # (K, N)
     err = (weight - approx).astype(np.float64)
     if hessian is None:
         rel = float((err**2).sum() / max(float((weight.astype(np.float64) ** 2).sum()), 1e-30))
