@@ -129,7 +129,8 @@ def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | N
                 kwargs["num_labels"] = num_labels
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **kwargs)
         elif task == "feature-extraction":
-            model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
+            extra = {"add_pooling_layer": False} if _has_pooler_option(config) else {}  # BERT layout only
+            model = AutoModel.from_pretrained(path, dtype=torch.float32, **extra)
         else:
             raise ModelError(f"load_encoder does not handle task {task!r}")
     except ModelError:
@@ -138,6 +139,20 @@ def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | N
         raise ModelError(f"cannot load {name!r} for {task}: {exc}") from exc
     model.eval()
     return model
+
+
+def _has_pooler_option(config: Any) -> bool:
+    """Whether the bare encoder class of `config` takes `add_pooling_layer` (BERT, RoBERTa; not DistilBERT,
+    ELECTRA, DeBERTa, ModernBERT, which have no pooler)."""
+    import inspect
+
+    from transformers import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except KeyError:
+        return False
+    return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
 
 
 _CAUSAL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3"}

@@ -101,7 +101,10 @@ def build_student(teacher: Any, config: DistillConfig,
     `edgellm_student = {"teacher_layers": [...], "teacher_num_layers": N, "ffn_size": ...}` so that layer-wise
     losses know which teacher layer each student layer learns from.
     """
+    from edgellm.families import require
+
     model = _as_module(teacher)
+    require(model.config, "student")
     prefix, blocks, key = find_layers(model)
     total = len(blocks)
     chosen = choose_layers(config, total)
