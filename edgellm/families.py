@@ -58,7 +58,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("camembert", "CamemBERT", "Unigram"),
     Family("electra", "ELECTRA", "WordPiece"),
     Family("deberta-v2", "DeBERTa-v2 / v3", "Unigram",
-           refused={"export.openvino": "its relative-position code is TorchScript-scripted, which the ONNX export "
+           refused={"prune.heads": "its attention output layer is built hidden x hidden whatever the head count, "
+                                   "so a model with fewer heads cannot be saved and reloaded",
+                    "export.openvino": "its relative-position code is TorchScript-scripted, which the ONNX export "
                                        "turns into If nodes of dynamic rank that OpenVINO's CPU plugin cannot "
                                        "compile: export.formats [onnx]"},
            cls_only="relative-position attention: the full graph is exported",

@@ -190,19 +190,19 @@ def test_pruning_removes_zeroed_units_by_the_formula_and_keeps_outputs(family: s
     arch = arch_for(model)
     layers = list(arch.layers())
     params = count_parameters(model)
-    uniform = arch.uniform_units
-    head_layers = list(range(len(layers))) if uniform else [0]
-    with torch.no_grad():  # zero what will be removed: head 1 (of layer 0, or of every layer) and neurons 0, 5
+    head_layers, heads = [0], [1]  # uneven heads per layer: the config records them (pruned_heads)
+    with torch.no_grad():  # zero what will be removed: those heads and neurons 0, 5 of every layer
         for i in head_layers:
             w, d = arch.unit_output_columns(layers[i])
-            w[:, d : 2 * d] = 0
+            for h in heads:
+                w[:, h * d : (h + 1) * d] = 0
         for layer in layers:
             arch.ffn_output_weight(layer)[:, [0, 5]] = 0
     reference = torch_out(tm, TRAIN)
 
     if supports(model.config, "prune.heads"):
-        remove_heads(model, {i: [1] for i in head_layers})
-        params -= sum(arch.unit_params(layers[i]) for i in head_layers)
+        params -= sum(len(heads) * arch.unit_params(layers[i]) for i in head_layers)
+        remove_heads(model, {i: heads for i in head_layers})
         assert [arch.attention_units(layer) for layer in arch.layers()] == [
             3 if i in head_layers else 4 for i in range(len(layers))]
     else:

@@ -5,11 +5,10 @@ Two families are supported, recognised by their module structure (and named by `
 - Encoders (edgellm.families lists what each refuses): the BERT layout (bert, roberta, xlm-roberta, electra,
   camembert): `encoder.layer[i].attention.self.{query, key, value}`, `attention.output.dense`, `intermediate.dense`,
   `output.dense`; DistilBERT (`transformer.layer[i].attention.{q,k,v,out}_lin`, `ffn.lin1/lin2`); DeBERTa-v2/v3
-  (`attention.self.{query,key,value}_proj`); ModernBERT (FFN neurons only: `mlp.Wi` holds input and gate rows).
-  BERT-layout and DistilBERT heads are removed with Hugging Face's own `prune_heads`, which records them in
-  `config.pruned_heads`, so a folder with uneven heads per layer reloads with `from_pretrained`; DeBERTa keeps the
-  same number of heads in every layer (one `num_attention_heads`, with `attention_head_size`). The FFN keeps the
-  same width in every layer (`config.intermediate_size` is one number).
+  (FFN neurons and layers: `intermediate.dense`, `output.dense`); ModernBERT (FFN neurons only: `mlp.Wi` holds
+  input and gate rows). BERT-layout and DistilBERT heads are removed with Hugging Face's own `prune_heads`, which
+  records them in `config.pruned_heads`, so a folder with uneven heads per layer reloads with `from_pretrained`.
+  The FFN keeps the same width in every layer (`config.intermediate_size` is one number).
 - Llama-family decoders (llama, mistral, qwen2, qwen3): `model.layers[i].self_attn.{q,k,v,o}_proj` and
   `mlp.{gate,up,down}_proj`. The unit of attention pruning is a KV group: one key/value head together with the
   query heads that share it (grouped-query attention). Every layer keeps the same number of groups and neurons,
@@ -343,10 +342,8 @@ class DistilBertArch(EncoderArch):
 
 class DebertaV2Arch(EncoderArch):
     """`deberta.encoder.layer[i].attention.self.{query,key,value}_proj` (+ pos_{key,query}_proj when the relative
-    positions have their own projections). DeBERTa has no `prune_heads` and its config one head count, so every
-    layer keeps the same number of heads (`config.attention_head_size` keeps d)."""
-
-    uniform_units = True
+    positions have their own projections), `intermediate.dense`, `output.dense`. FFN neurons and layers; heads
+    are refused (edgellm.families): DeBERTa's attention output is built hidden x hidden whatever the head count."""
 
     def qkv(self, layer: Any) -> list[Any]:
         attn = layer.attention.self
@@ -354,24 +351,9 @@ class DebertaV2Arch(EncoderArch):
         return [attn.query_proj, attn.key_proj, attn.value_proj, *extra]
 
     def keep_units(self, index: int, keep: Sequence[int]) -> None:
-        import torch
+        from edgellm.families import require
 
-        layer = self.layers()[index]
-        attn = layer.attention.self
-        d = self.head_size(layer)
-        rows = torch.as_tensor([r for u in sorted(keep) for r in range(u * d, (u + 1) * d)], dtype=torch.long)
-        for name in ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj"):
-            if hasattr(attn, name):
-                setattr(attn, name, _slice_linear(getattr(attn, name), rows, 0))  # (heads*d, H)
-        layer.attention.output.dense = _slice_linear(layer.attention.output.dense, rows, 1)  # (H, heads*d)
-        attn.num_attention_heads = len(keep)
-        attn.all_head_size = len(keep) * d
-
-    def finish(self) -> None:
-        super().finish()
-        layers = self.layers()
-        self.config.attention_head_size = self.head_size(layers[0])  # hidden / heads no longer gives it
-        self.config.num_attention_heads = self.attention_units(layers[0])
+        require(self.config, "prune.heads")
 
 
 class ModernBertArch(EncoderArch):
