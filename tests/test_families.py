@@ -295,22 +295,6 @@ def test_bpe_trimming_keeps_merges_consistent(family: str, family_dir: Callable[
 
 # --- refusals ----------------------------------------------------------------------------------------------------
 
-def test_a_tokenizer_model_that_cannot_be_trimmed_is_refused_by_name(family_dir: Callable[..., Path]) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from edgellm.vocab import trim_vocabulary
-
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "the": 2, "film": 3}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    tm = load(family_dir("bert"))
-    before = tm.model.get_input_embeddings().weight.shape
-    with pytest.raises(ModelError, match=r"not 'WordLevel'"):
-        trim_vocabulary(tm.model, fast, TRAIN)
-    assert tm.model.get_input_embeddings().weight.shape == before
-
-
 def test_deberta_openvino_export_is_refused_before_anything_is_written(family_dir: Callable[..., Path],
                                                                        tmp_path: Path) -> None:
     from edgellm.exporting import write_encoder_models

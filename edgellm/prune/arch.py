@@ -140,11 +140,9 @@ class Arch:
                 "intermediate_size, so remove the same number of neurons from every layer"
             )
         if self.uniform_units and len(set(units)) > 1:
-            held = ("num_key_value_heads (the KV cache shape)" if self.family == "decoder"
-                    else "num_attention_heads (no per-layer pruned_heads)")
             raise PruningError(
-                f"{self.unit_name}s would differ between layers ({units}); {self.config.model_type} configs hold one "
-                f"{held}, so remove the same number of {self.unit_name}s from every layer"
+                f"KV groups would differ between layers ({units}); {self.config.model_type} configs hold one "
+                "num_key_value_heads (the KV cache shape), so remove the same number of groups from every layer"
             )
 
     def finish(self) -> None:
