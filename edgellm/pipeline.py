@@ -586,7 +586,9 @@ def _torch_latency(tm: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    limit = int(getattr(tm.model.config, "max_position_embeddings", 512))
+    from edgellm.models import max_positions
+
+    limit = max_positions(tm.model.config) or 512
     length = min(recipe.evaluate.latency_length, limit, data.max_length or limit)
     padded, real = _latency_texts(plain_tokenizer(tm.tokenizer), data, length)
     model = tm.model.eval()

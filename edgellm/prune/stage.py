@@ -211,7 +211,9 @@ def prune(
 
 
 def _max_length(model: Any, config: PruneConfig) -> int:
-    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    from edgellm.models import max_positions
+
+    positions = max_positions(model.config)
     return min(config.max_length, positions) if positions else config.max_length
 
 
