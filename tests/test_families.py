@@ -19,6 +19,9 @@ from tests.families import TEST, TOKENIZERS, TRAIN, build_family
 ALL = list(TOKENIZERS)
 SUBWORD = [f for f in ALL if TOKENIZERS[f] != "WordPiece"]
 MAX_LENGTH = 32
+# Not a training sentence, but each of its words appears in TRAIN in the same position (first word or not), so
+# every tokenizer model splits it into kept tokens exactly as before trimming.
+SEEN_WORDS = "the film was dull and the acting was awful"
 COMPAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
 
 
@@ -259,7 +262,7 @@ def test_trimming_keeps_ids_and_outputs_on_the_kept_text_and_the_runtime_agrees(
     for text in TRAIN + TEST:  # the runtime reads the trimmed tokenizer.json as transformers does
         (ids,) = runtime.encode([text])["input_ids"]
         assert ids.tolist() == result.tokenizer(text, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    for text in TRAIN:
+    for text in TRAIN + [SEEN_WORDS]:  # the texts trimmed on, and a new sentence of their words
         (ids,) = runtime.encode([text])["input_ids"]
         assert [result.keep_ids[i] for i in ids] == tm_ids(original, text)
 
@@ -291,6 +294,41 @@ def test_bpe_trimming_keeps_merges_consistent(family: str, family_dir: Callable[
     original = plain_tokenizer(tm.tokenizer)
     for word in ("the film was great", "a boring plot"):
         assert [result.keep_ids[i] for i in trimmed.encode(word).ids] == original.encode(word).ids
+
+
+# --- the whole pipeline -----------------------------------------------------------------------------------------
+
+SMOKE = Path(__file__).resolve().parent.parent / "export" / "smoke.yaml"
+PIPELINE_CASES = {  # family -> recipe changes: what the family refuses is left out of its recipe
+    "xlm-roberta": [],  # Unigram trimming, every stage, ONNX Runtime and OpenVINO INT8
+    "modernbert": ["distill=null", "prune.heads=0", "export.formats=[onnx]", "quantize.backends=[onnxruntime]"],
+}
+
+
+@pytest.mark.parametrize("family", list(PIPELINE_CASES))
+def test_compress_runs_the_smoke_recipe_on_the_family(family: str, tmp_path: Path) -> None:
+    import edgellm
+    from edgellm.pipeline import compress
+    from edgellm.recipe import load_recipe
+
+    teacher = build_family(family, tmp_path / "teacher", task="feature-extraction")
+    recipe = load_recipe(SMOKE, [f"teacher={teacher}", "data.max_rows=200", "evaluate.repeat=3",
+                                 *PIPELINE_CASES[family]])
+    manifest = compress(recipe, tmp_path / "out", progress=False).manifest
+    stages = ["teacher", "distill", "prune", "vocab"] if recipe.distill else ["teacher", "prune", "vocab"]
+    assert list(manifest.metrics)[: len(stages)] == stages
+    vocab = manifest.metrics["vocab"]["report"]
+    assert vocab["tokenizer_model"] == TOKENIZERS[family] and vocab["vocab_size_after"] < vocab["vocab_size_before"]
+    assert manifest.source["model_type"] == family
+    trimmed_torch = manifest.metrics["vocab"]["test"]["accuracy"]
+    for entry in manifest.models:
+        if entry.precision == "fp32":  # the export equals the trimmed torch model, here on the test split too
+            assert entry.metrics["test"]["accuracy"] == trimmed_torch
+    int8 = manifest.metrics["quantize"]["models"]
+    assert [m for m in int8] and all(m.endswith("int8") for m in int8)
+    assert manifest.default_model == "onnx-int8"
+    scores = edgellm.load(str(tmp_path / "out")).scores(["the film was great", "an awful plot"])
+    assert scores.shape == (2, 2) and np.allclose(scores.sum(1), 1.0, atol=1e-5)
 
 
 # --- refusals ----------------------------------------------------------------------------------------------------
