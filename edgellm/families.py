@@ -26,8 +26,7 @@ STAGES = {
     "prune.ffn": "prune FFN neurons",
     "prune.layers": "prune layers",
     "trim_vocab": "vocabulary trimming",
-    "export": "ONNX export",
-    "export.openvino": "OpenVINO export",
+    "export": "ONNX / OpenVINO export",
     "runtime": "torch-free runtime",
 }
 # Optimisations that fall back (full graph / unfused INT8) where a family lacks them; never refusals.
@@ -59,10 +58,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("electra", "ELECTRA", "WordPiece"),
     Family("deberta-v2", "DeBERTa-v2 / v3", "Unigram",
            refused={"prune.heads": "its attention output layer is built hidden x hidden whatever the head count, "
-                                   "so a model with fewer heads cannot be saved and reloaded",
-                    "export.openvino": "its relative-position code is TorchScript-scripted, which the ONNX export "
-                                       "turns into If nodes of dynamic rank that OpenVINO's CPU plugin cannot "
-                                       "compile: export.formats [onnx]"},
+                                   "so a model with fewer heads cannot be saved and reloaded"},
            cls_only="relative-position attention: the full graph is exported",
            ort_fusion=None, fusion_note="ONNX Runtime's optimizer has no DeBERTa model type: unfused INT8"),
     Family("modernbert", "ModernBERT", "BPE",
@@ -89,7 +85,7 @@ def supports(config: Any, stage: str) -> bool:
         raise KeyError(f"unknown stage {stage!r}; known: {list(STAGES)}")
     family = family_of(config)
     if family is None:
-        return stage in ("finetune", "student", "export", "export.openvino", "runtime")  # generic, checked vs torch
+        return stage in ("finetune", "student", "export", "runtime")  # generic code, checked against torch
     return stage not in family.refused
 
 
@@ -127,10 +123,7 @@ def stages_for_recipe(recipe: Any) -> list[str]:
             stages.append("prune.layers")
     if recipe.export.trim_vocab:
         stages.append("trim_vocab")
-    stages.append("export")
-    if "openvino" in recipe.export.formats:
-        stages.append("export.openvino")
-    return stages + ["runtime"]
+    return stages + ["export", "runtime"]
 
 
 def compatibility_markdown() -> str:

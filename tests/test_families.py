@@ -333,19 +333,6 @@ def test_compress_runs_the_smoke_recipe_on_the_family(family: str, tmp_path: Pat
 
 # --- refusals ----------------------------------------------------------------------------------------------------
 
-def test_deberta_openvino_export_is_refused_before_anything_is_written(family_dir: Callable[..., Path],
-                                                                       tmp_path: Path) -> None:
-    from edgellm.exporting import write_encoder_models
-
-    tm = load(family_dir("deberta-v2"))
-    with pytest.raises(UnsupportedArchitectureError, match=r"OpenVINO export \(export.openvino\) cannot handle "
-                                                           r"DebertaV2ForSequenceClassification") as info:
-        write_encoder_models(tm.model, tm.tokenizer, tmp_path, task=tm.task, max_length=MAX_LENGTH,
-                             formats=("onnx", "openvino"), texts=TRAIN)
-    assert (info.value.model_type, info.value.stage) == ("deberta-v2", "export.openvino")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_modernbert_pruning_of_heads_is_refused_by_the_prune_stage_before_loading(
         family_dir: Callable[..., Path], tmp_path: Path) -> None:
     from edgellm.prune import prune

@@ -81,10 +81,6 @@ def write_encoder_models(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown or formats}; choose from {list(FORMATS)}")
-    if "openvino" in formats:
-        from edgellm.families import require
-
-        require(model.config, "export.openvino")
     output = ENCODER_OUTPUTS[task]
     batches = validation_batches(tokenizer, texts, max_length=max_length, static_shape=static_shape)
     sample = {k: _torch(v) for k, v in batches[0].items()} if batches else None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgellm.errors import ExportError
 
@@ -177,9 +178,36 @@ def export_encoder_onnx(
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
         dynamic[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     wrapped = EncoderWrapper(model, task, names, cls_only=cls_only)
-    torch_export(wrapped, tuple(args), path, inputs=names, outputs=[output], dynamic=dynamic,
-                 what=type(model).__name__)
+    with _traceable(model):
+        torch_export(wrapped, tuple(args), path, inputs=names, outputs=[output], dynamic=dynamic,
+                     what=type(model).__name__)
     return names
+
+
+@contextlib.contextmanager
+def _traceable(model: Any) -> Iterator[None]:
+    """DeBERTa-v2/v3's `build_rpos` is TorchScript-scripted, so the tracer writes its `if` as an ONNX If node with
+    outputs of dynamic rank, which OpenVINO's CPU plugin cannot compile. In self-attention the query and key
+    lengths are always equal, so the branch is the same for every input: for the export it is replaced by the
+    same code in plain Python, which the tracer resolves (the export is checked against torch as always)."""
+    if getattr(getattr(model, "config", None), "model_type", None) != "deberta-v2":
+        yield
+        return
+    from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
+
+    def build_rpos(query_layer: Any, key_layer: Any, relative_pos: Any, position_buckets: int,
+                   max_relative_positions: int) -> Any:
+        if key_layer.size(-2) != query_layer.size(-2):
+            return deberta.build_relative_position(key_layer, key_layer, bucket_size=position_buckets,
+                                                   max_position=max_relative_positions)
+        return relative_pos
+
+    scripted = deberta.build_rpos
+    deberta.build_rpos = build_rpos
+    try:
+        yield
+    finally:
+        deberta.build_rpos = scripted
 
 
 def _fit(tensor: Any, shape: tuple[int, int]) -> Any:

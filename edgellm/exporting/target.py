@@ -82,10 +82,6 @@ def export_for_target(
     if task not in ENCODER_TASKS:
         raise ConfigError(f"target export handles encoder tasks {list(ENCODER_TASKS)}, not {task!r}")
     profile.check_quantization()  # the quantize stage will apply it: refuse a bad preset before any work
-    if profile.backend == "openvino":
-        from edgellm.families import require
-
-        require(model.config, "export.openvino")
     static = target_static_shape(profile, max_length)
     prefix = f"{profile.name}-"
     (entry,) = write_encoder_models(model, tokenizer, folder, task=task, max_length=max_length, formats=["onnx"],
