@@ -48,7 +48,8 @@ class Family:
 
 
 _MODERNBERT_LAYERS = ("each layer's attention (global or sliding-window, and its rotary base) and layer 0's missing "
-                      "attention norm are fixed by its position, so layers cannot move or go")
+                      "attention norm are fixed by its position, so removing a layer would change the later ones; "
+                      "a distilled student (teacher layers of each position's kind) is the way to fewer layers")
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("bert", "BERT / MiniLM", "WordPiece"),
     Family("distilbert", "DistilBERT", "WordPiece"),
@@ -63,7 +64,6 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            ort_fusion=None, fusion_note="ONNX Runtime's optimizer has no DeBERTa model type: unfused INT8"),
     Family("modernbert", "ModernBERT", "BPE",
            refused={
-               "student": _MODERNBERT_LAYERS,
                "prune.heads": "the fused Wqkv projection's head size is hidden_size / num_attention_heads, which "
                               "its config cannot change",
                "prune.layers": _MODERNBERT_LAYERS,

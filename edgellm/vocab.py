@@ -37,7 +37,8 @@ from edgellm.errors import DataError, ModelError
 from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
-           "SUPPORTED_MODELS", "check_trimmable", "unknown_rate", "unknown_tokens", "text_coverage", "UNKNOWN_WARN_RATE"]
+           "SUPPORTED_MODELS", "check_trimmable", "unknown_rate", "unknown_tokens", "text_coverage",
+           "UNKNOWN_WARN_RATE"]
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from edgellm.errors import ModelError, UnsupportedArchitectureError
+from edgellm.errors import UnsupportedArchitectureError
 from edgellm.families import FAMILIES, compatibility_markdown, supports
 from tests.families import TEST, TOKENIZERS, TRAIN, build_family
 
@@ -154,22 +154,39 @@ def test_teacher_fine_tunes_a_new_head_on_every_family(family: str, family_dir: 
     assert reloaded.labels == ["negative", "positive"]
 
 
+def test_a_modernbert_student_takes_teacher_layers_of_its_positions_kind(family_dir: Callable[..., Path]) -> None:
+    """Tiny ModernBERT: layer 0 first (global, no attention norm), 1 and 2 sliding-window; 6 and 9 layers below
+    (global every 3rd) show the choice for num_layers."""
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import DistillConfig
+    from edgellm.train.student import build_student, choose_layers, position_kinds
+
+    tm = load(family_dir("modernbert"))
+    with pytest.raises(ConfigError, match=r"student position 0 is a 'first' layer but teacher layer 1 is 'local'"):
+        build_student(tm.model, DistillConfig(layers=[1, 2]))
+    config = tm.model.config
+    assert position_kinds(config, 9) == ["first", "local", "local", "global", "local", "local", "global", "local",
+                                         "local"]
+    # evenly spaced would be [2, 5, 8] and [1, 3, 5, 8]: the nearest layers of the positions' kinds instead
+    assert choose_layers(DistillConfig(num_layers=3), 9, position_kinds(config, 9)) == [0, 5, 8]
+    assert choose_layers(DistillConfig(num_layers=4), 9, position_kinds(config, 9)) == [0, 2, 5, 6]
+    assert choose_layers(DistillConfig(num_layers=2), 3, position_kinds(config, 3)) == [0, 2]
+
+
 @pytest.mark.parametrize("family", ALL)
 def test_student_from_teacher_layers_equals_the_teacher_without_the_others(family: str,
                                                                           family_dir: Callable[..., Path]) -> None:
     from edgellm.models import count_parameters
-    from edgellm.prune import arch_for, remove_layers
+    from edgellm.prune import arch_for
     from edgellm.recipe import DistillConfig
     from edgellm.train.student import build_student
 
     tm = load(family_dir(family))
-    if not supports(tm.model.config, "student"):
-        with pytest.raises(UnsupportedArchitectureError, match=rf"student from teacher layers.*{family}"):
-            build_student(tm.model, DistillConfig(layers=[0, 2]))
-        return
     student = build_student(tm.model, DistillConfig(layers=[0, 2]))
-    shallow = copy.deepcopy(tm.model)
-    remove_layers(shallow, [1])
+    shallow = copy.deepcopy(tm.model)  # the teacher run without layer 1
+    arch = arch_for(shallow)
+    arch.set_layers([arch.layers()[0], arch.layers()[2]])
+    shallow.config.num_hidden_layers = 2
     assert count_parameters(student) == count_parameters(shallow)
     np.testing.assert_allclose(torch_out(tm, TRAIN, model=student), torch_out(tm, TRAIN, model=shallow), atol=1e-6)
     narrow = build_student(tm.model, DistillConfig(layers=[0, 1, 2], ffn_size=48))
@@ -301,7 +318,7 @@ def test_bpe_trimming_keeps_merges_consistent(family: str, family_dir: Callable[
 SMOKE = Path(__file__).resolve().parent.parent / "export" / "smoke.yaml"
 PIPELINE_CASES = {  # family -> recipe changes: what the family refuses is left out of its recipe
     "xlm-roberta": [],  # Unigram trimming, every stage, ONNX Runtime and OpenVINO INT8
-    "modernbert": ["distill=null", "prune.heads=0", "export.formats=[onnx]", "quantize.backends=[onnxruntime]"],
+    "modernbert": ["prune.heads=0", "export.formats=[onnx]", "quantize.backends=[onnxruntime]"],
 }
 
 
@@ -348,11 +365,11 @@ def test_modernbert_pruning_of_heads_is_refused_by_the_prune_stage_before_loadin
 def test_the_pipeline_refuses_a_recipe_stage_the_teacher_cannot_go_through_before_reading_data(
         family_dir: Callable[..., Path], tmp_path: Path) -> None:
     from edgellm.pipeline import compress
-    from edgellm.recipe import DataConfig, DistillConfig, Recipe
+    from edgellm.recipe import DataConfig, PruneConfig, Recipe
 
-    recipe = Recipe(teacher=str(family_dir("modernbert")), task="text-classification", data=DataConfig(path=str(tmp_path / "missing.csv")),
-                    distill=DistillConfig(num_layers=2))
-    with pytest.raises(UnsupportedArchitectureError, match=r"student from teacher layers \(student\) cannot handle "
+    recipe = Recipe(teacher=str(family_dir("modernbert")), task="text-classification",
+                    data=DataConfig(path=str(tmp_path / "missing.csv")), prune=PruneConfig(layers=0.3))
+    with pytest.raises(UnsupportedArchitectureError, match=r"prune layers \(prune.layers\) cannot handle "
                                                            r"ModernBert.*position"):
         compress(recipe, tmp_path / "out", progress=False)
     assert not (tmp_path / "out.work").exists()

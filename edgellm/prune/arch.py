@@ -267,7 +267,8 @@ class EncoderArch(Arch):
     def neuron_params(self, layer: Any) -> int:
         inter = self.ffn_in(layer)
         rows = int(inter.out_features) // self.ffn_width(layer)  # 2 for a gated FFN (one input and one gate row)
-        return rows * (int(inter.in_features) + (1 if inter.bias is not None else 0)) + int(self.ffn_out(layer).out_features)
+        bias = 1 if inter.bias is not None else 0
+        return rows * (int(inter.in_features) + bias) + int(self.ffn_out(layer).out_features)
 
     def keep_units(self, index: int, keep: Sequence[int]) -> None:
         layer = self.layers()[index]
