@@ -364,7 +364,6 @@ def _identical_share(old: Any, new: Any, keep_ids: Sequence[int], texts: Sequenc
     return same / len(items) if items else 1.0
 
 
-
 # --- BPE and Unigram (SentencePiece) ---------------------------------------------------------------------------
 
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
