@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelError",
+    "UnsupportedArchitectureError",
     "ArtifactError",
     "ArtifactNotFoundError",
     "FormatVersionError",
@@ -43,6 +44,15 @@ class DataError(EdgeLLMError, ValueError):
 
 class ModelError(EdgeLLMError, ValueError):
     """A model folder is not a model, or its architecture is not supported by the stage asked for."""
+
+
+class UnsupportedArchitectureError(ModelError):
+    """A stage cannot handle the model's architecture (edgellm.families); raised before the stage does any work."""
+
+    def __init__(self, message: str, *, model_type: str, stage: str) -> None:
+        super().__init__(message)
+        self.model_type = model_type
+        self.stage = stage
 
 
 class ArtifactError(EdgeLLMError):

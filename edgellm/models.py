@@ -22,6 +22,7 @@ __all__ = [
     "load_encoder",
     "sentence_embedding_config",
     "default_max_length",
+    "max_positions",
     "count_parameters",
     "source_record",
     "is_local_model",
@@ -129,7 +130,8 @@ def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | N
                 kwargs["num_labels"] = num_labels
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **kwargs)
         elif task == "feature-extraction":
-            model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
+            extra = {"add_pooling_layer": False} if _has_pooler_option(config) else {}  # BERT layout only
+            model = AutoModel.from_pretrained(path, dtype=torch.float32, **extra)
         else:
             raise ModelError(f"load_encoder does not handle task {task!r}")
     except ModelError:
@@ -138,6 +140,20 @@ def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | N
         raise ModelError(f"cannot load {name!r} for {task}: {exc}") from exc
     model.eval()
     return model
+
+
+def _has_pooler_option(config: Any) -> bool:
+    """Whether the bare encoder class of `config` takes `add_pooling_layer` (BERT, RoBERTa; not DistilBERT,
+    ELECTRA, DeBERTa, ModernBERT, which have no pooler)."""
+    import inspect
+
+    from transformers import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except KeyError:
+        return False
+    return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
 
 
 _CAUSAL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2", "smollm3"}
@@ -176,11 +192,26 @@ def default_max_length(model: Any, tokenizer: Any, folder: str | None = None) ->
         st = sentence_embedding_config(folder).get("max_length")
         if st:
             return int(st)
-    limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    limit = max_positions(model.config) or 512
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < 100_000:
         limit = min(limit, tok_max)
     return min(limit, 512)
+
+
+# Model types whose position ids start after the pad id (RoBERTa's offset): max_position_embeddings counts those.
+_POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest input (in tokens) a model's position embeddings take; None when the config does not say."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if not limit:
+        return None
+    pad = getattr(config, "pad_token_id", None)
+    if getattr(config, "model_type", None) in _POSITION_OFFSET_TYPES and isinstance(pad, int):
+        limit -= pad + 1  # RoBERTa numbers positions pad+1, pad+2, ...: 514 embeddings take 512 tokens
+    return limit
 
 
 def source_record(model: Any, source: str) -> dict[str, Any]:

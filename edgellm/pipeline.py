@@ -263,6 +263,7 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
     from edgellm.vocab import text_coverage
 
     task = recipe.task
+    _check_architecture(recipe)
     data = load_task_data(recipe.data, task=task)
     # Known now, not after hours of training: how much of the text the teacher's vocabulary cannot read.
     data.coverage = {"tokenizer": recipe.teacher, "split": "train",
@@ -326,6 +327,27 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
     manifest = _publish(recipe, data, current.folder / "artifact", out, stages, summary, overwrite=overwrite)
     say(f"wrote {out} (default model {manifest.default_model}); stage outputs kept in {work}")
     return CompressResult(manifest=manifest, output=out, work_dir=work, summary=summary, stages=stages)
+
+
+def _check_architecture(recipe: Recipe) -> None:
+    """Every stage the recipe runs handles the teacher's architecture (edgellm.families) and, with trim_vocab, its
+    tokenizer model: refused now, naming the architecture and the stage, not after hours of training."""
+    from transformers import AutoConfig
+
+    from edgellm.families import require, stages_for_recipe
+    from edgellm.models import load_tokenizer, resolve_model
+
+    path = resolve_model(recipe.teacher)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - the teacher stage names a folder that is not a model, with its own error
+        return
+    for stage in stages_for_recipe(recipe):
+        require(config, stage)
+    if recipe.export.trim_vocab:
+        from edgellm.vocab import check_trimmable
+
+        check_trimmable(load_tokenizer(path))
 
 
 # --- stages (each returns its metrics and leaves its output in `folder`) ------------------------------------------
@@ -564,7 +586,9 @@ def _torch_latency(tm: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    limit = int(getattr(tm.model.config, "max_position_embeddings", 512))
+    from edgellm.models import max_positions
+
+    limit = max_positions(tm.model.config) or 512
     length = min(recipe.evaluate.latency_length, limit, data.max_length or limit)
     padded, real = _latency_texts(plain_tokenizer(tm.tokenizer), data, length)
     model = tm.model.eval()

@@ -226,10 +226,10 @@ class QuantizeConfig:
 class ExportConfig:
     formats: list[Literal["onnx", "openvino"]] = field(default_factory=lambda: ["onnx", "openvino"])
     max_length: int | None = 128  # tokens; None -> the model's own limit
-    trim_vocab: bool = False  # WordPiece only: keep tokens the training texts use + specials + their characters (edgellm.vocab)
+    trim_vocab: bool = False  # WordPiece / BPE / Unigram: keep tokens the training texts use + specials + their characters (edgellm.vocab)
     vocab_texts: list[str] = field(default_factory=list)  # trim_vocab: more text whose tokens are kept too (built-in names / files, as distill.augment_with)
     atol: float = 1e-4  # FP32 export vs torch, max abs difference on real text
-    cls_only: bool = True  # BERT classifiers: the last layer computes the [CLS] position only (same logits, checked); false keeps the full graph
+    cls_only: bool = True  # classifiers of families that allow it (docs/compatibility.md): the last layer computes the [CLS] position only (same logits, checked); false keeps the full graph
 
 
 @dataclass
@@ -352,7 +352,7 @@ NOT_FOR_CAUSAL_LM = {
     "export.trim_vocab": "vocabulary trimming is for encoders (an LM head over a trimmed vocabulary changes every "
                          "probability)",
     "export.vocab_texts": "vocabulary trimming is for encoders",
-    "export.cls_only": "it is for BERT classifiers",
+    "export.cls_only": "it is for encoder classifiers",
     "quantize.preset": "decoders get block-quantized weights (causal_lm.weight_bits, block_size)",
     "quantize.calibration_method": "static INT8 is not offered for decoders",
     "quantize.calibration_samples": "use causal_lm.calibration_sequences (GPTQ)",

@@ -11,13 +11,22 @@ the original, and it holds every piece the original split of a seen word used, s
 match at each step: a text made of words seen in `texts` (min_count=1) gets the same tokens, renumbered, and the
 trimmed model gives exactly the same outputs. Other words split into kept pieces or characters, else into [UNK].
 
-Only WordPiece tokenizers (the BERT family) are handled; others raise ModelError naming their model type.
+BPE (RoBERTa's and ModernBERT's byte-level BPE) and Unigram (XLM-R's and DeBERTa-v3's SentencePiece) are trimmed
+too (`_choose_subword_tokens`): the seen tokens, the specials and, as fallback, every single-character token (the
+byte alphabet of a byte-level BPE, `<0xNN>` byte tokens): a text the original could read never gains an unknown
+token. BPE keeps every token a kept token is merged from (recursively) and only the merges whose two parts and
+result are kept, in their order: a seen word's merges are all kept and still apply first, so it gets the same
+tokens. Unigram keeps the pieces' scores (and the lowest-scoring piece, which sets the unknown penalty): a seen
+text's best segmentation is still there and nothing better was added, so it is chosen again.
+
+Other tokenizer models (WordLevel) raise ModelError naming their model type.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -28,11 +37,12 @@ from edgellm.errors import DataError, ModelError
 from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
-           "SUPPORTED_MODELS", "unknown_rate", "unknown_tokens", "text_coverage", "UNKNOWN_WARN_RATE"]
+           "SUPPORTED_MODELS", "check_trimmable", "unknown_rate", "unknown_tokens", "text_coverage",
+           "UNKNOWN_WARN_RATE"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODELS = ("WordPiece",)
+SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")
 
 # Above this share of unknown tokens in the task's text, the tokenizer's vocabulary does not cover its language or
 # script: the pipeline warns when the data is read.
@@ -57,14 +67,19 @@ def _check_model(data: dict[str, Any]) -> dict[str, Any]:
     kind = model.get("type")
     if kind not in SUPPORTED_MODELS:
         raise ModelError(
-            f"vocabulary trimming supports {list(SUPPORTED_MODELS)} tokenizers (BERT family), not {kind!r}: "
+            f"vocabulary trimming supports {list(SUPPORTED_MODELS)} tokenizers, not {kind!r}: "
             "export without trim_vocab"
         )
     return model
 
 
+def check_trimmable(tokenizer: Any) -> None:
+    """ModelError naming the tokenizer model when its vocabulary cannot be trimmed (before any work)."""
+    _check_model(_backend_json(tokenizer))
+
+
 def _special_ids(data: dict[str, Any], tokenizer: Any) -> set[int]:
-    vocab = data["model"]["vocab"]
+    vocab = _token_ids(data["model"])
     ids = {int(t["id"]) for t in data.get("added_tokens", [])}
     names = [data["model"].get("unk_token")]
     for attr in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token", "bos_token", "eos_token"):
@@ -84,11 +99,13 @@ def choose_tokens(tokenizer: Any, texts: Sequence[str], *, min_count: int = 1,
         raise DataError("vocabulary trimming needs the task's texts; got none")
     if not isinstance(min_count, int) or min_count < 1:
         raise DataError(f"min_count = {min_count!r} must be an integer >= 1")
-    vocab: dict[str, int] = model["vocab"]
-    prefix = model.get("continuing_subword_prefix", "##")
     counts: Counter = Counter()
     for enc in plain_tokenizer(tokenizer).encode_batch([str(t) for t in texts], add_special_tokens=False):
         counts.update(enc.ids)
+    if model["type"] != "WordPiece":
+        return _choose_subword_tokens(model, _special_ids(data, tokenizer), counts, min_count, keep_characters), counts
+    vocab: dict[str, int] = model["vocab"]
+    prefix = model.get("continuing_subword_prefix", "##")
     keep = _special_ids(data, tokenizer)
     keep |= {i for i, c in counts.items() if c >= min_count}
     if keep_characters:
@@ -108,11 +125,14 @@ def trim_tokenizer_json(data: dict[str, Any], keep_ids: Sequence[int]) -> dict[s
     """A copy of tokenizer.json `data` whose vocabulary holds `keep_ids` only, renumbered 0..n-1 in order."""
     model = _check_model(data)
     remap = {old: new for new, old in enumerate(keep_ids)}
-    id_to_token = {i: t for t, i in model["vocab"].items()}
     out = json.loads(json.dumps(data))
-    out["model"]["vocab"] = {id_to_token[old]: new for new, old in enumerate(keep_ids)}
+    if model["type"] == "WordPiece":
+        id_to_token = {i: t for t, i in model["vocab"].items()}
+        out["model"]["vocab"] = {id_to_token[old]: new for new, old in enumerate(keep_ids)}
+    else:
+        out["model"] = _trim_subword_model(model, keep_ids)
     unk = model.get("unk_token")
-    if unk is not None and unk not in out["model"]["vocab"]:
+    if unk is not None and unk not in _token_ids(out["model"]):
         raise ModelError(f"the unknown token {unk!r} must be kept when trimming the vocabulary")
 
     def new_id(old: int, what: str) -> int:
@@ -217,6 +237,8 @@ def _rebuild_tokenizer(tokenizer: Any, data: dict[str, Any], keep_ids: Sequence[
     with tempfile.TemporaryDirectory(prefix="edgellm-vocab-") as tmp:
         folder = Path(tmp)
         tokenizer.save_pretrained(folder)
+        for stale in ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "spm.model", "tokenizer.model"):
+            (folder / stale).unlink(missing_ok=True)  # the slow tokenizer's files hold the untrimmed vocabulary
         (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         vocab_txt = folder / "vocab.txt"
         if vocab_txt.is_file():
@@ -292,16 +314,18 @@ def trim_vocabulary(
     data = _backend_json(tokenizer)
     _check_model(data)
     vocab_size = len(data["model"]["vocab"])
+    kind = data["model"]["type"]
     rows = int(model.get_input_embeddings().weight.shape[0])
     if rows < vocab_size:
         raise ModelError(f"the model's embedding has {rows} rows but the tokenizer has {vocab_size} tokens")
     params_before = count_parameters(model)
     keep_ids, counts = choose_tokens(tokenizer, texts, min_count=min_count, keep_characters=keep_characters)
+    _check_position_offset(model, keep_ids)
     trimmed = trim_tokenizer_json(data, keep_ids)
     new_tokenizer = _rebuild_tokenizer(tokenizer, trimmed, keep_ids)
     sizes = _slice_embeddings(model, keep_ids)
     report: dict[str, Any] = {
-        "tokenizer_model": "WordPiece",
+        "tokenizer_model": kind,
         "vocab_size_before": vocab_size,
         "vocab_size_after": len(keep_ids),
         "seen_tokens": len(counts),
@@ -339,3 +363,102 @@ def _identical_share(old: Any, new: Any, keep_ids: Sequence[int], texts: Sequenc
     same = sum(1 for x, y in zip(a, b) if list(x.ids) == [keep_ids[i] for i in y.ids])
     return same / len(items) if items else 1.0
 
+
+# --- BPE and Unigram (SentencePiece) ---------------------------------------------------------------------------
+
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _token_ids(model: dict[str, Any]) -> dict[str, int]:
+    """token -> id of a tokenizer.json model section (Unigram's vocab is a list of [piece, score])."""
+    if model.get("type") == "Unigram":
+        return {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
+    return dict(model["vocab"])
+
+
+def _fallback_ids(model: dict[str, Any]) -> set[int]:
+    """Single-character tokens (with or without the subword prefix / suffix) and `<0xNN>` byte tokens: what any
+    text the original tokenizer could read decomposes into."""
+    prefix = model.get("continuing_subword_prefix") or ""
+    suffix = model.get("end_of_word_suffix") or ""
+    keep = set()
+    for token, i in _token_ids(model).items():
+        core = token[len(prefix):] if prefix and token.startswith(prefix) else token
+        core = core[: -len(suffix)] if suffix and core.endswith(suffix) else core
+        if len(core) == 1 or (model.get("byte_fallback") and _BYTE_TOKEN.fullmatch(token)):
+            keep.add(i)
+    return keep
+
+
+def _bpe_merges(model: dict[str, Any]) -> list[tuple[str, str]]:
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in model.get("merges", [])]
+
+
+def _merge_result(model: dict[str, Any], left: str, right: str) -> str:
+    prefix = model.get("continuing_subword_prefix") or ""
+    return left + (right[len(prefix):] if prefix and right.startswith(prefix) else right)
+
+
+def _merge_closure(model: dict[str, Any], keep: set[int]) -> set[int]:
+    """`keep` plus every token a kept token is merged from, recursively (all the merges that make it)."""
+    ids = _token_ids(model)
+    tokens = {i: t for t, i in ids.items()}
+    makers: dict[str, list[tuple[str, str]]] = {}
+    for left, right in _bpe_merges(model):
+        makers.setdefault(_merge_result(model, left, right), []).append((left, right))
+    kept = {tokens[i] for i in keep if i in tokens}
+    stack = list(kept)
+    while stack:
+        for pair in makers.get(stack.pop(), ()):
+            for part in pair:
+                if part in ids and part not in kept:
+                    kept.add(part)
+                    stack.append(part)
+    return set(keep) | {ids[t] for t in kept}
+
+
+def _choose_subword_tokens(model: dict[str, Any], specials: set[int], counts: Counter, min_count: int,
+                           keep_characters: bool) -> list[int]:
+    """Original ids a BPE / Unigram vocabulary keeps: specials, tokens seen `min_count` times, the single-character
+    fallback (with `keep_characters`), a BPE's merge parts, a Unigram's lowest-scoring piece."""
+    keep = set(specials) | {i for i, c in counts.items() if c >= min_count}
+    if keep_characters:
+        keep |= _fallback_ids(model)
+    if model["type"] == "BPE":
+        keep = _merge_closure(model, keep)
+    else:  # Unigram: the unknown token's penalty is the lowest score minus 10; keep that score in the vocabulary
+        scores = [float(score) for _piece, score in model["vocab"]]
+        keep.add(min(range(len(scores)), key=scores.__getitem__))
+        if model.get("unk_id") is not None:
+            keep.add(int(model["unk_id"]))
+    return sorted(keep)
+
+
+def _trim_subword_model(model: dict[str, Any], keep_ids: Sequence[int]) -> dict[str, Any]:
+    """A copy of a BPE / Unigram model section holding `keep_ids` only, renumbered 0..n-1 in order; a BPE keeps
+    the merges whose parts and result are all kept, in their order and format."""
+    out = json.loads(json.dumps(model))
+    if model["type"] == "Unigram":
+        out["vocab"] = [model["vocab"][old] for old in keep_ids]
+        if model.get("unk_id") is not None:
+            remap = {old: new for new, old in enumerate(keep_ids)}
+            if int(model["unk_id"]) not in remap:
+                raise ModelError("the unknown piece must be kept when trimming a Unigram vocabulary")
+            out["unk_id"] = remap[int(model["unk_id"])]
+        return out
+    tokens = {i: t for t, i in model["vocab"].items()}
+    out["vocab"] = {tokens[old]: new for new, old in enumerate(keep_ids)}
+    kept = set(out["vocab"])
+    out["merges"] = [m for m, (left, right) in zip(model.get("merges", []), _bpe_merges(model))
+                     if left in kept and right in kept and _merge_result(model, left, right) in kept]
+    return out
+
+
+def _check_position_offset(model: Any, keep_ids: Sequence[int]) -> None:
+    """RoBERTa-style embeddings number positions after the pad id (`embeddings.padding_idx`); trimming must not
+    move it, or every position would shift."""
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    pad = getattr(embeddings, "padding_idx", None)
+    if isinstance(pad, int) and pad in keep_ids and list(keep_ids).index(pad) != pad:
+        raise ModelError(f"trimming would move the pad token (id {pad}) that {type(model).__name__} numbers "
+                         "positions from; keep the tokens before it (the specials)")

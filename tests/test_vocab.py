@@ -159,18 +159,21 @@ def test_trimmed_folder_saves_and_reloads(tiny_encoder_dir: Path, tmp_path: Path
 
 # --- bad inputs -------------------------------------------------------------------------------------------------
 
-def test_a_tokenizer_that_is_not_wordpiece_is_refused_by_name(tiny_classifier_dir: Path) -> None:
+def test_a_tokenizer_that_cannot_be_trimmed_is_refused_by_name(tiny_classifier_dir: Path) -> None:
+    """WordPiece, BPE and Unigram are trimmed (tests/test_families.py); a WordLevel tokenizer is refused."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from edgellm.vocab import trim_vocabulary
 
-    backend = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], unk_token="<unk>"))
+    backend = Tokenizer(models.WordLevel(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
     model, _ = load(tiny_classifier_dir)
-    with pytest.raises(ModelError, match=r"supports \['WordPiece'\] tokenizers \(BERT family\), not 'BPE'"):
+    rows = model.get_input_embeddings().weight.shape[0]
+    with pytest.raises(ModelError, match=r"supports \['WordPiece', 'BPE', 'Unigram'\] tokenizers, not 'WordLevel'"):
         trim_vocabulary(model, tok, ["ab a b"])
+    assert model.get_input_embeddings().weight.shape[0] == rows  # refused before any change
 
 
 def test_empty_texts_and_bad_min_count_are_refused(tiny_classifier_dir: Path) -> None:

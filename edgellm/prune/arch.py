@@ -2,10 +2,13 @@
 
 Two families are supported, recognised by their module structure (and named by `model_type` in errors):
 
-- BERT-family encoders (bert, roberta, xlm-roberta, electra, camembert): `encoder.layer[i].attention.self.{query,
-  key, value}`, `attention.output.dense`, `intermediate.dense`, `output.dense`. Heads are removed with Hugging Face's
-  own `prune_heads`, which records them in `config.pruned_heads`, so a folder with uneven heads per layer reloads
-  with `from_pretrained`. The FFN keeps the same width in every layer (`config.intermediate_size` is one number).
+- Encoders (edgellm.families lists what each refuses): the BERT layout (bert, roberta, xlm-roberta, electra,
+  camembert): `encoder.layer[i].attention.self.{query, key, value}`, `attention.output.dense`, `intermediate.dense`,
+  `output.dense`; DistilBERT (`transformer.layer[i].attention.{q,k,v,out}_lin`, `ffn.lin1/lin2`); DeBERTa-v2/v3
+  (FFN neurons and layers: `intermediate.dense`, `output.dense`); ModernBERT (FFN neurons only: `mlp.Wi` holds
+  input and gate rows). BERT-layout and DistilBERT heads are removed with Hugging Face's own `prune_heads`, which
+  records them in `config.pruned_heads`, so a folder with uneven heads per layer reloads with `from_pretrained`.
+  The FFN keeps the same width in every layer (`config.intermediate_size` is one number).
 - Llama-family decoders (llama, mistral, qwen2, qwen3): `model.layers[i].self_attn.{q,k,v,o}_proj` and
   `mlp.{gate,up,down}_proj`. The unit of attention pruning is a KV group: one key/value head together with the
   query heads that share it (grouped-query attention). Every layer keeps the same number of groups and neurons,
@@ -22,11 +25,11 @@ from typing import Any, Iterator, Sequence
 
 from edgellm.errors import PruningError
 
-__all__ = ["Arch", "EncoderArch", "DecoderArch", "arch_for", "check_supported", "PRUNABLE_ENCODERS", "PRUNABLE_DECODERS"]
+__all__ = ["Arch", "EncoderArch", "DistilBertArch", "DebertaV2Arch", "ModernBertArch", "DecoderArch", "arch_for",
+           "check_supported", "ENCODER_ARCHS", "PRUNABLE_ENCODERS", "PRUNABLE_DECODERS"]
 
 log = logging.getLogger(__name__)
 
-PRUNABLE_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "camembert")  # model types EncoderArch slices
 PRUNABLE_DECODERS = ("llama", "mistral", "qwen2", "qwen3")  # model types DecoderArch slices (the exporter writes
 # fewer: edgellm.exporting.decoder.EXPORTABLE_DECODERS; a pruned qwen3 stays a torch model)
 
@@ -58,6 +61,8 @@ class Arch:
     family = ""
     #: what one attention unit is called in reports and errors
     unit_name = "head"
+    #: every layer must keep the same number of attention units (the config holds one count)
+    uniform_units = False
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -134,7 +139,7 @@ class Arch:
                 f"FFN widths would differ between layers ({widths}); {self.config.model_type} configs hold one "
                 "intermediate_size, so remove the same number of neurons from every layer"
             )
-        if self.family == "decoder" and len(set(units)) > 1:
+        if self.uniform_units and len(set(units)) > 1:
             raise PruningError(
                 f"KV groups would differ between layers ({units}); {self.config.model_type} configs hold one "
                 "num_key_value_heads (the KV cache shape), so remove the same number of groups from every layer"
@@ -174,8 +179,12 @@ class Arch:
 
 
 class EncoderArch(Arch):
+    """BERT layout (bert, roberta, xlm-roberta, electra, camembert). Subclasses name their own modules through the
+    accessors below (`attention`, `qkv`, `attention_out`, `ffn_in`, `ffn_out`)."""
+
     family = "encoder"
     unit_name = "head"
+    ffn_key = "intermediate_size"  # the config field holding the FFN width
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
@@ -189,6 +198,31 @@ class EncoderArch(Arch):
 
         self.base.encoder.layer = torch.nn.ModuleList(layers)
 
+    # --- the modules of one layer (BERT names) ---------------------------------------------------------------
+    def attention(self, layer: Any) -> Any:
+        return layer.attention.self
+
+    def qkv(self, layer: Any) -> list[Any]:
+        """The Linear layers whose output rows are grouped by head (query, key, value; (heads*d, H) each)."""
+        attn = self.attention(layer)
+        return [attn.query, attn.key, attn.value]
+
+    def attention_out(self, layer: Any) -> Any:
+        return layer.attention.output.dense  # (H, heads*d)
+
+    def head_size(self, layer: Any) -> int:
+        return int(self.attention(layer).attention_head_size)
+
+    def ffn_in(self, layer: Any) -> Any:
+        return layer.intermediate.dense  # (F, H)
+
+    def ffn_out(self, layer: Any) -> Any:
+        return layer.output.dense  # (H, F)
+
+    def set_ffn(self, layer: Any, ffn_in: Any, ffn_out: Any) -> None:
+        layer.intermediate.dense = ffn_in
+        layer.output.dense = ffn_out
+
     def keep_layers(self, keep: Sequence[int]) -> None:
         pruned = dict(getattr(self.config, "pruned_heads", {}) or {})
         renumbered = {}
@@ -200,25 +234,24 @@ class EncoderArch(Arch):
         self.config.pruned_heads = renumbered  # HF re-applies these (original head numbers) on from_pretrained
 
     def attention_units(self, layer: Any) -> int:
-        return int(layer.attention.self.num_attention_heads)
+        return int(self.qkv(layer)[0].out_features) // self.head_size(layer)
 
     def ffn_width(self, layer: Any) -> int:
-        return int(layer.intermediate.dense.out_features)
+        return int(self.ffn_out(layer).in_features)
 
     def unit_output_columns(self, layer: Any) -> tuple[Any, int]:
-        return layer.attention.output.dense.weight, int(layer.attention.self.attention_head_size)
+        return self.attention_out(layer).weight, self.head_size(layer)
 
     def unit_input_rows(self, layer: Any, unit: int) -> list[Any]:
-        attn = layer.attention.self
-        d = attn.attention_head_size
+        d = self.head_size(layer)
         rows = slice(unit * d, (unit + 1) * d)
-        return [attn.query.weight[rows], attn.key.weight[rows], attn.value.weight[rows]]
+        return [m.weight[rows] for m in self.qkv(layer)]
 
     def ffn_output_weight(self, layer: Any) -> Any:
-        return layer.output.dense.weight
+        return self.ffn_out(layer).weight
 
     def ffn_input_weights(self, layer: Any) -> list[Any]:
-        return [layer.intermediate.dense.weight]
+        return [self.ffn_in(layer).weight]
 
     def _original_heads(self, layer: Any) -> list[int]:
         """Original head numbers of the heads still present, in order (HF keeps `pruned_heads` per layer)."""
@@ -227,14 +260,15 @@ class EncoderArch(Arch):
         return [h for h in range(total) if h not in gone]
 
     def unit_params(self, layer: Any) -> int:
-        attn = layer.attention.self
-        d, hidden = int(attn.attention_head_size), int(attn.query.in_features)
-        biases = sum(d for m in (attn.query, attn.key, attn.value) if m.bias is not None)
-        return 4 * hidden * d + biases  # q, k, v rows (+ biases) and output-projection columns
+        d, hidden = self.head_size(layer), int(self.qkv(layer)[0].in_features)
+        biases = sum(d for m in self.qkv(layer) if m.bias is not None)
+        return (len(self.qkv(layer)) + 1) * hidden * d + biases  # q, k, v rows (+ biases), output columns
 
     def neuron_params(self, layer: Any) -> int:
-        inter = layer.intermediate.dense
-        return 2 * int(inter.in_features) + (1 if inter.bias is not None else 0)
+        inter = self.ffn_in(layer)
+        rows = int(inter.out_features) // self.ffn_width(layer)  # 2 for a gated FFN (one input and one gate row)
+        bias = 1 if inter.bias is not None else 0
+        return rows * (int(inter.in_features) + bias) + int(self.ffn_out(layer).out_features)
 
     def keep_units(self, index: int, keep: Sequence[int]) -> None:
         layer = self.layers()[index]
@@ -248,30 +282,148 @@ class EncoderArch(Arch):
 
         layer = self.layers()[index]
         idx = torch.as_tensor(sorted(keep), dtype=torch.long)
-        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, idx, 0)
-        layer.output.dense = _slice_linear(layer.output.dense, idx, 1)
+        self.set_ffn(layer, _slice_linear(self.ffn_in(layer), self._ffn_rows(layer, idx), 0),
+                     _slice_linear(self.ffn_out(layer), idx, 1))
+
+    def _ffn_rows(self, layer: Any, idx: Any) -> Any:
+        """Rows of the FFN input matrix that neurons `idx` own."""
+        return idx
 
     def finish(self) -> None:
         layers = self.layers()
         self.check_shapes([self.attention_units(layer) for layer in layers], [self.ffn_width(layer) for layer in layers])
-        self.config.intermediate_size = self.ffn_width(layers[0])
-        self.config.pruned_heads = {int(k): sorted(int(h) for h in v) for k, v in self.config.pruned_heads.items() if v}
+        setattr(self.config, self.ffn_key, self.ffn_width(layers[0]))
+        pruned = getattr(self.config, "pruned_heads", None) or {}
+        self.config.pruned_heads = {int(k): sorted(int(h) for h in v) for k, v in pruned.items() if v}
 
     def flops_per_token(self, seq_len: int) -> int:
         hidden = int(self.config.hidden_size)
         total = 0
         for layer in self.layers():
-            attn = layer.attention.self
-            width = int(attn.all_head_size)  # heads x d
+            width = self.attention_units(layer) * self.head_size(layer)  # heads x d
             total += 2 * (3 * hidden * width + width * hidden)  # q, k, v, output projection
             total += 2 * 2 * seq_len * width  # scores and weighted sum
-            total += 2 * 2 * hidden * self.ffn_width(layer)
+            total += 2 * (int(self.ffn_in(layer).out_features) + self.ffn_width(layer)) * hidden
         return int(total)
+
+
+class DistilBertArch(EncoderArch):
+    """`distilbert.transformer.layer[i]`: attention.{q,k,v,out}_lin, ffn.lin1 / lin2; HF's `prune_heads`."""
+
+    ffn_key = "hidden_dim"
+
+    def layers(self) -> Any:
+        return self.base.transformer.layer
+
+    def set_layers(self, layers: Sequence[Any]) -> None:
+        import torch
+
+        self.base.transformer.layer = torch.nn.ModuleList(layers)
+
+    def attention(self, layer: Any) -> Any:
+        return layer.attention
+
+    def qkv(self, layer: Any) -> list[Any]:
+        return [layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin]
+
+    def attention_out(self, layer: Any) -> Any:
+        return layer.attention.out_lin
+
+    def ffn_in(self, layer: Any) -> Any:
+        return layer.ffn.lin1
+
+    def ffn_out(self, layer: Any) -> Any:
+        return layer.ffn.lin2
+
+    def set_ffn(self, layer: Any, ffn_in: Any, ffn_out: Any) -> None:
+        layer.ffn.lin1, layer.ffn.lin2 = ffn_in, ffn_out
+
+
+class DebertaV2Arch(EncoderArch):
+    """`deberta.encoder.layer[i].attention.self.{query,key,value}_proj` (+ pos_{key,query}_proj when the relative
+    positions have their own projections), `intermediate.dense`, `output.dense`. FFN neurons and layers; heads
+    are refused (edgellm.families): DeBERTa's attention output is built hidden x hidden whatever the head count."""
+
+    def qkv(self, layer: Any) -> list[Any]:
+        attn = layer.attention.self
+        extra = [getattr(attn, n) for n in ("pos_key_proj", "pos_query_proj") if hasattr(attn, n)]
+        return [attn.query_proj, attn.key_proj, attn.value_proj, *extra]
+
+    def keep_units(self, index: int, keep: Sequence[int]) -> None:
+        from edgellm.families import require
+
+        require(self.config, "prune.heads")
+
+
+class ModernBertArch(EncoderArch):
+    """`model.layers[i]`: attn.Wqkv (3 x heads*d, H) and attn.Wo, a gated FFN mlp.Wi (2F, H: input rows then gate
+    rows) and mlp.Wo (H, F). FFN neurons only: heads and layers are refused (edgellm.families)."""
+
+    def layers(self) -> Any:
+        return self.base.layers
+
+    def set_layers(self, layers: Sequence[Any]) -> None:
+        import torch
+
+        self.base.layers = torch.nn.ModuleList(layers)
+
+    def keep_layers(self, keep: Sequence[int]) -> None:
+        from edgellm.families import require
+
+        require(self.config, "prune.layers")
+
+    def attention(self, layer: Any) -> Any:
+        return layer.attn
+
+    def head_size(self, layer: Any) -> int:
+        return int(layer.attn.head_dim)
+
+    def attention_units(self, layer: Any) -> int:
+        return int(layer.attn.num_heads)
+
+    def qkv(self, layer: Any) -> list[Any]:
+        return [layer.attn.Wqkv]
+
+    def unit_input_rows(self, layer: Any, unit: int) -> list[Any]:
+        d, width = self.head_size(layer), self.attention_units(layer) * self.head_size(layer)
+        w = layer.attn.Wqkv.weight  # (3 x heads*d, H): query, key, value blocks
+        return [w[part * width + unit * d : part * width + (unit + 1) * d] for part in range(3)]
+
+    def unit_params(self, layer: Any) -> int:
+        d, hidden = self.head_size(layer), int(self.config.hidden_size)
+        return 4 * hidden * d + (3 * d if layer.attn.Wqkv.bias is not None else 0)
+
+    def attention_out(self, layer: Any) -> Any:
+        return layer.attn.Wo
+
+    def keep_units(self, index: int, keep: Sequence[int]) -> None:
+        from edgellm.families import require
+
+        require(self.config, "prune.heads")
+
+    def ffn_in(self, layer: Any) -> Any:
+        return layer.mlp.Wi
+
+    def ffn_out(self, layer: Any) -> Any:
+        return layer.mlp.Wo
+
+    def set_ffn(self, layer: Any, ffn_in: Any, ffn_out: Any) -> None:
+        layer.mlp.Wi, layer.mlp.Wo = ffn_in, ffn_out
+
+    def ffn_input_weights(self, layer: Any) -> list[Any]:
+        w, width = layer.mlp.Wi.weight, self.ffn_width(layer)
+        return [w[:width], w[width:]]  # input and gate rows of each neuron
+
+    def _ffn_rows(self, layer: Any, idx: Any) -> Any:
+        import torch
+
+        return torch.cat([idx, idx + self.ffn_width(layer)])
 
 
 class DecoderArch(Arch):
     family = "decoder"
     unit_name = "kv_group"
+    uniform_units = True
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
@@ -384,11 +536,11 @@ def arch_for(model: Any) -> Arch:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     name = type(model).__name__
-    base = getattr(model, "base_model", None)
-    if model_type in PRUNABLE_ENCODERS and hasattr(getattr(base, "encoder", None), "layer"):
-        layer = base.encoder.layer[0] if len(base.encoder.layer) else None
-        if layer is not None and hasattr(layer, "attention") and hasattr(layer.attention, "self"):
-            return EncoderArch(model)
+    if model_type in ENCODER_ARCHS:
+        arch = ENCODER_ARCHS[model_type](model)
+        layers = arch.layers()
+        if len(layers) and arch.qkv(layers[0]):
+            return arch
     if model_type in PRUNABLE_DECODERS:
         inner = getattr(model, "model", model)
         layers = getattr(inner, "layers", None)
@@ -397,16 +549,32 @@ def arch_for(model: Any) -> Arch:
     raise _unsupported(name, model_type)
 
 
-def check_supported(config: Any) -> None:
-    """PruningError naming the architecture when `config`'s family cannot be pruned (before loading weights)."""
+def check_supported(config: Any, prune: Any = None) -> None:
+    """Refuse, before loading weights: PruningError naming an architecture that cannot be pruned at all, and
+    UnsupportedArchitectureError naming one whose family refuses a unit `prune` (a PruneConfig) asks to remove."""
     model_type = getattr(config, "model_type", None)
     if model_type not in PRUNABLE_ENCODERS + PRUNABLE_DECODERS:
         name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
         raise _unsupported(name, model_type)
+    if prune is not None and model_type in ENCODER_ARCHS:
+        from edgellm.families import require
+
+        budget = getattr(prune, "target_params", None) is not None
+        for unit in ("heads", "ffn", "layers"):
+            if getattr(prune, unit, 0) or (budget and unit != "layers"):
+                require(config, f"prune.{unit}")
 
 
 def _unsupported(name: str, model_type: Any) -> PruningError:
     return PruningError(
-        f"cannot prune {name} (model_type {model_type!r}): structured pruning supports BERT-family encoders "
-        f"({', '.join(PRUNABLE_ENCODERS)}) and Llama-family decoders ({', '.join(PRUNABLE_DECODERS)})"
+        f"cannot prune {name} (model_type {model_type!r}): structured pruning supports the encoders "
+        f"{', '.join(PRUNABLE_ENCODERS)} and the decoders {', '.join(PRUNABLE_DECODERS)}"
     )
+
+
+# model type -> the surgery adapter of its layout (what each family refuses: edgellm.families)
+ENCODER_ARCHS: dict[str, type[EncoderArch]] = {
+    "bert": EncoderArch, "roberta": EncoderArch, "xlm-roberta": EncoderArch, "electra": EncoderArch,
+    "camembert": EncoderArch, "distilbert": DistilBertArch, "deberta-v2": DebertaV2Arch, "modernbert": ModernBertArch,
+}
+PRUNABLE_ENCODERS = tuple(ENCODER_ARCHS)

@@ -46,7 +46,7 @@ def detect_task(path: str) -> str:
     return "feature-extraction"
 
 
-def _load(path: str, task: str) -> tuple[Any, Any, Any]:
+def _load(path: str, task: str, config: PruneConfig | None = None) -> tuple[Any, Any, Any]:
     """(model, tokenizer, TrainedModel or None), checked to be prunable before the tokenizer is read, so that
     an unsupported architecture is named first. Encoders load through the trainer (head and label checks)."""
     from edgellm.models import load_tokenizer
@@ -63,7 +63,7 @@ def _load(path: str, task: str) -> tuple[Any, Any, Any]:
 
     from edgellm.train import load_model
 
-    check_supported(AutoConfig.from_pretrained(path))
+    check_supported(AutoConfig.from_pretrained(path), config)
     tm = load_model(path, task=task)
     arch_for(tm.model)
     return tm.model, tm.tokenizer, tm
@@ -157,7 +157,7 @@ def prune(
         raise ConfigError("prune.recovery_alpha_hidden is for encoders; causal-LM recovery uses token-level KD only")
     out = Path(output)
     _check_output(out, overwrite=overwrite)
-    net, tokenizer, tm = _load(path, task)
+    net, tokenizer, tm = _load(path, task, config)
     task_data = _task_data(data, task, tm)
     batches = None
     if task_data is not None:
@@ -211,7 +211,9 @@ def prune(
 
 
 def _max_length(model: Any, config: PruneConfig) -> int:
-    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    from edgellm.models import max_positions
+
+    positions = max_positions(model.config)
     return min(config.max_length, positions) if positions else config.max_length
 
 

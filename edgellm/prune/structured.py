@@ -58,6 +58,8 @@ def plan_pruning(arch: Arch, scores: Scores, *, heads: float = 0.0, ffn: float =
 
     for name, value in (("heads", heads), ("ffn", ffn), ("layers", layers)):
         _check_ratio(name, value)
+        if value:
+            _require(arch, name)
     n_layers = arch.num_layers()
     plan = Plan()
     n_drop = _count(layers, n_layers)
@@ -74,7 +76,7 @@ def plan_pruning(arch: Arch, scores: Scores, *, heads: float = 0.0, ffn: float =
     unit_counts = [len(s) for s in unit_scores]
 
     if heads > 0:
-        if arch.family == "encoder":
+        if not arch.uniform_units:
             total = sum(unit_counts)
             n_drop = _count(heads, total)
             if n_drop > total - len(kept):
@@ -184,6 +186,14 @@ def apply_plan(arch: Arch, plan: Plan) -> None:
     arch.finish()
 
 
+def _require(arch: Arch, unit: str) -> None:
+    """UnsupportedArchitectureError when the model's family refuses removing `unit` (edgellm.families)."""
+    if arch.family == "encoder":
+        from edgellm.families import require
+
+        require(arch.config, f"prune.{unit}")
+
+
 def _check_positions(what: str, mapping: Mapping[int, Sequence[int]], sizes: list[int]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for layer, items in mapping.items():
@@ -200,6 +210,7 @@ def _check_positions(what: str, mapping: Mapping[int, Sequence[int]], sizes: lis
 def remove_layers(model: Any, layers: Sequence[int]) -> Any:
     """Remove whole layers (indices now). Returns the model, changed in place."""
     arch = arch_for(model)
+    _require(arch, "layers")
     n = arch.num_layers()
     drop = sorted(set(int(i) for i in layers))
     bad = [i for i in drop if not 0 <= i < n]
@@ -217,6 +228,7 @@ def remove_heads(model: Any, heads: Mapping[int, Sequence[int]]) -> Any:
     A layer must keep at least one; to lose all of them, remove the layer (`remove_layers`).
     """
     arch = arch_for(model)
+    _require(arch, "heads")
     layers = arch.layers()
     what = f"{arch.unit_name}s"
     checked = _check_positions(what, heads, [arch.attention_units(layer) for layer in layers])
@@ -233,6 +245,7 @@ def remove_heads(model: Any, heads: Mapping[int, Sequence[int]]) -> Any:
 def remove_neurons(model: Any, neurons: Mapping[int, Sequence[int]]) -> Any:
     """Remove FFN neurons {layer: [positions]} (every layer must end with the same width)."""
     arch = arch_for(model)
+    _require(arch, "ffn")
     layers = arch.layers()
     checked = _check_positions("FFN neurons", neurons, [arch.ffn_width(layer) for layer in layers])
     for layer, items in checked.items():

@@ -31,6 +31,7 @@ import numpy as np
 from edgellm.config import suggest
 from edgellm.console import silence
 from edgellm.errors import ConfigError, DataError, QuantizationError, UnsupportedTargetError
+from edgellm.families import FAMILIES
 from edgellm.quantize.calibration import CalibrationReader, check_feeds
 from edgellm.quantize.presets import CONTRIB_DOMAIN, Preset, detect_preset, get_preset
 
@@ -63,8 +64,9 @@ QUANTIZED_OPS = frozenset({
     "DynamicQuantizeLSTM", "QOrderedMatMul", "QOrderedAttention",
 })
 # Hugging Face model types whose exported graphs onnxruntime.transformers fuses with its "bert" optimizer.
-FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
-                       "electra": "bert", "camembert": "bert", "mpnet": "bert", "minilm": "bert"}
+# The families' own record (edgellm.families) plus two BERT-like types edgellm has no family record of.
+FUSABLE_MODEL_TYPES = {**{t: f.ort_fusion for t, f in FAMILIES.items() if f.ort_fusion}, "mpnet": "bert",
+                       "minilm": "bert"}
 _LARGE = 1_800_000_000  # bytes: above this, write weights as external data (protobuf's 2 GB limit)
 _FUSION_ATOL = 1e-3  # fused graph vs the original on real inputs; above this the fusion is not used
 

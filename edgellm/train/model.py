@@ -188,9 +188,21 @@ def load_model(name: Any, *, task: str | None = None, labels: Sequence[str] | No
         if str(exc).startswith(f"{field_name} = "):
             raise
         raise ModelError(f"{field_name} = {str(name)!r}: {exc}") from exc
+    _match_inputs(tokenizer, model)
     embedding = sentence_embedding_config(path) if task == "feature-extraction" else None
     return TrainedModel(model=model, tokenizer=tokenizer, task=task, labels=names, embedding=embedding,
                         source=str(name))
+
+
+def _match_inputs(tokenizer: Any, model: Any) -> None:
+    """The tokenizer returns only the inputs the model's forward takes (a BERT tokenizer beside a DistilBERT:
+    no token_type_ids), so that every `model(**tokenizer(texts))` works."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    names = list(getattr(tokenizer, "model_input_names", []) or [])
+    if names and any(n not in accepted for n in names):
+        tokenizer.model_input_names = [n for n in names if n in accepted]
 
 
 def check_labels(model: TrainedModel, data_labels: Sequence[str] | None) -> list[str]:

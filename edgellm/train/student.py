@@ -4,7 +4,9 @@
     student = build_student(teacher_model, DistillConfig(num_layers=2, ffn_size=768))
 
 Works for any Hugging Face transformer whose blocks sit in one ModuleList of `config.num_hidden_layers` (BERT,
-RoBERTa, ELECTRA, DistilBERT, Llama-style decoders ...). FFN neurons are found as the block's Linear layers that
+RoBERTa, ELECTRA, DistilBERT, DeBERTa, Llama-style decoders ...). ModernBERT builds each layer by its position
+(global or sliding-window attention, no attention norm at position 0): its student takes teacher layers of the
+kind of each student position (`position_kinds`). FFN neurons are found as the block's Linear layers that
 map into (`out_features == intermediate`) and out of (`in_features == intermediate`) the FFN width; the neurons
 kept are those with the largest product of their weights' L2 norms, in their original order.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -35,8 +37,14 @@ def evenly_spaced(count: int, total: int) -> list[int]:
     return [round((i + 1) * total / count) - 1 for i in range(count)]
 
 
-def choose_layers(config: DistillConfig, total: int) -> list[int]:
-    """The teacher layers the student keeps, checked against the teacher's `total` layers."""
+def choose_layers(config: DistillConfig, total: int, kinds: Sequence[Any] | None = None) -> list[int]:
+    """The teacher layers the student keeps, checked against the teacher's `total` layers.
+
+    `kinds`: what position i of any model of the family has to be (`position_kinds`), for families whose layers
+    are built by position (ModernBERT); the student's position p must receive a teacher layer of the same kind.
+    """
+    if kinds is not None:
+        return _kind_matched_layers(config, total, kinds)
     if config.layers is not None:
         bad = [i for i in config.layers if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < total]
         if bad:
@@ -50,6 +58,55 @@ def choose_layers(config: DistillConfig, total: int) -> list[int]:
         raise ConfigError(f"distill.num_layers = {n!r} is out of range for a teacher with {total} layers "
                           f"(valid 1..{total})")
     return evenly_spaced(n, total)
+
+
+def position_kinds(config: Any, total: int) -> list[Any] | None:
+    """What each layer position is built as, for families whose layers depend on their position; None otherwise.
+
+    ModernBERT: position i has global attention (and the global rotary base) when i % global_attn_every_n_layers
+    == 0, else sliding-window attention, and position 0 alone has no attention norm. So a student's position p
+    can only take a teacher layer of p's kind: "first", "global" or "local"."""
+    if getattr(config, "model_type", None) != "modernbert":
+        return None
+    every = int(config.global_attn_every_n_layers)
+    return ["first" if i == 0 else "global" if i % every == 0 else "local" for i in range(total)]
+
+
+def _kind_matched_layers(config: DistillConfig, total: int, kinds: Sequence[Any]) -> list[int]:
+    """Teacher layers whose kinds match the student's positions: `config.layers` checked, or for `num_layers` the
+    layer of the right kind closest to each evenly spaced choice, leaving room for the positions after it."""
+    if config.layers is not None:
+        chosen = choose_layers(config, total)
+        want = list(kinds[: len(chosen)])  # a kind depends on the position only: the student's are the first ones
+        bad = [(p, layer) for p, layer in enumerate(chosen) if kinds[layer] != want[p]]
+        if bad:
+            raise ConfigError(
+                f"distill.layers = {config.layers!r}: student position {bad[0][0]} is a {want[bad[0][0]]!r} layer but "
+                f"teacher layer {bad[0][1]} is {kinds[bad[0][1]]!r}; this family builds each layer by its position "
+                f"(layer kinds {kinds}), so give layers of matching kinds, or num_layers to have them chosen")
+        return chosen
+    n = config.num_layers
+    if n is None or not 1 <= n <= total:
+        raise ConfigError(f"distill.num_layers = {n!r} is out of range for a teacher with {total} layers "
+                          f"(valid 1..{total})")
+    want = list(kinds[:n])
+
+    def fits(start: int, position: int) -> bool:  # positions after `position` can follow teacher layer `start`
+        last = start
+        for q in range(position + 1, n):
+            last = next((layer for layer in range(last + 1, total) if kinds[layer] == want[q]), total)
+            if last >= total:
+                return False
+        return True
+
+    chosen: list[int] = []
+    for p, target in enumerate(evenly_spaced(n, total)):
+        after = chosen[-1] if chosen else -1
+        options = [layer for layer in range(after + 1, total) if kinds[layer] == want[p] and fits(layer, p)]
+        if not options:
+            raise ConfigError(f"distill.num_layers = {n}: no teacher layers of kinds {want} in order among {kinds}")
+        chosen.append(min(options, key=lambda layer: (abs(layer - target), layer)))
+    return chosen
 
 
 def find_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList, str]:
@@ -69,10 +126,15 @@ def find_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList, str]:
 
 def _ffn_linears(block: torch.nn.Module, width: int, hidden: int) -> tuple[list[tuple[str, torch.nn.Linear]],
                                                                              list[tuple[str, torch.nn.Linear]]]:
+    """(Linear layers into the FFN, out of it). A gated FFN's fused input (ModernBERT's Wi: `2 x width` rows, the
+    inputs then the gates) counts when it sits beside an output layer (not an attention's fused qkv of that size)."""
     if width == hidden:
         raise ModelError(f"FFN width {width} equals the hidden size; cannot tell FFN projections apart")
-    ins = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == width]
-    outs = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features == width]
+    linears = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+    outs = [(n, m) for n, m in linears if m.in_features == width]
+    parents = {n.rpartition(".")[0] for n, _ in outs}
+    ins = [(n, m) for n, m in linears if m.out_features == width
+           or (m.out_features == 2 * width and n.rpartition(".")[0] in parents)]
     if not ins or not outs:
         raise ModelError(f"{type(block).__name__}: no Linear layers into / out of the FFN width {width}")
     return ins, outs
@@ -83,7 +145,7 @@ def ffn_importance(block: torch.nn.Module, width: int, hidden: int) -> torch.Ten
     ins, outs = _ffn_linears(block, width, hidden)
     score = torch.ones(width, dtype=torch.float64)
     for _, lin in ins:
-        score *= lin.weight.detach().double().norm(dim=1)
+        score *= lin.weight.detach().double().norm(dim=1).view(-1, width).prod(0)  # a gated input: rows j, width+j
     for _, lin in outs:
         score *= lin.weight.detach().double().norm(dim=0)
     return score
@@ -101,10 +163,13 @@ def build_student(teacher: Any, config: DistillConfig,
     `edgellm_student = {"teacher_layers": [...], "teacher_num_layers": N, "ffn_size": ...}` so that layer-wise
     losses know which teacher layer each student layer learns from.
     """
+    from edgellm.families import require
+
     model = _as_module(teacher)
+    require(model.config, "student")
     prefix, blocks, key = find_layers(model)
     total = len(blocks)
-    chosen = choose_layers(config, total)
+    chosen = choose_layers(config, total, position_kinds(model.config, total))
     cfg = copy.deepcopy(model.config)
     setattr(cfg, key, len(chosen))
     ffn_key = next((k for k in _FFN_KEYS if isinstance(getattr(cfg, k, None), int)), None)
@@ -126,16 +191,17 @@ def build_student(teacher: Any, config: DistillConfig,
     target = student.state_dict()
     hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0) or 0)
     keep: dict[int, torch.Tensor] = {}
-    sliced: dict[str, tuple[int, int]] = {}  # teacher-layer-relative param name -> (layer position, dim)
+    sliced: dict[str, tuple[int, int]] = {}  # teacher-layer-relative param name -> (row blocks, dim)
     if ffn is not None and ffn < width:
         for pos, idx in enumerate(chosen):
             given = (neuron_scores or {}).get(idx)
             scores = given.double() if given is not None else ffn_importance(blocks[idx], width, hidden)
             keep[pos] = torch.sort(torch.topk(scores, ffn).indices).values
         ins, outs = _ffn_linears(blocks[chosen[0]], width, hidden)
-        for name, _ in ins:
-            sliced[f"{name}.weight"] = (0, 0)
-            sliced[f"{name}.bias"] = (0, 0)
+        for name, lin in ins:
+            parts = lin.out_features // width  # 2 for a gated input (rows j and width + j belong to neuron j)
+            sliced[f"{name}.weight"] = (parts, 0)
+            sliced[f"{name}.bias"] = (parts, 0)
         for name, _ in outs:
             sliced[f"{name}.weight"] = (1, 1)
     state: dict[str, torch.Tensor] = {}
@@ -146,7 +212,8 @@ def build_student(teacher: Any, config: DistillConfig,
             pos = int(pos_text)
             tensor = source[f"{head}{chosen[pos]}.{rest}"]
             if rest in sliced and pos in keep:
-                tensor = tensor.index_select(sliced[rest][1], keep[pos])
+                parts, dim = sliced[rest]
+                tensor = tensor.index_select(dim, torch.cat([keep[pos] + k * width for k in range(parts)]))
         else:
             tensor = source[name]
         if tensor.shape != target[name].shape:
