@@ -41,6 +41,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--artifact", default=None, help="a finished compress output of the extended recipe")
     p.add_argument("--work", default=None, help="work folder to keep (default: a temporary one)")
     p.add_argument("--name", default="chinese_extension")
+    p.add_argument("--arms", default="baseline,extended", help="teachers to train: baseline and / or extended")
     p.add_argument("--progress", action="store_true")
     return p.parse_args()
 
@@ -88,8 +89,6 @@ def full_run(artifact: Path, extended_teacher: float | None) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    base, ext = result["baseline"], result["extended"]
-    report = ext["vocab_extension"]
     lines = [
         f"# Vocabulary extension on chinese-reviews ({result['date']})",
         "",
@@ -100,17 +99,25 @@ def markdown(result: dict[str, Any]) -> str:
         "| teacher | vocabulary | test accuracy % | macro-F1 % | train tokens [UNK] | test tokens [UNK] | steps | "
         "wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| MiniLM-L6, vocabulary as shipped | {report['vocab_size_before']:,} | {base['test']['accuracy']:.2f} | "
-        f"{base['test']['macro_f1']:.2f} | {report['train']['unknown_rate_before']:.1%} | "
-        f"{report['test']['unknown_rate_before']:.1%} | {base['steps']} | {base['wall_s']:.0f} |",
-        f"| MiniLM-L6, extended (+{report['added']:,}, min_count {report['min_count']}, init {report['init']}) | "
-        f"{report['vocab_size_after']:,} | {ext['test']['accuracy']:.2f} | {ext['test']['macro_f1']:.2f} | "
-        f"{report['train']['unknown_rate_after']:.1%} | {report['test']['unknown_rate_after']:.1%} | {ext['steps']} | "
-        f"{ext['wall_s']:.0f} |",
-        "",
-        f"Gain of the extended teacher: {result['gain_points']:+.2f} points (target >= "
-        f"{TARGETS['teacher_gain_points']:.0f}: {'met' if result['gain_points'] >= TARGETS['teacher_gain_points'] else 'not met'}).",
     ]
+    for arm in ("baseline", "extended"):
+        if arm not in result:
+            continue
+        t = result[arm]
+        report = t["vocab_extension"]
+        if report is None:
+            name, rates = "MiniLM-L6, vocabulary as shipped", ("-", "-")
+        else:
+            name = (f"MiniLM-L6, extended (+{report['added']:,}, min_count {report['min_count']}, "
+                    f"init {report['init']})")
+            rates = (f"{report['train']['unknown_rate_before']:.1%} -> {report['train']['unknown_rate_after']:.1%}",
+                     f"{report['test']['unknown_rate_before']:.1%} -> {report['test']['unknown_rate_after']:.1%}")
+        lines.append(f"| {name} | {t['vocab_size']:,} | {t['test']['accuracy']:.2f} | {t['test']['macro_f1']:.2f} | "
+                     f"{rates[0]} | {rates[1]} | {t['steps']} | {t['wall_s']:.0f} |")
+    if "gain_points" in result:
+        met = result["gain_points"] >= TARGETS["teacher_gain_points"]
+        lines += ["", f"Gain of the extended teacher: {result['gain_points']:+.2f} points (target >= "
+                      f"{TARGETS['teacher_gain_points']:.0f}: {'met' if met else 'not met'})."]
     full = result.get("full")
     if full:
         lines += ["", f"Full recipe: {full['chosen']} at {full['int8_share_of_teacher']:.1%} of the extended "
@@ -131,18 +138,21 @@ def main() -> None:
     if recipe.finetune is None or recipe.finetune.extend_vocab is None:
         raise SystemExit(f"{args.recipe}: finetune.extend_vocab must be set (it is the arm with extension)")
     data = load_task_data(recipe.data, task=recipe.task)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or set(arms) - {"baseline", "extended"}:
+        raise SystemExit(f"--arms {args.arms!r}: name baseline and / or extended")
     with tempfile.TemporaryDirectory(prefix="edgellm-zh-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        baseline = teacher_arm(recipe, data, False, work, args.progress)
-        extended = teacher_arm(recipe, data, True, work, args.progress)
+        teachers = {arm: teacher_arm(recipe, data, arm == "extended", work, args.progress) for arm in arms}
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "cpu": lscpu_model(), "machine": machine_info(),
         "recipe": Path(args.recipe).name, "overrides": args.overrides, "data": data.describe(),
-        "finetune": dataclasses.asdict(recipe.finetune), "baseline": baseline, "extended": extended,
-        "gain_points": extended["test"]["accuracy"] - baseline["test"]["accuracy"], "targets": TARGETS,
+        "finetune": dataclasses.asdict(recipe.finetune), **teachers, "targets": TARGETS,
     }
+    if len(teachers) == 2:
+        result["gain_points"] = teachers["extended"]["test"]["accuracy"] - teachers["baseline"]["test"]["accuracy"]
     if args.artifact:
-        result["full"] = full_run(Path(args.artifact), extended["test"]["accuracy"])
+        result["full"] = full_run(Path(args.artifact), teachers.get("extended", {}).get("test", {}).get("accuracy"))
     record(args.name, result, markdown(result))
 
 

@@ -113,15 +113,15 @@ class ExtendVocabConfig:
 
     min_count: int = 2  # a missing character (piece c or ##c) is added when the training text holds it this often
     max_tokens: int = 10_000  # cap on the tokens added, most frequent first
-    init: Literal["mean", "unk"] = "mean"  # new embedding rows: the mean of the existing rows, or the [UNK] row
+    init: Literal["normal", "mean", "unk"] = "normal"  # new embedding rows: drawn (seeded) with the existing rows' mean and covariance, their mean, or the [UNK] row
 
     def validate(self, where: str) -> None:
         for name in ("min_count", "max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{where}.{name} = {value!r} must be an integer >= 1")
-        if self.init not in ("mean", "unk"):
-            raise ConfigError(f"{where}.init = {self.init!r} is not one of ['mean', 'unk']")
+        if self.init not in ("normal", "mean", "unk"):
+            raise ConfigError(f"{where}.init = {self.init!r} is not one of ['normal', 'mean', 'unk']")
 
 
 @dataclass

@@ -419,15 +419,28 @@ def extend_tokenizer_json(data: dict[str, Any], tokens: Sequence[str]) -> dict[s
     return out
 
 
+EXTEND_SEED = 0  # init "normal": the seed of the rows drawn
+
+
 def _grow_embeddings(model: Any, count: int, init: str, unk_id: int) -> dict[str, Any]:
-    """Append `count` rows to the input embedding (and a tied / untied output layer, via transformers' resize),
-    set to the mean of the existing rows ("mean") or to the unknown token's row ("unk")."""
+    """Append `count` rows to the input embedding (and a tied / untied output layer, via transformers' resize):
+    the mean of the existing rows ("mean"), the unknown token's row ("unk"), or rows drawn (seeded) from a normal
+    distribution with the existing rows' mean and covariance ("normal": distinct from the first step on)."""
     import torch
 
     old = model.get_input_embeddings().weight
-    rows = int(old.shape[0])
+    rows, width = int(old.shape[0]), int(old.shape[1])
     with torch.no_grad():
-        fill = old.detach().float().mean(0) if init == "mean" else old.detach()[unk_id].float().clone()
+        table = old.detach().double()
+        mean = table.mean(0)
+        if init == "normal":
+            centred = table - mean
+            cov = centred.T @ centred / max(1, rows - 1)
+            factor = torch.linalg.cholesky(cov + 1e-8 * cov.diagonal().mean() * torch.eye(width, dtype=cov.dtype))
+            draws = torch.randn(count, width, generator=torch.Generator().manual_seed(EXTEND_SEED), dtype=cov.dtype)
+            fill = mean + draws @ factor.T  # (count, width)
+        else:
+            fill = (mean if init == "mean" else table[unk_id]).expand(count, width)
     model.resize_token_embeddings(rows + count, mean_resizing=False)
     new = model.get_input_embeddings().weight
     with torch.no_grad():

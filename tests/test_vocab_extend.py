@@ -80,6 +80,26 @@ def test_new_embedding_rows_have_the_chosen_init_and_old_rows_are_kept(tiny_clas
     assert result.report["parameters_after"] - result.report["parameters_before"] == n * 32
 
 
+def test_normal_init_draws_distinct_seeded_rows_with_the_tables_mean_and_covariance(
+        tiny_classifier_dir: Path) -> None:
+    from edgellm.vocab import _grow_embeddings
+
+    first = extend(tiny_classifier_dir, min_count=1, init="normal")
+    again = extend(tiny_classifier_dir, min_count=1, init="normal")
+    n = len(first.added)
+    rows = first.model.get_input_embeddings().weight.detach()[-n:]
+    assert torch.equal(rows, again.model.get_input_embeddings().weight.detach()[-n:])  # seeded
+    assert torch.cdist(rows, rows).add(torch.eye(n) * 1e9).min() > 0.1  # pairwise distinct
+    model, _ = load(tiny_classifier_dir)
+    table = model.get_input_embeddings().weight.detach().double().clone()
+    _grow_embeddings(model, 20_000, "normal", 1)
+    drawn = model.get_input_embeddings().weight.detach().double()[table.shape[0]:]
+    scale = table.std(0).mean()
+    assert (drawn.mean(0) - table.mean(0)).abs().max() < 0.05 * scale
+    assert (torch.cov(drawn.T) - torch.cov(table.T)).abs().max() < 0.05 * scale ** 2
+    assert torch.equal(model.get_input_embeddings().weight.detach()[: table.shape[0]].double(), table)
+
+
 def test_unk_init_keeps_the_outputs_of_text_whose_unknown_words_are_single_characters(
         tiny_classifier_dir: Path) -> None:
     """Each CJK character is one word: [UNK] before, one new token with the [UNK] row after, so same logits."""
@@ -159,7 +179,7 @@ def test_export_of_an_extended_model_equals_torch_through_the_runtime(tiny_class
 @pytest.mark.parametrize("config, message", [
     ({"min_count": 0}, r"extend_vocab.min_count = 0 must be an integer >= 1"),
     ({"max_tokens": -1}, r"extend_vocab.max_tokens = -1 must be an integer >= 1"),
-    ({"init": "zeros"}, r"extend_vocab.init = 'zeros' is not one of \['mean', 'unk'\]"),
+    ({"init": "zeros"}, r"extend_vocab.init = 'zeros' is not one of \['normal', 'mean', 'unk'\]"),
 ])
 def test_bad_settings_are_refused_by_name_before_anything_changes(tiny_classifier_dir: Path,
                                                                   config: dict[str, Any], message: str) -> None:
