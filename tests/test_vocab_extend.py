@@ -212,6 +212,23 @@ def test_a_tokenizer_that_is_not_wordpiece_and_empty_text_are_refused(tiny_class
         extend_vocabulary(model, tok, [])
 
 
+def test_a_teacher_whose_head_is_used_as_it_is_cannot_be_extended(tiny_classifier_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    from edgellm.data import load_task_data
+    from edgellm.recipe import DataConfig, FinetuneConfig
+    from edgellm.train import finetune
+
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *[(f"{t} {i}", ("negative", "positive")[i % 2]) for i, t in
+                                                      enumerate(TRAIN * 4)]])
+    data = load_task_data(DataConfig(path=str(path)))
+    config = FinetuneConfig(extend_vocab=ExtendVocabConfig())
+    with pytest.raises(ConfigError, match=r"finetune.extend_vocab: teacher = .* already has a classification head"):
+        finetune(str(tiny_classifier_dir), data, config, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_recipe_refuses_extension_where_nothing_would_learn_the_new_rows() -> None:
     with pytest.raises(ConfigError, match="finetune.extend_vocab needs task text-classification"):
         recipe_from_dict({"teacher": "x", "task": "feature-extraction", "data": {"name": "movie-reviews"},
