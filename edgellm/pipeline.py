@@ -281,9 +281,12 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
     stages["teacher"] = cache.run(
         "teacher",
         {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
-         "finetune": to_dict(recipe.finetune), "evaluate": to_dict(recipe.evaluate)},
+         "finetune": _finetune_material(recipe), "evaluate": to_dict(recipe.evaluate)},
         lambda folder: _teacher_stage(recipe, data, folder, progress),
     )
+    extension = vocab_extension(stages)
+    if extension is not None:
+        say(f"[teacher] {extension_line(extension)}")
     teacher_folder = stages["teacher"].folder / "model"
     current = stages["teacher"]
     if recipe.distill is not None:
@@ -348,6 +351,15 @@ def _check_architecture(recipe: Recipe) -> None:
         from edgellm.vocab import check_trimmable
 
         check_trimmable(load_tokenizer(path))
+
+
+def _finetune_material(recipe: Recipe) -> dict[str, Any] | None:
+    """The teacher stage's finetune settings for its key; extend_vocab only when set, so that work folders made
+    before the option existed keep their keys."""
+    material = to_dict(recipe.finetune)
+    if isinstance(material, dict) and material.get("extend_vocab") is None:
+        material.pop("extend_vocab", None)
+    return material
 
 
 # --- stages (each returns its metrics and leaves its output in `folder`) ------------------------------------------
@@ -697,10 +709,30 @@ def _publish(recipe: Recipe, data: Any, source: Path, out: Path, stages: dict[st
             manifest.metrics[name] = {"key": record.key, "seconds": record.seconds, **(previous.get(name) or {}),
                                       **record.metrics}
         manifest.metrics["summary"] = summary
+        extension = vocab_extension(stages)
+        if extension is not None:
+            manifest.metrics["vocab_extension"] = extension
+        note = f"\n{extension_line(extension)}\n" if extension is not None else ""
         (stage / SUMMARY_FILE).write_text(
-            f"# {recipe.name or out.name}: compress summary\n\n{render_summary(summary)}", encoding="utf-8")
+            f"# {recipe.name or out.name}: compress summary\n\n{render_summary(summary)}{note}", encoding="utf-8")
         write_manifest(stage, manifest)
     return read_manifest(out)
+
+
+def vocab_extension(stages: dict[str, StageRecord]) -> dict[str, Any] | None:
+    """The teacher stage's vocabulary-extension report (finetune.extend_vocab), None when there was none."""
+    teacher = stages.get("teacher")
+    training = (teacher.metrics.get("training") or {}) if teacher is not None else {}
+    return training.get("vocab_extension") if isinstance(training, dict) else None
+
+
+def extension_line(report: dict[str, Any]) -> str:
+    """One sentence for the summary: tokens added and the unknown-token rates before -> after."""
+    rates = [f"{part} {report[part]['unknown_rate_before']:.1%} -> {report[part]['unknown_rate_after']:.1%}"
+             for part in ("train", "test") if isinstance(report.get(part), dict)]
+    return (f"Vocabulary extended before fine-tuning: {report['added']:,} tokens added "
+            f"({report['vocab_size_before']:,} -> {report['vocab_size_after']:,}); tokens unknown to the teacher: "
+            + ", ".join(rates) + ".")
 
 
 def _fresh(folder: Path) -> Path:

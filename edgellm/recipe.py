@@ -22,6 +22,7 @@ __all__ = [
     "Task",
     "SplitConfig",
     "DataConfig",
+    "ExtendVocabConfig",
     "FinetuneConfig",
     "DistillConfig",
     "PruneConfig",
@@ -106,10 +107,29 @@ class ScheduleConfig:
 
 
 @dataclass
+class ExtendVocabConfig:
+    """Vocabulary extension before fine-tuning (edgellm.vocab.extend_vocabulary): the characters of the training
+    text that the teacher's WordPiece vocabulary maps to [UNK] become tokens with new embedding rows."""
+
+    min_count: int = 2  # a missing character (piece c or ##c) is added when the training text holds it this often
+    max_tokens: int = 10_000  # cap on the tokens added, most frequent first
+    init: Literal["normal", "mean", "unk"] = "normal"  # new embedding rows: drawn (seeded) with the existing rows' mean and covariance, their mean, or the [UNK] row
+
+    def validate(self, where: str) -> None:
+        for name in ("min_count", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}.{name} = {value!r} must be an integer >= 1")
+        if self.init not in ("normal", "mean", "unk"):
+            raise ConfigError(f"{where}.init = {self.init!r} is not one of ['normal', 'mean', 'unk']")
+
+
+@dataclass
 class FinetuneConfig(ScheduleConfig):
     """Teacher fine-tuning (a task head on a teacher that has none); the schedule fields are ScheduleConfig's."""
 
     enabled: bool = True  # skipped anyway when the teacher's head already matches the labels
+    extend_vocab: ExtendVocabConfig | None = None  # add the training text's [UNK] characters to the vocabulary first ({} = defaults); null = off
 
 
 @dataclass
@@ -331,6 +351,9 @@ class Recipe:
                 f"{where}: stage(s) {needs_data} need data, but the recipe has no data "
                 "(set data.name, data.path or data.hf_dataset, or set those stages to null)"
             )
+        if self.finetune is not None and self.finetune.extend_vocab is not None and self.task != "text-classification":
+            raise ConfigError(f"{where}: finetune.extend_vocab needs task text-classification (the new embedding "
+                              f"rows are learnt by fine-tuning), not {self.task!r}; remove it")
         if self.prune is not None and self.prune.recovery_alpha_hidden and self.task == "text-generation":
             raise ConfigError(f"{where}: prune.recovery_alpha_hidden is for encoders; causal-LM recovery uses "
                               "token-level KD only")

@@ -20,6 +20,11 @@ tokens. Unigram keeps the pieces' scores (and the lowest-scoring piece, which se
 text's best segmentation is still there and nothing better was added, so it is chosen again.
 
 Other tokenizer models (WordLevel) raise ModelError naming their model type.
+
+Vocabulary extension (`extend_vocabulary`, WordPiece only) is the mirror: the characters of a task's text that the vocabulary
+lacks (so that the words holding them become [UNK]) are appended as new tokens, `c` where a word starts with the
+character and `##c` inside a word, with new embedding rows for fine-tuning to learn. BERT's pre-tokenizer makes
+every CJK character a word of its own, so for Chinese text each added character is one token where it was [UNK].
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from edgellm.runtime.text import plain_tokenizer
 
 __all__ = ["TrimResult", "trim_vocabulary", "choose_tokens", "trim_tokenizer_json", "vocab_coverage",
            "SUPPORTED_MODELS", "check_trimmable", "unknown_rate", "unknown_tokens", "text_coverage",
-           "UNKNOWN_WARN_RATE"]
+           "UNKNOWN_WARN_RATE", "ExtendResult", "extend_vocabulary", "unknown_pieces", "extend_tokenizer_json"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")
+SUPPORTED_MODELS = ("WordPiece", "BPE", "Unigram")  # trimming
+EXTENDABLE_MODELS = ("WordPiece",)  # extension: characters become c / ##c pieces
 
 # Above this share of unknown tokens in the task's text, the tokenizer's vocabulary does not cover its language or
 # script: the pipeline warns when the data is read.
@@ -223,7 +229,7 @@ def text_coverage(tokenizer: Any, texts: Sequence[str], *, what: str = "the trai
             "vocabulary does not cover this language / script, so the model cannot tell those words apart and "
             "accuracy suffers. Remedies: a teacher whose vocabulary covers the text (a multilingual one such as "
             "xlm-roberta-base or bert-base-multilingual-cased, or one trained on the language), or extending the "
-            "teacher's vocabulary with the text's characters (not available in edgellm yet)"
+            "teacher's vocabulary with the text's characters before fine-tuning (finetune.extend_vocab: {})"
         )
         log.warning("%s", record["warning"])
     return record
@@ -462,3 +468,172 @@ def _check_position_offset(model: Any, keep_ids: Sequence[int]) -> None:
     if isinstance(pad, int) and pad in keep_ids and list(keep_ids).index(pad) != pad:
         raise ModelError(f"trimming would move the pad token (id {pad}) that {type(model).__name__} numbers "
                          "positions from; keep the tokens before it (the specials)")
+
+
+# --- extension: the characters a task's text needs, appended with new embedding rows ------------------------------
+
+@dataclass
+class ExtendResult:
+    model: Any  # the same model object, its embedding table grown by len(added) rows
+    tokenizer: Any  # a new fast tokenizer whose vocabulary ends with the added tokens
+    added: list[str]  # the new tokens; added[i] has id vocab_size_before + i
+    report: dict[str, Any]
+
+
+def _check_extendable(data: dict[str, Any]) -> dict[str, Any]:
+    model = data.get("model") or {}
+    kind = model.get("type")
+    if kind not in EXTENDABLE_MODELS:
+        raise ModelError(
+            f"vocabulary extension supports {list(EXTENDABLE_MODELS)} tokenizers (BERT family), not {kind!r}: "
+            "remove finetune.extend_vocab, or use a teacher whose vocabulary covers the text"
+        )
+    if not model.get("unk_token") or model["unk_token"] not in model.get("vocab", {}):
+        raise ModelError("vocabulary extension needs a WordPiece tokenizer with an unknown token in its vocabulary")
+    return model
+
+
+def unknown_pieces(tokenizer: Any, texts: Sequence[str]) -> Counter:
+    """The pieces whose absence makes words of `texts` [UNK], with how often those words need them.
+
+    Each word (after the tokenizer's normalizer and pre-tokenizer) that WordPiece maps to the unknown token counts,
+    once per occurrence, its first character `c` when the vocabulary lacks `c`, and each later character `c` when
+    it lacks `##c`. With all of a word's pieces added, WordPiece's greedy longest match can no longer fail on it.
+    Words longer than the model's max_input_chars_per_word stay [UNK] whatever is added and are not counted.
+    """
+    plain = plain_tokenizer(tokenizer)
+    model = _check_extendable(json.loads(plain.to_str()))
+    vocab: dict[str, int] = model["vocab"]
+    prefix = model.get("continuing_subword_prefix", "##")
+    longest = int(model.get("max_input_chars_per_word", 100))
+    normalizer, pre, wordpiece = plain.normalizer, plain.pre_tokenizer, plain.model
+    words: Counter = Counter()
+    for text in texts:
+        norm = normalizer.normalize_str(str(text)) if normalizer is not None else str(text)
+        words.update(w for w, _ in (pre.pre_tokenize_str(norm) if pre is not None else [(norm, (0, len(norm)))]))
+    unk = model["unk_token"]
+    pieces: Counter = Counter()
+    for word, n in words.items():
+        if len(word) > longest:
+            continue
+        tokens = wordpiece.tokenize(word)
+        if len(tokens) != 1 or tokens[0].value != unk or word == unk:
+            continue
+        for i, ch in enumerate(word):
+            piece = ch if i == 0 else prefix + ch
+            if piece not in vocab:
+                pieces[piece] += n
+    return pieces
+
+
+def extend_tokenizer_json(data: dict[str, Any], tokens: Sequence[str]) -> dict[str, Any]:
+    """A copy of tokenizer.json `data` whose WordPiece vocabulary ends with `tokens` (ids len(vocab) onwards)."""
+    model = _check_extendable(data)
+    out = json.loads(json.dumps(data))
+    vocab = out["model"]["vocab"]
+    start = len(vocab)
+    if sorted(vocab.values()) != list(range(start)):
+        raise ModelError("the WordPiece vocabulary's ids are not 0..n-1; it cannot be extended")
+    taken = [t for t in tokens if t in model["vocab"]]
+    if taken or len(set(tokens)) != len(tokens):
+        raise ModelError(f"tokens to add must be new and distinct; already there or repeated: {taken[:5] or tokens}")
+    for i, token in enumerate(tokens):
+        vocab[token] = start + i
+    return out
+
+
+EXTEND_SEED = 0  # init "normal": the seed of the rows drawn
+
+
+def _grow_embeddings(model: Any, count: int, init: str, unk_id: int) -> dict[str, Any]:
+    """Append `count` rows to the input embedding (and a tied / untied output layer, via transformers' resize):
+    the mean of the existing rows ("mean"), the unknown token's row ("unk"), or rows drawn (seeded) from a normal
+    distribution with the existing rows' mean and covariance ("normal": distinct from the first step on)."""
+    import torch
+
+    old = model.get_input_embeddings().weight
+    rows, width = int(old.shape[0]), int(old.shape[1])
+    with torch.no_grad():
+        table = old.detach().double()
+        mean = table.mean(0)
+        if init == "normal":
+            centred = table - mean
+            cov = centred.T @ centred / max(1, rows - 1)
+            factor = torch.linalg.cholesky(cov + 1e-8 * cov.diagonal().mean() * torch.eye(width, dtype=cov.dtype))
+            draws = torch.randn(count, width, generator=torch.Generator().manual_seed(EXTEND_SEED), dtype=cov.dtype)
+            fill = mean + draws @ factor.T  # (count, width)
+        else:
+            fill = (mean if init == "mean" else table[unk_id]).expand(count, width)
+    model.resize_token_embeddings(rows + count, mean_resizing=False)
+    new = model.get_input_embeddings().weight
+    with torch.no_grad():
+        new[rows:] = fill.to(new.dtype)
+    return {"rows_before": rows, "rows_after": rows + count,
+            "embedding_bytes_added": count * int(new.shape[1]) * new.element_size()}
+
+
+def extend_vocabulary(model: Any, tokenizer: Any, texts: Sequence[str], *, config: Any = None,
+                      held_out: Sequence[str] | None = None) -> ExtendResult:
+    """Add the pieces `texts` need (`unknown_pieces`, at least `config.min_count` times, the `config.max_tokens`
+    most frequent) to the WordPiece vocabulary and the model's embedding; the model is changed in place.
+
+    Args:
+        config: an `edgellm.recipe.ExtendVocabConfig` (None: its defaults).
+        held_out: other text (e.g. the test split) whose unknown rate before / after is reported; it never chooses
+            tokens.
+    Returns the model, the new tokenizer (tokenizer.json and vocab.txt both extended), the added tokens and a report
+    with the unknown rates of `texts` (and `held_out`) before and after.
+    """
+    from edgellm.models import count_parameters
+    from edgellm.recipe import ExtendVocabConfig
+
+    config = ExtendVocabConfig() if config is None else config
+    config.validate("extend_vocab")
+    data = _backend_json(tokenizer)
+    model_json = _check_extendable(data)
+    if not texts:
+        raise DataError("vocabulary extension needs the task's training texts; got none")
+    vocab_size = len(model_json["vocab"])
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if rows != vocab_size:
+        raise ModelError(f"the model's embedding has {rows} rows but the tokenizer has {vocab_size} tokens; "
+                         "extension appends rows after the last token, so the two must match")
+    pieces = unknown_pieces(tokenizer, texts)
+    first = {p: i for i, p in enumerate(pieces)}  # ties: first seen first
+    ranked = sorted((p for p, n in pieces.items() if n >= config.min_count), key=lambda p: (-pieces[p], first[p]))
+    added = ranked[: config.max_tokens]
+    params_before = count_parameters(model)
+    before = {"train": unknown_tokens(tokenizer, texts)}
+    if held_out:
+        before["held_out"] = unknown_tokens(tokenizer, held_out)
+    extended = extend_tokenizer_json(data, added)
+    new_tokenizer = _rebuild_tokenizer(tokenizer, extended, list(range(vocab_size)))
+    sizes = _grow_embeddings(model, len(added), config.init, int(model_json["vocab"][model_json["unk_token"]]))
+    after = {"train": unknown_tokens(new_tokenizer, texts)}
+    if held_out:
+        after["held_out"] = unknown_tokens(new_tokenizer, held_out)
+    rates = {part: {"texts": len(texts) if part == "train" else len(held_out or []),
+                    "tokens_before": before[part]["tokens"], "tokens_after": after[part]["tokens"],
+                    "unknown_rate_before": before[part]["unknown_rate"],
+                    "unknown_rate_after": after[part]["unknown_rate"]} for part in before}
+    report: dict[str, Any] = {
+        "tokenizer_model": "WordPiece",
+        "vocab_size_before": vocab_size,
+        "vocab_size_after": vocab_size + len(added),
+        "added": len(added),
+        "candidates": len(pieces),  # distinct missing pieces seen at least once
+        "below_min_count": sum(1 for n in pieces.values() if n < config.min_count),
+        "capped": max(0, len(ranked) - len(added)),
+        "min_count": config.min_count,
+        "max_tokens": config.max_tokens,
+        "init": config.init,
+        "examples": added[:20],
+        "parameters_before": params_before,
+        "parameters_after": count_parameters(model),
+        **sizes,
+        **rates,
+    }
+    log.info("vocabulary extended %d -> %d tokens; unknown tokens of the training text %.1f%% -> %.1f%%",
+             vocab_size, vocab_size + len(added), 100 * rates["train"]["unknown_rate_before"],
+             100 * rates["train"]["unknown_rate_after"])
+    return ExtendResult(model=model, tokenizer=new_tokenizer, added=list(added), report=report)

@@ -63,6 +63,10 @@ def finetune(teacher: Any, data: TaskData, config: FinetuneConfig, work_dir: str
     else:
         has_head = _has_head(teacher)
         tm = load_model(teacher, task="text-classification", labels=data.labels, seed=config.seed)
+    if has_head and config.extend_vocab is not None:
+        raise ConfigError(f"finetune.extend_vocab: teacher = {tm.source!r} already has a classification head for the "
+                          "labels and is used as it is, so new embedding rows would never be learnt; remove "
+                          "extend_vocab or start from the teacher's encoder without a head")
     if has_head:
         tm.labels = check_labels(tm, data.labels)
         tm.metrics = {"finetuned": False, "reason": "the teacher's classification head already covers the labels",
@@ -75,6 +79,7 @@ def finetune(teacher: Any, data: TaskData, config: FinetuneConfig, work_dir: str
     work = Path(work_dir)
     options = LoopOptions.from_config(config)
     started = time.perf_counter()
+    extension = _extend_vocab(tm, data, config)
     ids = _encode(tm, data.train.texts, data)
     plan = TokenBatches(ids, config.batch_size, config.seed, labels=list(data.train.labels or []), pad_id=_pad(tm))
     eval_fn = _classifier_eval(tm, data, options) if len(data.validation) else None
@@ -88,7 +93,8 @@ def finetune(teacher: Any, data: TaskData, config: FinetuneConfig, work_dir: str
                         progress=progress, desc="teacher")
     tm.model.eval()
     tm.metrics = {"finetuned": True, "train": _train_record(result, time.perf_counter() - started),
-                  "validation": _maybe_eval(tm, data, "validation")}
+                  "validation": _maybe_eval(tm, data, "validation"),
+                  **({"vocab_extension": extension} if extension is not None else {})}
     tm.save(work / "model", overwrite=True)
     return tm
 
@@ -217,6 +223,22 @@ def train_student(teacher: Any, output: str | os.PathLike[str], *, task: str = "
     }
     student.save(out, overwrite=overwrite, metrics=metrics)
     return metrics
+
+
+def _extend_vocab(tm: TrainedModel, data: TaskData, config: FinetuneConfig) -> dict[str, Any] | None:
+    """finetune.extend_vocab: the training text's missing characters join the vocabulary (edgellm.vocab), in place
+    in `tm`, before its training; the report (the test split's unknown rate included) or None when it is off."""
+    if config.extend_vocab is None:
+        return None
+    from edgellm.vocab import extend_vocabulary
+
+    result = extend_vocabulary(tm.model, tm.tokenizer, data.train.texts, config=config.extend_vocab,
+                               held_out=data.test.texts or None)
+    tm.tokenizer = result.tokenizer
+    report = dict(result.report)
+    if "held_out" in report:
+        report["test"] = report.pop("held_out")
+    return report
 
 
 # --- helpers: data ------------------------------------------------------------------------------------------------
