@@ -267,12 +267,14 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
     data = load_task_data(recipe.data, task=task)
     # Known now, not after hours of training: how much of the text the teacher's vocabulary cannot read.
     data.coverage = {"tokenizer": recipe.teacher, "split": "train",
-                     **text_coverage(load_tokenizer(recipe.teacher), data.train.texts)}
+                     **text_coverage(load_tokenizer(recipe.teacher), data.train.texts,
+                                     extending=recipe.finetune is not None and recipe.finetune.extend_vocab is not None)}
     described = data.describe()
     say(f"[data] {described['source'].get('name') or described['source'].get('path')}: "
         f"{described['split']['sizes']} rows (seed {data.split.seed}), labels {data.labels}; "
         f"{data.coverage['unknown_rate']:.1%} of the training tokens unknown to the teacher's tokenizer"
-        + (" (see the warning)" if "warning" in data.coverage else ""))
+        + (" (see the warning)" if "warning" in data.coverage else " (extended before fine-tuning)"
+           if "note" in data.coverage else ""))
     cache = StageCache(work, say)
     base = {"edgellm": __version__, "task": task, "data": described["split"]["sha256"], "labels": data.labels,
             "max_length": data.max_length}

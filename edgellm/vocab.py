@@ -213,9 +213,11 @@ def unknown_rate(tokenizer: Any, texts: Sequence[str]) -> float:
 
 
 def text_coverage(tokenizer: Any, texts: Sequence[str], *, what: str = "the training text",
-                  threshold: float = UNKNOWN_WARN_RATE, limit: int = 20_000) -> dict[str, Any]:
+                  threshold: float = UNKNOWN_WARN_RATE, limit: int = 20_000,
+                  extending: bool = False) -> dict[str, Any]:
     """The coverage record of `texts` under `tokenizer` (unknown_tokens, the texts counted, the threshold) and,
-    above the threshold, a `warning` that names the cause and the remedies; the warning is logged too.
+    above the threshold, a `warning` that names the cause and the remedies; the warning is logged too. With
+    `extending` (the recipe extends the vocabulary before fine-tuning) the record says so instead of warning.
 
     More than `limit` texts: an evenly spaced sample of `limit` of them is counted.
     """
@@ -223,7 +225,10 @@ def text_coverage(tokenizer: Any, texts: Sequence[str], *, what: str = "the trai
     if len(items) > limit:
         items = [items[i * len(items) // limit] for i in range(limit)]
     record = {**unknown_tokens(tokenizer, items), "texts": len(items), "threshold": threshold}
-    if record["unknown_rate"] > threshold:
+    if record["unknown_rate"] > threshold and extending:
+        record["note"] = (f"{record['unknown_rate']:.0%} of the tokens of {what} are {record['unk_token']} before "
+                          "the vocabulary extension (finetune.extend_vocab), which adds the missing characters")
+    elif record["unknown_rate"] > threshold:
         record["warning"] = (
             f"{record['unknown_rate']:.0%} of the tokens of {what} are {record['unk_token']}: the teacher's "
             "vocabulary does not cover this language / script, so the model cannot tell those words apart and "

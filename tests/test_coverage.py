@@ -98,6 +98,11 @@ def test_coverage_warns_above_the_threshold_only(caplog: pytest.LogCaptureFixtur
     assert "75% of the tokens of the training text are [UNK]" in foreign["warning"]
     assert "multilingual" in foreign["warning"] and "extending the teacher's vocabulary" in foreign["warning"]
     assert [r.getMessage() for r in caplog.records] == [foreign["warning"]]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgellm.vocab"):
+        extending = text_coverage(tok, ["很好的 film"], extending=True)  # the recipe extends the vocabulary: no warning
+    assert "warning" not in extending and not caplog.records
+    assert extending["note"].startswith("75% of the tokens of the training text are [UNK] before the vocabulary ext")
     sampled = text_coverage(tok, [f"the film {i}" for i in range(50)], limit=10)  # an even sample of 10 texts
     assert sampled["texts"] == 10 and sampled["tokens"] == 30
 
