@@ -252,6 +252,47 @@ def compress_cmd(recipe: str, output: str, targets: tuple[str, ...], overrides: 
     click.echo(result.summary_markdown)
 
 
+@cli.command("fit")
+@click.argument("recipe", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Folder for the frontier (JSON, Markdown, PNG), the chosen plan.yaml and its artifact/.")
+@click.option("--target", required=True, help="Device profile the plan is for (edgellm targets list).")
+@click.option("--max-ms", type=float, default=None, help="p50 latency budget in ms (batch 1, --at-length tokens).")
+@click.option("--at-length", type=int, default=None,
+              help="Tokens of the latency budget (default: the recipe's evaluate.latency_length).")
+@click.option("--max-mb", type=float, default=None, help="Size budget of the model files, MB.")
+@click.option("--min-speedup", type=float, default=None,
+              help="At least this many times faster than the FP32 PyTorch teacher, timed in the same run.")
+@click.option("--min-shrink", type=float, default=None, help="At least this many times smaller than the teacher.")
+@click.option("--max-drop", type=float, default=None, help="At most this many points below the teacher (validation).")
+@click.option("--min-retention", type=float, default=None, help="At least this percentage of the teacher's score.")
+@click.option("--budget-minutes", type=float, default=None, help="Wall-clock time for the search.")
+@click.option("--space", multiple=True, metavar="AXIS=V1,V2",
+              help="Search these values of an axis (repeatable): layers, heads, ffn, trim_vocab, engine, cls_only; "
+                   "e.g. --space layers=2,3 --space engine=onnxruntime/dynamic.")
+@click.option("--eta", type=int, default=3, show_default=True, help="Successive halving keeps the best 1/eta.")
+@click.option("--rungs", type=int, default=2, show_default=True,
+              help="Rungs of successive halving (1: every candidate trained fully).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--work-dir", type=click.Path(), default=None,
+              help="Stage outputs (default OUTPUT.work); a rerun resumes, reusing finished trials.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing fit output at OUTPUT.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def fit_cmd(recipe: str, output: str, target: str, space: tuple[str, ...], overrides: tuple[str, ...],
+            work_dir: str | None, overwrite: bool, no_progress: bool, **budget: Any) -> None:
+    """Search RECIPE's plans (depth, pruning, vocabulary, INT8 engine) for the one that meets a budget on TARGET."""
+    from edgellm.errors import NoPlanError
+    from edgellm.fit import FIT_FILES, fit
+    from edgellm.recipe import load_recipe
+
+    result = fit(load_recipe(recipe, overrides), target=target, output=output, space=list(space), work_dir=work_dir,
+                 overwrite=overwrite, progress=not no_progress, echo=click.echo, **budget)
+    click.echo("")
+    click.echo((result.output / FIT_FILES["md"]).read_text(encoding="utf-8"))
+    if not result.ok:
+        raise NoPlanError(result.message, failed=result.failed, closest=result.closest, result=result)
+
+
 @cli.command("distill")
 @click.argument("teacher")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the student (Hugging Face format).")

@@ -27,6 +27,7 @@ __all__ = [
     "TrainingError",
     "GenerationError",
     "BackendError",
+    "NoPlanError",
 ]
 
 
@@ -114,3 +115,16 @@ class GenerationError(EdgeLLMError, ValueError):
 
 class BackendError(EdgeLLMError, RuntimeError):
     """ONNX Runtime or OpenVINO failed while loading or running a model; the message carries their reason."""
+
+
+class NoPlanError(EdgeLLMError):
+    """`edgellm fit`: no plan of the searched space meets the budget. `failed` names the constraints no plan could
+    meet (with the best value reached), `closest` the plans nearest to meeting every one; `result` is the whole
+    FitResult (frontier, files written)."""
+
+    def __init__(self, message: str, *, failed: list[dict] | None = None, closest: list[dict] | None = None,
+                 result: object = None) -> None:
+        super().__init__(message)
+        self.failed = list(failed or [])
+        self.closest = list(closest or [])
+        self.result = result

@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgellm._faults import fault_point, fault_scope
+from edgellm._pause import TrainingPaused, pause_training
 from edgellm.artifact import Manifest, atomic_write_text, check_output, read_manifest, staging, write_manifest
 from edgellm.config import jsonable, to_dict
 from edgellm.recipe import Recipe
 
-__all__ = ["compress", "CompressResult", "StageCache", "stage_key", "fingerprint_path", "render_summary",
+__all__ = ["compress", "CompressResult", "StageCache", "EncoderStages", "ENCODER_STAGES", "load_encoder_data",
+           "stage_key", "fingerprint_path", "render_summary",
            "SUMMARY_FILE", "default_work_dir"]
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,17 @@ class StageCache:
         self.echo = echo
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, material: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> StageRecord:
+    def run(self, name: str, material: dict[str, Any], fn: Callable[[Path], dict[str, Any]], *,
+            measure: Callable[[Path], dict[str, Any]] | None = None, defer: bool = False) -> StageRecord:
+        """Run `fn(folder)` unless the stage is finished; its metrics go into the stage's record.
+
+        `measure(folder)`: more metrics of the finished output (test-split numbers, latency) that are not part of
+        what the stage makes. With `defer` they are left for later: the record says `deferred`, and the first run
+        of the same stage without `defer` measures them into it (the output is reused, not made again). `edgellm
+        fit` defers them so that only the chosen plan is ever measured on the test split.
+
+        A run paused part-way (edgellm._pause) raises TrainingPaused with the stage's name, key and folder set.
+        """
         revision = STAGE_REVISIONS.get(name, 1)
         key = stage_key({"stage": name, **material, **({"revision": revision} if revision > 1 else {})})
         folder = self.root / f"{name}-{key}"
@@ -124,16 +136,35 @@ class StageCache:
         record = self._finished(name, folder)
         if record is not None:
             self.echo(f"[{name}] unchanged since {record.get('finished', '?')}: reusing {folder}")
-            return StageRecord(name, key, folder, record.get("metrics", {}), cached=True, seconds=record.get("seconds"))
+            metrics = record.get("metrics", {})
+            if record.get("deferred") and measure is not None and not defer:
+                metrics = {**metrics, **measure(folder)}
+                record = {k: v for k, v in record.items() if k != "deferred"}
+                record["metrics"] = metrics
+                atomic_write_text(done, json.dumps(record, indent=2, default=jsonable))
+                headline = stage_headline(metrics)
+                self.echo(f"[{name}] measured now" + (f": {headline}" if headline else ""))
+            return StageRecord(name, key, folder, metrics, cached=True, seconds=record.get("seconds"))
         resumed = folder.exists() and any(folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
         self.echo(f"[{name}] {'resuming' if resumed else 'running'} in {folder}")
         started = time.perf_counter()
         with fault_scope(name):
-            metrics = fn(folder)
+            try:
+                metrics = fn(folder)
+            except TrainingPaused as paused:
+                paused.stage, paused.key, paused.folder = name, key, folder
+                self.echo(f"[{name}] paused at step {paused.step} of {paused.total} after "
+                          f"{time.perf_counter() - started:.0f} s" +
+                          (f": validation {paused.metric} {paused.score:.2f}" if paused.score is not None else ""))
+                raise
+            deferred = measure is not None and defer
+            if measure is not None and not defer:
+                metrics = {**metrics, **measure(folder)}
             seconds = time.perf_counter() - started
             record = {"stage": name, "key": key, "material": material, "metrics": metrics, "seconds": seconds,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _stage_files(folder)}
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": _stage_files(folder),
+                      **({"deferred": True} if deferred else {})}
             fault_point("done")
             atomic_write_text(done, json.dumps(record, indent=2, default=jsonable))
         headline = stage_headline(metrics)
@@ -255,17 +286,15 @@ def _check_text_sources(recipe: Recipe) -> None:
             check_text_source(source, f"recipe.{field_name}[{i}]")
 
 
-def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str], *, overwrite: bool,
-                      progress: bool, say: Callable[[str], None]) -> CompressResult:
-    from edgellm import __version__
+def load_encoder_data(recipe: Recipe, say: Callable[[str], None]) -> Any:
+    """The task's data (seeded split) with the teacher tokenizer's coverage of the training text, and its [data]
+    line: known now, not after hours of training, how much of the text the teacher's vocabulary cannot read."""
     from edgellm.data import load_task_data
-    from edgellm.models import load_tokenizer, resolve_model
+    from edgellm.models import load_tokenizer
     from edgellm.vocab import text_coverage
 
-    task = recipe.task
     _check_architecture(recipe)
-    data = load_task_data(recipe.data, task=task)
-    # Known now, not after hours of training: how much of the text the teacher's vocabulary cannot read.
+    data = load_task_data(recipe.data, task=recipe.task)
     data.coverage = {"tokenizer": recipe.teacher, "split": "train",
                      **text_coverage(load_tokenizer(recipe.teacher), data.train.texts,
                                      extending=recipe.finetune is not None and recipe.finetune.extend_vocab is not None)}
@@ -275,63 +304,127 @@ def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str],
         f"{data.coverage['unknown_rate']:.1%} of the training tokens unknown to the teacher's tokenizer"
         + (" (see the warning)" if "warning" in data.coverage else " (extended before fine-tuning)"
            if "note" in data.coverage else ""))
-    cache = StageCache(work, say)
-    base = {"edgellm": __version__, "task": task, "data": described["split"]["sha256"], "labels": data.labels,
-            "max_length": data.max_length}
-    stages: dict[str, StageRecord] = {}
-    teacher_path = resolve_model(recipe.teacher)
-    stages["teacher"] = cache.run(
-        "teacher",
-        {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
-         "finetune": _finetune_material(recipe), "evaluate": to_dict(recipe.evaluate)},
-        lambda folder: _teacher_stage(recipe, data, folder, progress),
-    )
-    extension = vocab_extension(stages)
+    return data
+
+
+ENCODER_STAGES = ("teacher", "distill", "prune", "vocab", "export", "quantize", "evaluate")
+
+
+class EncoderStages:
+    """The encoder pipeline of one recipe on one data split, stage by stage through a StageCache.
+
+        stages = EncoderStages(recipe, data, StageCache(work, say))
+        stages.run()                          # every stage, as `edgellm compress` does
+        stages.publish(out)                   # summary + the artifact
+
+    `run(until=..., pause=...)` stops after a stage, or pauses a stage's training part-way (edgellm._pause);
+    `defer=True` leaves the torch stages' test-split metrics and latency for a later run of the same stages
+    (StageCache.run's `measure`): `edgellm fit` builds many recipes' stages this way and measures only the chosen
+    one on the test split. Recipes that differ only in later stages share the earlier stages' folders.
+    """
+
+    def __init__(self, recipe: Recipe, data: Any, cache: StageCache, targets: Sequence[str] = (), *,
+                 progress: bool = True, defer: bool = False) -> None:
+        from edgellm import __version__
+
+        self.recipe, self.data, self.cache = recipe, data, cache
+        self.targets = list(targets)
+        self.progress, self.defer = progress, defer
+        self.base = {"edgellm": __version__, "task": recipe.task, "data": data.describe()["split"]["sha256"],
+                     "labels": data.labels, "max_length": data.max_length}
+        self.stages: dict[str, StageRecord] = {}
+
+    @property
+    def teacher_folder(self) -> Path:
+        return self.stages["teacher"].folder / "model"
+
+    def run(self, until: str | None = None, *, pause: dict[str, float] | None = None) -> dict[str, StageRecord]:
+        """Run the recipe's stages in order, up to and including `until` (default: all); `pause` maps a stage name
+        to the share of its training to run now (TrainingPaused is raised there). Returns the stage records."""
+        from edgellm.config import to_dict
+        from edgellm.models import resolve_model
+
+        if until is not None and until not in ENCODER_STAGES:
+            raise ValueError(f"until = {until!r} is not one of {ENCODER_STAGES}")
+        last = ENCODER_STAGES.index(until) if until else len(ENCODER_STAGES) - 1
+        recipe, data, base, pause = self.recipe, self.data, self.base, pause or {}
+
+        def step(name: str, material: dict[str, Any], fn: Callable[[Path], dict[str, Any]],
+                 measure: Callable[[Path], dict[str, Any]] | None = None) -> StageRecord | None:
+            if ENCODER_STAGES.index(name) > last:
+                return None
+            with pause_training(pause.get(name)):
+                self.stages[name] = record = self.cache.run(name, {**base, **material}, fn, measure=measure,
+                                                            defer=self.defer)
+            return record
+
+        evaluate = to_dict(recipe.evaluate)
+        teacher_path = resolve_model(recipe.teacher)
+        current = step("teacher", {"teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
+                                   "finetune": _finetune_material(recipe), "evaluate": evaluate},
+                       lambda folder: _teacher_stage(recipe, data, folder, self.progress),
+                       lambda folder: _torch_metrics(recipe, data, folder / "model"))
+        teacher_folder = self.teacher_folder
+        if recipe.distill is not None and current is not None:
+            current = step("distill", {"input": current.key, "distill": to_dict(recipe.distill), "evaluate": evaluate},
+                           lambda folder: _distill_stage(recipe, data, teacher_folder, folder, self.progress),
+                           lambda folder: _torch_metrics(recipe, data, folder / "model",
+                                                         teacher=_load_teacher(recipe, teacher_folder)))
+        later = lambda folder: _torch_metrics(recipe, data, folder / "model",  # noqa: E731
+                                              teacher=_embedding_teacher(recipe, teacher_folder))
+        if recipe.prune is not None and current is not None:
+            source = current.folder / "model"
+            current = step("prune", {"input": current.key, "prune": to_dict(recipe.prune),
+                                     "distill": to_dict(recipe.distill), "evaluate": evaluate},
+                           lambda folder: _prune_stage(recipe, data, source, folder, self.progress), later)
+        if recipe.export.trim_vocab and current is not None:
+            source = current.folder / "model"
+            current = step("vocab", {"input": current.key, "evaluate": evaluate,
+                                     "vocab_texts": recipe.export.vocab_texts},
+                           lambda folder: _vocab_stage(recipe, data, source, folder), later)
+        if current is not None:
+            model_folder = current.folder / "model"
+            current = step("export", {"input": current.key, "export": to_dict(recipe.export),
+                                      "targets": self.targets},
+                           lambda folder: _export_stage(recipe, data, model_folder, self.targets, folder))
+        if recipe.quantize is not None and recipe.quantize.mode != "none" and current is not None:
+            source = current.folder / "artifact"
+            current = step("quantize", {"input": current.key, "quantize": to_dict(recipe.quantize),
+                                        "threads": recipe.evaluate.threads},
+                           lambda folder: _quantize_stage(recipe, data, source, folder))
+        if current is not None:
+            source = current.folder / "artifact"
+            step("evaluate", {"input": current.key, "evaluate": evaluate},
+                 lambda folder: _evaluate_stage(recipe, data, source, folder, teacher_folder))
+        return self.stages
+
+    @property
+    def artifact(self) -> Path:
+        """The artifact folder of the last stage run that has one (export, quantize or evaluate)."""
+        for name in ("evaluate", "quantize", "export"):
+            if name in self.stages:
+                return self.stages[name].folder / "artifact"
+        raise ValueError("no stage with an artifact has run yet")
+
+    def publish(self, out: Path, *, overwrite: bool) -> CompressResult:
+        """The summary of every stage run and the artifact at `out` (atomically); run() must have run them all."""
+        summary = _summary_rows(self.stages, read_manifest(self.artifact))
+        manifest = _publish(self.recipe, self.data, self.artifact, out, self.stages, summary, overwrite=overwrite)
+        return CompressResult(manifest=manifest, output=out, work_dir=self.cache.root, summary=summary,
+                              stages=dict(self.stages))
+
+
+def _compress_encoder(recipe: Recipe, out: Path, work: Path, targets: list[str], *, overwrite: bool,
+                      progress: bool, say: Callable[[str], None]) -> CompressResult:
+    data = load_encoder_data(recipe, say)
+    stages = EncoderStages(recipe, data, StageCache(work, say), targets, progress=progress)
+    stages.run()
+    extension = vocab_extension(stages.stages)
     if extension is not None:
         say(f"[teacher] {extension_line(extension)}")
-    teacher_folder = stages["teacher"].folder / "model"
-    current = stages["teacher"]
-    if recipe.distill is not None:
-        stages["distill"] = current = cache.run(
-            "distill", {**base, "input": current.key, "distill": to_dict(recipe.distill),
-                        "evaluate": to_dict(recipe.evaluate)},
-            lambda folder: _distill_stage(recipe, data, teacher_folder, folder, progress),
-        )
-    if recipe.prune is not None:
-        source = current.folder / "model"
-        stages["prune"] = current = cache.run(
-            "prune", {**base, "input": current.key, "prune": to_dict(recipe.prune),
-                      "distill": to_dict(recipe.distill), "evaluate": to_dict(recipe.evaluate)},
-            lambda folder: _prune_stage(recipe, data, source, folder, progress, teacher_folder),
-        )
-    if recipe.export.trim_vocab:
-        source = current.folder / "model"
-        stages["vocab"] = current = cache.run(
-            "vocab", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate),
-                      "vocab_texts": recipe.export.vocab_texts},
-            lambda folder: _vocab_stage(recipe, data, source, folder, teacher_folder),
-        )
-    model_folder = current.folder / "model"
-    stages["export"] = current = cache.run(
-        "export", {**base, "input": current.key, "export": to_dict(recipe.export), "targets": targets},
-        lambda folder: _export_stage(recipe, data, model_folder, targets, folder),
-    )
-    if recipe.quantize is not None and recipe.quantize.mode != "none":
-        source = current.folder / "artifact"
-        stages["quantize"] = current = cache.run(
-            "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
-                         "threads": recipe.evaluate.threads},
-            lambda folder: _quantize_stage(recipe, data, source, folder),
-        )
-    source = current.folder / "artifact"
-    stages["evaluate"] = current = cache.run(
-        "evaluate", {**base, "input": current.key, "evaluate": to_dict(recipe.evaluate)},
-        lambda folder: _evaluate_stage(recipe, data, source, folder, teacher_folder),
-    )
-    summary = _summary_rows(stages, read_manifest(current.folder / "artifact"))
-    manifest = _publish(recipe, data, current.folder / "artifact", out, stages, summary, overwrite=overwrite)
-    say(f"wrote {out} (default model {manifest.default_model}); stage outputs kept in {work}")
-    return CompressResult(manifest=manifest, output=out, work_dir=work, summary=summary, stages=stages)
+    result = stages.publish(out, overwrite=overwrite)
+    say(f"wrote {out} (default model {result.manifest.default_model}); stage outputs kept in {work}")
+    return result
 
 
 def _check_architecture(recipe: Recipe) -> None:
@@ -375,7 +468,7 @@ def _teacher_stage(recipe: Recipe, data: Any, folder: Path, progress: bool) -> d
     model_dir = folder / "model"
     if not (model_dir / "config.json").is_file():  # finetune saves only what it trained
         tm.save(model_dir, overwrite=True)
-    return {"training": tm.metrics, **_torch_metrics(recipe, data, model_dir)}
+    return {"training": tm.metrics}
 
 
 def _distill_stage(recipe: Recipe, data: Any, teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
@@ -384,18 +477,23 @@ def _distill_stage(recipe: Recipe, data: Any, teacher_folder: Path, folder: Path
     teacher = load_model(teacher_folder, task=recipe.task)
     student = distill(teacher, data, recipe.distill, folder, progress=progress)
     student.save(folder / "model", overwrite=True)
-    return {"training": student.metrics, **_torch_metrics(recipe, data, folder / "model", teacher=teacher)}
+    return {"training": student.metrics}
 
 
-def _prune_stage(recipe: Recipe, data: Any, source: Path, folder: Path, progress: bool,
-                 teacher_folder: Path) -> dict[str, Any]:
+def _load_teacher(recipe: Recipe, teacher_folder: Path) -> Any:
+    from edgellm.train import load_model
+
+    return load_model(teacher_folder, task=recipe.task)
+
+
+def _prune_stage(recipe: Recipe, data: Any, source: Path, folder: Path, progress: bool) -> dict[str, Any]:
     from edgellm.prune import prune
     from edgellm.recipe import DistillConfig
 
     report = prune(source, folder / "model", config=recipe.prune, data=data, task=recipe.task,
                    distill=recipe.distill or DistillConfig(), work_dir=folder / "work", overwrite=True,
                    progress=progress)
-    return {"report": report, **_torch_metrics(recipe, data, folder / "model", teacher=_embedding_teacher(recipe, teacher_folder))}
+    return {"report": report}
 
 
 def _embedding_teacher(recipe: Recipe, teacher_folder: Path) -> Any:
@@ -407,7 +505,7 @@ def _embedding_teacher(recipe: Recipe, teacher_folder: Path) -> Any:
     return load_model(teacher_folder, task=recipe.task)
 
 
-def _vocab_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_folder: Path) -> dict[str, Any]:
+def _vocab_stage(recipe: Recipe, data: Any, source: Path, folder: Path) -> dict[str, Any]:
     import dataclasses
 
     from edgellm.train import load_model
@@ -423,8 +521,7 @@ def _vocab_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_
     result = trim_vocabulary(tm.model, tm.tokenizer, texts, held_out=data.validation.texts)
     trimmed = dataclasses.replace(tm, model=result.model, tokenizer=result.tokenizer)
     trimmed.save(folder / "model", overwrite=True, metrics={"vocab": result.report})
-    return {"report": result.report,
-            **_torch_metrics(recipe, data, folder / "model", teacher=_embedding_teacher(recipe, teacher_folder))}
+    return {"report": result.report}
 
 
 def _export_stage(recipe: Recipe, data: Any, model_folder: Path, targets: list[str], folder: Path) -> dict[str, Any]:
@@ -540,11 +637,11 @@ def _embedding_test(vectors: Any, reference: Any, data: Any) -> dict[str, Any]:
 
 # --- measurements ---------------------------------------------------------------------------------------------------
 
-def _latency_texts(tokenizer: Any, data: Any, length: int) -> tuple[list[str], list[str]]:
-    """(texts of exactly `length` tokens, real test sentences) for latency measurements."""
+def _latency_texts(tokenizer: Any, data: Any, length: int, split: str = "test") -> tuple[list[str], list[str]]:
+    """(texts of exactly `length` tokens, real sentences of `split`) for latency measurements."""
     from edgellm.bench import texts_of_length
 
-    real = list(data.test.texts[:_LATENCY_TEXTS]) or list(data.train.texts[:_LATENCY_TEXTS])
+    real = list(getattr(data, split).texts[:_LATENCY_TEXTS]) or list(data.train.texts[:_LATENCY_TEXTS])
     padded = texts_of_length(tokenizer, real, length, _LATENCY_TEXTS)
     return padded, real
 
@@ -590,7 +687,7 @@ def _torch_metrics(recipe: Recipe, data: Any, folder: Path, *, teacher: Any = No
     return out
 
 
-def _torch_latency(tm: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
+def _torch_latency(tm: Any, data: Any, recipe: Recipe, split: str = "test") -> dict[str, Any]:
     import torch
 
     from edgellm.bench import time_calls
@@ -604,7 +701,7 @@ def _torch_latency(tm: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
 
     limit = max_positions(tm.model.config) or 512
     length = min(recipe.evaluate.latency_length, limit, data.max_length or limit)
-    padded, real = _latency_texts(plain_tokenizer(tm.tokenizer), data, length)
+    padded, real = _latency_texts(plain_tokenizer(tm.tokenizer), data, length, split)
     model = tm.model.eval()
 
     def feed(text: str) -> Any:

@@ -32,6 +32,7 @@ __all__ = [
     "list_targets",
     "all_targets",
     "load_target",
+    "target_file",
     "target_from_dict",
     "profile_file_name",
     "known_devices",
@@ -78,6 +79,7 @@ class TargetProfile:
     threads: int | None = None  # inference threads (null = the engine's default: all cores)
     fallback: list[str] = field(default_factory=list)  # devices to try next, in order, with the same model
     provider_options: dict[str, str] = field(default_factory=dict)  # ONNX Runtime execution-provider options
+    latency_table: str | None = None  # edgellm fit: latency / size table timed on this device (a fit's latency-table.json), relative to the profile file; used where the device is not present
 
     def validate(self, where: str) -> None:
         if not _NAME.match(self.name):
@@ -108,6 +110,9 @@ class TargetProfile:
         for key, value in self.provider_options.items():
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.provider_options.{key} must be a string, not {value!r}")
+        if self.latency_table is not None and not self.latency_table.endswith(".json"):
+            raise ConfigError(f"{where}.latency_table = {self.latency_table!r}: name a .json file written by "
+                              "edgellm fit (OUT/latency-table.json)")
 
     def check_quantization(self) -> None:
         """The INT8 section against edgellm.quantize's presets (needs the full install; export calls it)."""
@@ -172,10 +177,8 @@ def all_targets() -> list[TargetProfile]:
     return [load_target(name) for name in list_targets()]
 
 
-def load_target(name: str | os.PathLike[str] | TargetProfile) -> TargetProfile:
-    """A profile by name (searched in `target_dirs()`) or by path to a .yaml / .json file; a profile as is."""
-    if isinstance(name, TargetProfile):
-        return name
+def target_file(name: str | os.PathLike[str]) -> Path:
+    """The file a profile is read from: NAME.yaml in the first of `target_dirs()` holding it, or the path given."""
     text = str(name)
     path = Path(text)
     if not path.suffix:
@@ -185,9 +188,17 @@ def load_target(name: str | os.PathLike[str] | TargetProfile) -> TargetProfile:
             raise UnsupportedTargetError(
                 f"unknown target {text!r}{suggest(text, names)}; known targets: {', '.join(names) or 'none found'}"
             )
-        path = found[0]
-    elif not path.is_file():
+        return found[0]
+    if not path.is_file():
         raise ConfigError(f"target profile file {text!r} does not exist")
+    return path
+
+
+def load_target(name: str | os.PathLike[str] | TargetProfile) -> TargetProfile:
+    """A profile by name (searched in `target_dirs()`) or by path to a .yaml / .json file; a profile as is."""
+    if isinstance(name, TargetProfile):
+        return name
+    path = target_file(name)
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:

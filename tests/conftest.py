@@ -56,8 +56,11 @@ def build_tiny_bert(
     heads: int = 4,
     intermediate: int = 64,
     seed: int = 0,
+    init_std: float = 0.02,
 ) -> Path:
-    """A seeded BERT (random weights) with a tokenizer, saved as a Hugging Face folder."""
+    """A seeded BERT (random weights) with a tokenizer, saved as a Hugging Face folder. A larger `init_std` than
+    BERT's 0.02 gives a classifier whose random predictions depend on the text (tests that need different scores
+    for different models)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
@@ -70,6 +73,7 @@ def build_tiny_bert(
         num_attention_heads=heads,
         intermediate_size=intermediate,
         max_position_embeddings=64,
+        initializer_range=init_std,
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
     )

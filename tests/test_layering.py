@@ -1,6 +1,7 @@
 """The module layering, checked on the source (module-level and function-level imports alike):
 
     cli
+    fit                                              searches plans: runs the pipeline's stages many times
     pipeline, pipeline_lm, bench                     the verbs that run stages
     train | prune | exporting | quantize             the stages (prune may reuse train's loop for recovery;
                                                      quantize builds on exporting's checks, never the reverse)
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "edgellm"
 
 # package -> the edgellm packages / modules it must never import
-STAGES_AND_UP = ("pipeline", "pipeline_lm", "bench", "cli")
+STAGES_AND_UP = ("pipeline", "pipeline_lm", "bench", "fit", "cli")
 FORBIDDEN = {
     "runtime": ("train", "exporting", "quantize", "prune", "vocab", "models", "data", "recipe", "evaluate",
                 *STAGES_AND_UP),
@@ -28,7 +29,9 @@ FORBIDDEN = {
     "prune": ("exporting", "quantize", *STAGES_AND_UP),
     "exporting": ("quantize", "train", "prune", *STAGES_AND_UP),
     "quantize": ("train", "prune", *STAGES_AND_UP),
-    "bench": ("exporting", "quantize", "prune", "pipeline", "pipeline_lm", "cli"),
+    "bench": ("exporting", "quantize", "prune", "pipeline", "pipeline_lm", "fit", "cli"),
+    "pipeline": ("fit", "cli"),
+    "pipeline_lm": ("fit", "cli"),
 }
 # The top-level package re-exports `load` as a function that imports the runtime on first use (so that
 # `import edgellm` loads neither numpy nor onnxruntime); every other __init__ only imports and lists names.

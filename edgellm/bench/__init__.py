@@ -27,13 +27,14 @@ from edgellm.bench.inputs import centroid_accuracy, load_heldout_texts, load_tes
 from edgellm.bench.machine import CpuMonitor, machine_info, parse_cpuinfo, parse_proc_stat
 from edgellm.bench.process import cold_start
 from edgellm.bench.report import plot_results, render_markdown, write_results
-from edgellm.bench.stats import percentile, summarize_ms, time_calls
+from edgellm.bench.stats import percentile, summarize_ms, time_calls, time_interleaved
 from edgellm.bench.subjects import Subject, artifact_subjects, open_subject, optimum_subject, teacher_subject
 
 __all__ = [
     "percentile",
     "summarize_ms",
     "time_calls",
+    "time_interleaved",
     "machine_info",
     "parse_cpuinfo",
     "parse_proc_stat",

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["percentile", "summarize_ms", "time_calls"]
+__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved"]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -43,3 +43,22 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
     return summarize_ms(durations)
 
 
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50,
+                     rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Time several callables in alternating rounds (a, b, a, b, ...), `repeat` timed calls each in all, so that a
+    machine getting busier or quieter during the run touches them alike; ms statistics per name."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = max(1, min(rounds, repeat))
+    durations: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        count = repeat // rounds + (1 if r < repeat % rounds else 0)
+        for name, fn in fns.items():
+            for _ in range(count):
+                start = time.perf_counter()
+                fn()
+                durations[name].append(time.perf_counter() - start)
+    return {name: summarize_ms(values) for name, values in durations.items()}

@@ -287,9 +287,9 @@ def quantize_models(
     metrics and `manifest.metrics["quantize"]`. With `config.tolerance`, ops are kept in float until the drop is
     within it (ONNX Runtime: edgellm's sensitivity ranking + `nodes_to_exclude`; OpenVINO: NNCF's
     quantize_with_accuracy_control), or QuantizationError says the tolerance cannot be met.
-    The default model becomes the generic ONNX Runtime INT8 model when one was made. `suffix` is appended to the
-    new models' names and files (several INT8 variants in one artifact: "-static", "-entropy" ...). Returns the new
-    entries; the caller writes the final manifest (`write_manifest`).
+    The default model becomes the generic ONNX Runtime INT8 model when one was made (else the generic OpenVINO
+    one). `suffix` is appended to the new models' names and files (several INT8 variants in one artifact:
+    "-static", "-entropy" ...). Returns the new entries; the caller writes the final manifest (`write_manifest`).
 
     Calibration texts mostly unknown to the tokenizer ([UNK]) are refused as data of another language or task,
     unless `own_texts` says they are the task's own (the pipeline, which reported their coverage at the start).
@@ -370,7 +370,8 @@ def quantize_models(
         "examples": len(qdata.validation),
     })
     record.setdefault("models", {}).update(summary)
-    generic = [e for e in new_entries if e.backend == "onnxruntime" and e.target is None and e.precision == "int8"]
+    generic = [e for e in new_entries if e.target is None and e.precision == "int8"]
+    generic.sort(key=lambda e: e.backend != "onnxruntime")  # ONNX Runtime's first, else OpenVINO's
     if generic and not suffix:
         manifest.default_model = generic[0].name
     return new_entries

@@ -36,6 +36,10 @@ Contract
   and the best weights; calling it again loads them and returns at once. A checkpoint of a different run
   (other options, model shapes or data: see `fingerprint`) is refused with TrainingError; pass `resume=False`
   to start over.
+- Pausing: inside `edgellm._pause.pause_training(f)` a run stops after ceil(f x total) steps (the schedule still
+  spans the whole run), evaluates, checkpoints and raises TrainingPaused; called again it resumes there. The pause
+  evaluation is not part of the history or the best checkpoint, so a paused and resumed run ends exactly as an
+  uninterrupted one (edgellm fit's successive halving trains its rungs this way).
 - Data parallel: started under `torchrun --nproc_per_node N` or `accelerate launch --num_processes N` (env
   WORLD_SIZE > 1), the loop joins the process group (nccl on GPUs, gloo on CPUs), gives process r the rows
   r::N of every batch, averages gradients with all-reduce before clipping, and lets rank 0 alone write
@@ -64,6 +68,7 @@ import numpy as np
 import torch
 
 from edgellm._faults import fault_point
+from edgellm._pause import TrainingPaused, pause_fraction
 from edgellm.console import live_progress
 from edgellm.errors import ConfigError, TrainingError
 
@@ -229,6 +234,10 @@ def train_loop(
     total = max(1, math.ceil(options.epochs * per_epoch))
     stop = min(total, options.max_steps) if options.max_steps else total
     warmup = int(math.ceil(options.warmup_ratio * total))
+    pause = pause_fraction()  # edgellm._pause: stop part-way, checkpointed, to continue later
+    pause_step = max(1, math.ceil(pause * total)) if pause is not None else None
+    if pause_step is not None and pause_step >= stop:
+        pause_step = None
     device = device_for(options)
     dtype = autocast_dtype(options.precision, device)
     work = Path(work_dir)
@@ -282,7 +291,7 @@ def train_loop(
         started = time.perf_counter()
         ema: float | None = None
         try:
-            for step in range(state["step"], stop):
+            for step in range(state["step"], pause_step or stop):
                 epoch, pos = divmod(step, per_epoch)
                 if epoch != cached_epoch:
                     epoch_batches = list(batches.epoch(epoch))
@@ -347,6 +356,8 @@ def train_loop(
             if bar is not None:
                 bar.close()
         state["wall_s"] += time.perf_counter() - started
+        if pause_step is not None:
+            _pause(model, optimizer, state, ident, options, work, eval_fn, metric, device, dtype, rank, world, total)
         if eval_fn is None or state["best"] is None:
             if rank == 0:
                 _save_weights(model, work / "best")
@@ -364,6 +375,20 @@ def train_loop(
             _remove(work / "checkpoints")
         _barrier(world)
         return result
+
+
+def _pause(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], ident: str,
+           options: LoopOptions, work: Path, eval_fn: Callable | None, metric: str, device: torch.device,
+           dtype: torch.dtype | None, rank: int, world: int, total: int) -> None:
+    """Stop at the pause point: evaluate (outside the run's history and best, which stay those of an uninterrupted
+    run), checkpoint the exact state unless that step has its checkpoint already, raise TrainingPaused."""
+    evaluation = _evaluate(model, eval_fn, device, dtype) if eval_fn is not None else {}
+    last = _latest_checkpoint(work / "checkpoints")
+    if rank == 0 and (last is None or last.name != f"step-{state['step']:08d}"):
+        _save_checkpoint(work, model, optimizer, state, ident, options)
+    _barrier(world)
+    log.info("paused at step %d of %d (%s)", state["step"], total, evaluation)
+    raise TrainingPaused(step=state["step"], total=total, metric=metric, evaluation=evaluation, best=state["best"])
 
 
 # --- steps ------------------------------------------------------------------------------------------------------

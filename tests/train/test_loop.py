@@ -81,6 +81,35 @@ def test_resume_reproduces_an_uninterrupted_run(reference, tiny_teacher_dir: Pat
     assert not (tmp_path / "checkpoints").exists() and (tmp_path / "result.json").is_file()
 
 
+def test_paused_runs_continue_to_the_uninterrupted_result(reference, tiny_teacher_dir: Path, sentiment_jsonl: Path,
+                                                          tmp_path: Path) -> None:
+    """edgellm fit's rungs: paused after 1/3 (step 6, between evaluations) and 2/3 (step 12, an evaluation step) of
+    the schedule, then run to the end: the same history, best checkpoint and weights as one uninterrupted run."""
+    from edgellm._pause import TrainingPaused, pause_training
+
+    ref, ref_final = reference
+    steps = []
+    for fraction, step in ((1 / 3, 6), (2 / 3, 12)):
+        with pause_training(fraction), pytest.raises(TrainingPaused) as info:
+            _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+        paused = info.value
+        assert (paused.step, paused.total, paused.metric) == (step, 18, "accuracy")
+        assert 0.0 <= paused.evaluation["accuracy"] <= 100.0 and paused.score >= paused.evaluation["accuracy"]
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"step-{step:08d}"]
+        assert not (tmp_path / "result.json").exists()
+        steps.append(paused.step)
+    with pause_training(1 / 3), pytest.raises(TrainingPaused) as again:  # past that point: evaluated where it is
+        _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+    assert again.value.step == 12
+    result, final = _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
+    assert result.resumed_from == 12 and result.steps == 18
+    assert result.history == ref.history and result.best == ref.best
+    for name in ref_final:
+        assert torch.equal(final[name], ref_final[name]), name
+    for name, tensor in ref.model.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], tensor), name
+
+
 def test_a_finished_run_returns_at_once_and_refuses_other_options(reference, tiny_teacher_dir: Path,
                                                                    sentiment_jsonl: Path, tmp_path: Path) -> None:
     _run(tiny_teacher_dir, sentiment_jsonl, tmp_path)
