@@ -68,14 +68,13 @@ def _backend_json(tokenizer: Any) -> dict[str, Any]:
     return json.loads(backend.to_str())
 
 
-def _check_model(data: dict[str, Any]) -> dict[str, Any]:
+def _check_model(data: dict[str, Any], supported: Sequence[str] = SUPPORTED_MODELS, what: str = "trimming",
+                 remedy: str = "export without trim_vocab") -> dict[str, Any]:
+    """The `model` section of tokenizer.json `data`; ModelError naming its type when `what` cannot handle it."""
     model = data.get("model") or {}
     kind = model.get("type")
-    if kind not in SUPPORTED_MODELS:
-        raise ModelError(
-            f"vocabulary trimming supports {list(SUPPORTED_MODELS)} tokenizers, not {kind!r}: "
-            "export without trim_vocab"
-        )
+    if kind not in supported:
+        raise ModelError(f"vocabulary {what} supports {list(supported)} tokenizers, not {kind!r}: {remedy}")
     return model
 
 
@@ -486,13 +485,9 @@ class ExtendResult:
 
 
 def _check_extendable(data: dict[str, Any]) -> dict[str, Any]:
-    model = data.get("model") or {}
-    kind = model.get("type")
-    if kind not in EXTENDABLE_MODELS:
-        raise ModelError(
-            f"vocabulary extension supports {list(EXTENDABLE_MODELS)} tokenizers (BERT family), not {kind!r}: "
-            "remove finetune.extend_vocab, or use a teacher whose vocabulary covers the text"
-        )
+    model = _check_model(data, EXTENDABLE_MODELS, "extension",
+                         "remove finetune.extend_vocab, or use a BERT-family teacher, or one whose vocabulary covers "
+                         "the text")
     if not model.get("unk_token") or model["unk_token"] not in model.get("vocab", {}):
         raise ModelError("vocabulary extension needs a WordPiece tokenizer with an unknown token in its vocabulary")
     return model

@@ -205,8 +205,8 @@ def test_a_tokenizer_that_is_not_wordpiece_and_empty_text_are_refused(tiny_class
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     bpe = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
     model, tok = load(tiny_classifier_dir)
-    with pytest.raises(ModelError, match=r"vocabulary extension supports \['WordPiece'\] tokenizers \(BERT family\), "
-                                         r"not 'BPE'"):
+    with pytest.raises(ModelError, match=r"vocabulary extension supports \['WordPiece'\] tokenizers, not 'BPE': "
+                                         r"remove finetune.extend_vocab, or use a BERT-family teacher"):
         extend_vocabulary(model, bpe, ["ab a b"])
     with pytest.raises(DataError, match="needs the task's training texts; got none"):
         extend_vocabulary(model, tok, [])
