@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print only: write neither bench/results/ nor README.md / docs/benchmarks.md")
     args = parser.parse_args(argv)
 
+    from edgellm.console import configure
     from edgellm.fit import FIT_FILES, fit
     from edgellm.recipe import load_recipe
+
+    configure(0)  # the CLI's quiet output: stage lines, no third-party notices
 
     if args.wait_quiet > 0:
         from bench.run import wait_until_quiet
