@@ -24,7 +24,8 @@ from edgellm.bench.machine import machine_info
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", default="artifacts/smollm2-teacher")
-    parser.add_argument("--models", default="onnx-int8,onnx-int4")
+    parser.add_argument("--models", default="onnx-int8,onnx-int4",
+                        help="model names of --artifact; FOLDER:NAME takes a model from another artifact")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -35,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     from edgellm.runtime import load
 
     streams: dict[str, Callable[..., Any]] = {}
-    for name in args.models.split(","):
-        gen = load(args.artifact, model=name, threads=args.threads)
-        streams[f"edgellm {name}"] = lambda ids, k, g=gen: g.tokens(ids, k, ignore_eos=True)
+    for item in args.models.split(","):
+        folder, _, name = item.rpartition(":")
+        gen = load(folder or args.artifact, model=name, threads=args.threads)
+        label = f"edgellm {name}" + (f" ({folder})" if folder else "")
+        streams[label] = lambda ids, k, g=gen: g.tokens(ids, k, ignore_eos=True)
     specs = prepare_peers("embedded:SmolLM2-135M-Instruct", engines=["llama.cpp", "onnxruntime-genai"],
                           threads=args.threads)
     missing = [s.to_dict() for s in specs if isinstance(s, Missing)]
