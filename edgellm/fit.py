@@ -140,26 +140,21 @@ class Reference:
     metric: str  # "accuracy %" or "Spearman x 100"
 
 
+# Each budget flag: (flag, Budget field, measured quantity, kind of limit, unit), in the order reports list them.
+_BUDGET_FLAGS = (
+    ("--max-ms", "max_ms", "p50_ms", "max", "ms"),
+    ("--min-speedup", "min_speedup", "speedup", "min", "x"),
+    ("--max-mb", "max_mb", "size_mb", "max", "MB"),
+    ("--min-shrink", "min_shrink", "shrink", "min", "x"),
+    ("--max-drop", "max_drop", "drop", "max", "points"),
+    ("--min-retention", "min_retention", "retention", "min", "%"),
+)
+
+
 def _constraints(budget: Budget, ref: Reference) -> list[dict[str, Any]]:
     """Each budget as {flag, quantity, kind (max/min), limit, unit}."""
-    out = []
-
-    def add(flag: str, quantity: str, kind: str, limit: float, unit: str) -> None:
-        out.append({"flag": flag, "quantity": quantity, "kind": kind, "limit": limit, "unit": unit})
-
-    if budget.max_ms is not None:
-        add("--max-ms", "p50_ms", "max", budget.max_ms, "ms")
-    if budget.min_speedup is not None:
-        add("--min-speedup", "speedup", "min", budget.min_speedup, "x")
-    if budget.max_mb is not None:
-        add("--max-mb", "size_mb", "max", budget.max_mb, "MB")
-    if budget.min_shrink is not None:
-        add("--min-shrink", "shrink", "min", budget.min_shrink, "x")
-    if budget.max_drop is not None:
-        add("--max-drop", "drop", "max", budget.max_drop, "points")
-    if budget.min_retention is not None:
-        add("--min-retention", "retention", "min", budget.min_retention, "%")
-    return out
+    return [{"flag": flag, "quantity": quantity, "kind": kind, "limit": getattr(budget, field), "unit": unit}
+            for flag, field, quantity, kind, unit in _BUDGET_FLAGS if getattr(budget, field) is not None]
 
 
 def _quantities(numbers: dict[str, Any], ref: Reference) -> dict[str, float | None]:
