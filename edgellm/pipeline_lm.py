@@ -340,7 +340,7 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     modes, openvino = decoder_quantize_modes(recipe.quantize)
     weights = WeightFormats.from_config(lm)
     if "onnxruntime" not in recipe.quantize.backends:  # type: ignore[union-attr]
-        weights.bits = ()
+        weights = dataclasses.replace(weights, bits=())
     references = torch_references(model, check_prompts(tm.tokenizer, data.validation.texts),
                                   context_length=manifest.max_length)
     calibration = calibration_sequences(tm.tokenizer, data.train.texts, count=lm.calibration_sequences,

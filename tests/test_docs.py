@@ -324,7 +324,8 @@ def test_every_benchmark_block_has_its_markers() -> None:
     targets = [load_suite(p.stem).readme_block for p in sorted((ROOT / "bench" / "suites").glob("*.yaml"))]
     targets += ["docs/benchmarks.md#lm-student", "docs/benchmarks.md#lm-frontier",  # bench/lm_student.py, lm_frontier.py
                 "lm-student-headline",  # README, by bench/lm_student.py
-                "docs/benchmarks.md#fit", "fit-headline"]  # bench/fit_demo.py
+                "docs/benchmarks.md#fit", "fit-headline",  # bench/fit_demo.py
+                "llm-teacher-headline"]  # README, by bench/llm_teacher.py
     for spec in targets:
         document, block = block_target(spec)
         begin, end = _markers(block)
