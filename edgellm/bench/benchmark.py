@@ -237,10 +237,16 @@ def run_benchmark(
     output_dir: str | os.PathLike[str] | None = "bench/results",
     data: dict[str, Any] | None = None,
     command: str | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every model entry of `artifact` (or those named in `models`) and of each `compare` artifact, plus
     the baselines unless `settings.baselines` is false: the teacher in FP32 PyTorch, and for encoders Optimum's
     INT8 (ORTModel export + ORTQuantizer avx512_vnni dynamic), all measured in this run.
+
+    A model of a `compare` artifact with the same files as one already listed (an export stage two builds share)
+    is measured once. With `settings.stages`, the pipeline's student / pruned / trimmed models of every artifact are
+    measured too, each folder once, read from `work_dir` (the work folder the artifacts were built in; default:
+    each artifact's own `<artifact>.work`).
 
     Writes NAME.json, NAME.md and NAME.png into `output_dir` (None: write nothing) and returns the result dict
     (with "paths" when written). `data` overrides the evaluation data: {"texts", "labels", "label_names", "info"}
@@ -254,11 +260,18 @@ def run_benchmark(
     folders = [folder, *(Path(c) for c in compare)]
     many = len(folders) > 1
     subjects: list[Subject] = []
+    seen: dict[tuple[Any, ...], Subject] = {}
     for k, f in enumerate(folders):
         found = artifact_subjects(f, models if k == 0 else None, prefix=f"{f.name}:" if many else "")
         if found[0].task != manifest.task:
             raise ConfigError(f"cannot compare {f} ({found[0].task}) with {folder} ({manifest.task}): tasks differ")
-        subjects.extend(found)
+        for subject in found:
+            same = seen.setdefault(_model_identity(subject), subject)
+            if same is subject:
+                subjects.append(subject)
+            else:
+                same.note = (same.note + ", " if same.note else "same files as ") + subject.name
+                log.info("%s: the same files as %s, measured once", subject.name, same.name)
     names = [s.name for s in subjects]
     if len(set(names)) != len(names):
         raise ConfigError(f"two artifacts share a folder name; subject names collide: {names}")
@@ -266,7 +279,7 @@ def run_benchmark(
     check_result_name(result_name)
     _check_fits(subjects, settings)
     base = None
-    stage_models = pipeline_stage_models(folder, manifest)
+    stage_models = pipeline_stage_models(folder, manifest, work_dir=work_dir)
     like = {"task": manifest.task, "labels": manifest.labels, "max_length": manifest.max_length,
             "pooling": manifest.pooling, "normalize": manifest.normalize}
     if settings.baselines:
@@ -274,8 +287,7 @@ def run_benchmark(
         if not source:
             raise ModelError(f"{folder}'s manifest names no teacher; pass --teacher PATH or --no-baselines")
         base = teacher_subject(source, **like)
-    stage_subjects = [teacher_subject(path, stage=PIPELINE_STAGES[stage], **like)
-                      for stage, path in stage_models.items() if stage != "teacher"] if settings.stages else []
+    stage_subjects = _stage_subjects(folders, stage_models, like, work_dir) if settings.stages else []
     generating = manifest.task == "text-generation"
     if data is None:
         data = (load_heldout_texts(manifest) if generating
@@ -322,6 +334,36 @@ def run_benchmark(
     if output_dir is not None:
         result["paths"] = write_results(result, output_dir, result["name"])
     return result
+
+
+def _model_identity(subject: Subject) -> tuple[Any, ...]:
+    """What makes two artifact models the same measurement: engine, files (sha256), tokenizer and input length."""
+    from edgellm.artifact import read_manifest
+
+    manifest = read_manifest(subject.path)
+    entry = manifest.model(subject.model)
+    digest = lambda rel: manifest.files.get(rel, {}).get("sha256") or f"{subject.path}/{rel}"  # noqa: E731
+    return (subject.engine, entry.inference_precision, subject.max_length, digest(manifest.tokenizer),
+            tuple(sorted(digest(f) for f in entry.files)))
+
+
+def _stage_subjects(folders: list[Path], main_models: dict[str, Path], like: dict[str, Any],
+                    work_dir: str | os.PathLike[str] | None) -> list[Subject]:
+    """FP32 PyTorch subjects for the pipeline stage models (the teacher excepted: it is the baseline) of the main
+    artifact, then those of the compared artifacts that are not already listed, named ARTIFACT:STAGE-pytorch-fp32."""
+    out: list[Subject] = []
+    listed: set[Path] = set()
+    for k, f in enumerate(folders):
+        found = main_models if k == 0 else pipeline_stage_models(f, work_dir=work_dir)
+        for stage, path in found.items():
+            if stage == "teacher" or path in listed:
+                continue
+            listed.add(path)
+            subject = teacher_subject(path, stage=PIPELINE_STAGES[stage], **like)
+            if k:
+                subject.name = f"{f.name}:{subject.name}"
+            out.append(subject)
+    return out
 
 
 def generation_inputs(tokenizer: Any, settings: BenchSettings, data: dict[str, Any],

@@ -59,15 +59,17 @@ def _entry_stage(entry: Any) -> str:
 PIPELINE_STAGES = {"teacher": "teacher", "distill": "student", "prune": "pruned", "vocab": "vocab-trimmed"}
 
 
-def pipeline_stage_models(artifact: str | os.PathLike[str], manifest: Any = None) -> dict[str, Path]:
+def pipeline_stage_models(artifact: str | os.PathLike[str], manifest: Any = None, *,
+                          work_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """The PyTorch models of the pipeline stages that built a compressed artifact (`edgellm compress`), found in
-    its default work folder `<artifact>.work/<stage>-<key>/model` from the stage keys its manifest records:
-    {"teacher": fine-tuned teacher, "distill": student, "prune": pruned, "vocab": vocabulary-trimmed}."""
+    its work folder (`work_dir`, default `<artifact>.work`) as `<stage>-<key>/model` from the stage keys its
+    manifest records: {"teacher": fine-tuned teacher, "distill": student, "prune": pruned, "vocab":
+    vocabulary-trimmed}."""
     from edgellm.artifact import read_manifest
 
     folder = Path(artifact)
     manifest = manifest or read_manifest(folder)
-    work = folder.with_name(folder.name + ".work")
+    work = Path(work_dir) if work_dir is not None else folder.with_name(folder.name + ".work")
     found: dict[str, Path] = {}
     for stage in PIPELINE_STAGES:
         key = (manifest.metrics.get(stage) or {}).get("key") if isinstance(manifest.metrics, dict) else None

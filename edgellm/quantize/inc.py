@@ -3,7 +3,7 @@
     result = inc_quantize_onnx(model, "model_int8_inc.onnx", method="pt2e-static", tokenizer="tokenizer.json",
                                texts=train_texts, samples=100, max_length=128, task="text-classification")
 
-Methods and what reaches the runtime (measured in bench/quantize_minilm.py):
+Methods and what reaches the runtime (bench/results/quantize_minilm.md, by the former bench/quantize_minilm.py):
     rtn          weight-only round-to-nearest INT8 (per output channel). INC's INCWeightOnlyLinear keeps packed int8
                  weights and unpacks them with numpy into a cached FP32 weight on its first call; tracing the
                  unpacking fails (`aten::lift_fresh` has no ONNX export), so the ONNX file holds the de-quantized

@@ -11,7 +11,7 @@ Keys:
     the fly, full 8-bit range (VPDPBUSD accumulates u8 x s8 in 32 bits, so nothing saturates). Transformer
     subgraphs are fused first (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), so the
     quantizer emits QAttention / QEmbedLayerNormalization and MatMulInteger on big fused blocks: measured on MiniLM
-    this is what makes INT8 faster than Optimum's per-MatMul dynamic INT8 (bench/quantize_minilm.py). OpenVINO:
+    this is what makes INT8 faster than Optimum's per-MatMul dynamic INT8 (bench/suites/minilm-int8.yaml). OpenVINO:
     NNCF INT8 for the CPU, float parts run with the f32 precision hint (exact; bf16 is faster on AMX but moves
     accuracy, so it is a choice the user makes in a profile).
 ``avx2``
