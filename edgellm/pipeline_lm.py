@@ -162,7 +162,8 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         source = current.folder
         stages["quantize"] = current = cache.run(
             "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
-                         "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit", "int4_method",
+                         "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit",
+                                                                    "block_size_8bit_by_name", "int4_method",
                                                                     "int4_fallback", "lm_head_bits",
                                                                     "calibration_sequences")}},
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))

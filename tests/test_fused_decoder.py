@@ -169,7 +169,11 @@ def test_weight_formats_round_trip(lm_artifact: Path) -> None:
         graph = onnx.load(str(lm_artifact / entry.path)).graph
         found = [dict((a.name, a.i) for a in n.attribute) for n in graph.node if n.op_type == "MatMulNBits"]
         assert len(found) == 17 and all(f["accuracy_level"] == 4 for f in found)
-        assert {f["block_size"] for f in found if f["bits"] == 8} == {64}  # CausalLMConfig.block_size_8bit
+        by_node = {n.name: dict((a.name, a.i) for a in n.attribute) for n in graph.node if n.op_type == "MatMulNBits"}
+        down = [f["block_size"] for n, f in by_node.items() if f["bits"] == 8 and n.endswith("down_proj")]
+        assert down == ([32] * 4 if bits == 8 else down) and set(down) <= {32}  # block_size_8bit_by_name, 4 layers
+        assert {f["block_size"] for n, f in by_node.items() if f["bits"] == 8 and not n.endswith("down_proj")} == \
+            {64}  # CausalLMConfig.block_size_8bit
         assert {f["block_size"] for f in found if f["bits"] == 4} <= {32}  # CausalLMConfig.block_size
         eight = 17 if bits == 8 else 1 + len(entry.quantization["fallback_8bit"])  # lm_head_bits 8, the fallback
         assert sum(f["bits"] == 8 for f in found) == eight and sum(f["bits"] == bits for f in found) == \
@@ -205,7 +209,8 @@ def test_a_block_longer_than_the_hidden_size_is_padded(tiny_llama_dir: Path, tmp
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
 
     export_causal_lm(tiny_llama_dir, tmp_path / "lm", formats=("onnx",),
-                     weights=WeightFormats(bits=(4,), block_size=128, block_size_8bit=128, int4_method="rtn"),
+                     weights=WeightFormats(bits=(4,), block_size=128, block_size_8bit=128, block_size_8bit_by_name={},
+                                           int4_method="rtn"),
                      texts=PROMPTS[:1])
     entry = read_manifest(tmp_path / "lm").model("onnx-int4")
     assert (entry.quantization["block_size"], entry.quantization["block_size_8bit"]) == (128, 128)

@@ -120,6 +120,10 @@ def test_fields_that_do_not_apply_are_refused(tiny_llama_dir: Path, lm_texts: di
                           ("data.label_column", "y")]:
         with pytest.raises(ConfigError, match=f"{dotted.replace('.', '[.]')} does not apply to text-generation"):
             recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{dotted: value}))
+    for lm, message in [({"block_size_8bit_by_name": {"down_proj": 24}}, "block_size_8bit_by_name.down_proj = 24"),
+                        ({"block_size_8bit": 100}, "block_size_8bit = 100")]:
+        with pytest.raises(ConfigError, match=f"causal_lm.{message}: a power of two >= 16"):
+            recipe_from_dict({**base, "causal_lm": {**base["causal_lm"], **lm}})
     with pytest.raises(ConfigError, match="causal_lm applies to task text-generation only"):
         recipe_from_dict({"teacher": "x", "task": "text-classification", "data": {"name": "movie-reviews"},
                           "causal_lm": {"corpora": []}})

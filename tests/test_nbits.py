@@ -134,12 +134,55 @@ def test_fallback_gives_the_worst_weights_8_bits(tmp_path: Path) -> None:
     assert none.settings["fallback_8bit"] == [] and none.settings["relative_error"]["b"] > 1e-3
 
 
+def test_block_size_8bit_by_name_sets_the_blocks_of_matching_nodes(tmp_path: Path) -> None:
+    """8-bit weights of nodes whose name ends with a key get its block size; the others keep block_size_8bit; the
+    4-bit weights keep block_size; the model still computes x @ W (to 8-bit precision)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgellm.quantize.nbits import quantize_nbits
+
+    rng = np.random.default_rng(5)
+    names = ["layers.0.mlp.down_proj", "layers.0.mlp.gate_up", "lm_head"]
+    weights = {n: rng.standard_normal((128, 16)).astype(np.float32) for n in names}
+    nodes = [helper.make_node("MatMul", ["x", f"{n}.weight"], [f"y{i}"], name=n) for i, n in enumerate(names)]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, ["M", 128])],
+                              [value(f"y{i}", TensorProto.FLOAT, ["M", 16]) for i in range(3)],
+                              [numpy_helper.from_array(w, f"{n}.weight") for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "f.onnx"))
+
+    def blocks(path: Path) -> dict[str, tuple[int, int]]:
+        return {n.name: ({a.name: a.i for a in n.attribute}["bits"], {a.name: a.i for a in n.attribute}["block_size"])
+                for n in onnx.load(str(path)).graph.node}
+
+    eight = quantize_nbits(tmp_path / "f.onnx", tmp_path / "q8.onnx", bits=8, block_size_8bit=64,
+                           block_size_8bit_by_name={"down_proj": 32}, symmetric=True)
+    assert blocks(tmp_path / "q8.onnx") == {"layers.0.mlp.down_proj": (8, 32), "layers.0.mlp.gate_up": (8, 64),
+                                            "lm_head": (8, 64)}
+    assert eight.settings["block_size_8bit_by_name"] == {"down_proj": 32}
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(tmp_path / "q8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for y, n in zip(got, names):
+        assert np.abs(y - x @ weights[n]).max() < 0.05 * np.abs(x @ weights[n]).max()
+    quantize_nbits(tmp_path / "f.onnx", tmp_path / "q4.onnx", bits=4, block_size=16, block_size_8bit=64,
+                   block_size_8bit_by_name={"down_proj": 32, "lm_head": 128})  # lm_head_bits 8: its own block
+    assert blocks(tmp_path / "q4.onnx") == {"layers.0.mlp.down_proj": (4, 16), "layers.0.mlp.gate_up": (4, 16),
+                                            "lm_head": (8, 128)}
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"bits": 3}, "ConfigError", "bits must be 4 or 8, not 3"),
         ({"block_size": 24}, "ConfigError", "block_size must be a power of two >= 16, not 24"),
         ({"block_size_8bit": 48}, "ConfigError", "block_size_8bit must be a power of two >= 16, not 48"),
+        ({"block_size_8bit_by_name": {"down_proj": 48}}, "ConfigError",
+         "block_size_8bit_by_name maps a node-name suffix to a power of two >= 16, not 'down_proj': 48"),
         ({"method": "awq"}, "ConfigError", r"unknown weight quantization method 'awq'; choose from \['rtn', 'gptq'\]"),
         ({"method": "gptq"}, "ConfigError", "method 'gptq' needs calibration token sequences"),
         ({"fallback_fraction": 1.0}, "ConfigError", r"fallback_fraction must be in \[0, 1\), not 1.0"),

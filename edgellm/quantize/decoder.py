@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -116,14 +116,15 @@ class WeightFormats:
     bits: tuple[int, ...] = tuple(CausalLMConfig().weight_bits)
     block_size: int = CausalLMConfig.block_size
     block_size_8bit: int = CausalLMConfig.block_size_8bit
+    block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: dict(CausalLMConfig().block_size_8bit_by_name))
     int4_method: str = CausalLMConfig.int4_method
     int4_fallback: float = CausalLMConfig.int4_fallback
     lm_head_bits: int | None = CausalLMConfig.lm_head_bits
 
     @classmethod
     def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
-        return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, lm.int4_method, lm.int4_fallback,
-                   lm.lm_head_bits)
+        return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, dict(lm.block_size_8bit_by_name),
+                   lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
 
 
 def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
@@ -167,7 +168,8 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
     if method == "gptq" and not calibration:
         raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
     result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size,
-                            block_size_8bit=weights.block_size_8bit, method=method,
+                            block_size_8bit=weights.block_size_8bit,
+                            block_size_8bit_by_name=weights.block_size_8bit_by_name, method=method,
                             symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
                             lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
                             fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)

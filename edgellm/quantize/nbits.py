@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -216,6 +216,7 @@ def quantize_nbits(
     bits: int = 4,
     block_size: int = 32,
     block_size_8bit: int | None = None,
+    block_size_8bit_by_name: Mapping[str, int] | None = None,
     method: str = "rtn",
     symmetric: bool = False,
     lm_head_bits: int | None = 8,
@@ -229,7 +230,9 @@ def quantize_nbits(
 ) -> NBitsResult:
     """Copy the ONNX model at `src` to `dst` with every MatMul whose weight is a 2-D float initializer turned into
     MatMulNBits (`bits` 4 or 8, blocks of `block_size` along K; 8-bit weights, the lm_head and the 8-bit fallback
-    included, in blocks of `block_size_8bit` when given: larger blocks decode faster, see CausalLMConfig). `lm_head_bits`: bits of the MatMul named
+    included, in blocks of `block_size_8bit` when given: larger blocks decode faster, see CausalLMConfig);
+    `block_size_8bit_by_name` maps a node-name suffix ("down_proj") to the block size of that node's 8-bit weight
+    instead. `lm_head_bits`: bits of the MatMul named
     "lm_head" (None: keep it FP32). `exclude`: node names kept in FP32. `calibration`: token-id sequences, needed
     by method "gptq". The model keeps its inputs and outputs."""
     import onnx
@@ -245,6 +248,17 @@ def quantize_nbits(
         if (size is not None or label == "block_size") and (not isinstance(size, int) or size < 16 or size & (size - 1)):
             raise ConfigError(f"{label} must be a power of two >= 16, not {size!r}")
     block_8 = block_size_8bit or block_size
+    by_name = dict(block_size_8bit_by_name or {})
+    for suffix, size in by_name.items():
+        if not isinstance(suffix, str) or not suffix or not isinstance(size, int) or size < 16 or size & (size - 1):
+            raise ConfigError(f"block_size_8bit_by_name maps a node-name suffix to a power of two >= 16, not "
+                              f"{suffix!r}: {size!r}")
+
+    def block_of(name: str, node_bits: int) -> int:
+        if node_bits != 8:
+            return block_size
+        return next((size for suffix, size in by_name.items() if name.endswith(suffix)), block_8)
+
     if embedding not in EMBEDDING_FORMATS:
         raise ConfigError(f"embedding must be one of {list(EMBEDDING_FORMATS)}, not {embedding!r}")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -273,13 +287,13 @@ def quantize_nbits(
         raise QuantizationError(f"{src.name} has no MatMul with a float weight to quantize")
     hessians = (_hessians(model, list(targets), {n: t[0].input[0] for n, t in targets.items()}, calibration, threads)
                 if method == "gptq" else {})
-    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_8 if node_bits == 8 else block_size,
-                                   symmetric, hessians.get(name), act_order)
+    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_of(name, node_bits), symmetric,
+                                   hessians.get(name), act_order)
                for name, (node, node_bits) in targets.items()}
     fallback = _fallback(results, fallback_fraction)
     for name in fallback:
-        results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_8, symmetric, hessians.get(name),
-                                      act_order)
+        results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_of(name, 8), symmetric,
+                                      hessians.get(name), act_order)
     nodes = []
     consumed: set[str] = set()
     counts: dict[str, int] = {"MatMulNBits": 0}
@@ -316,7 +330,8 @@ def quantize_nbits(
         "format": "MatMulNBits",
         "bits": bits,
         "block_size": block_size if bits == 4 else block_8,  # of the `bits`-bit weights
-        "block_size_8bit": block_8,  # of every 8-bit weight (lm_head and fallback included)
+        "block_size_8bit": block_8,  # of every 8-bit weight (lm_head and fallback included) ...
+        "block_size_8bit_by_name": by_name,  # ... but those whose node name ends with a key here
         "method": method,
         "symmetric": symmetric,
         "lm_head_bits": lm_head_bits,
