@@ -1,8 +1,8 @@
 """What a run prints: progress bars only where they can redraw in place, expected third-party chatter silenced.
 
 The CLI calls `configure(verbosity)` once (`-v`, `-vv`). Library code asks `live_progress()` before drawing a bar
-and wraps a third-party call whose warnings are known to be harmless in `silence(...)`, `muted(...)` or
-`no_rich_progress()`, with a comment at the call saying why they are harmless. At `-vv` all three do nothing.
+and wraps a third-party call whose warnings are known to be harmless in `silence(...)`, `muted(...)`,
+`no_rich_progress()` or `no_tqdm_frames(...)`, with a comment at the call saying why they are harmless. At `-vv` all three do nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import IO, Iterator
 
-__all__ = ["configure", "live_progress", "muted", "no_rich_progress", "silence", "verbosity"]
+__all__ = ["configure", "live_progress", "muted", "no_rich_progress", "no_tqdm_frames", "silence", "verbosity"]
 
 
 class _MessageFilter(logging.Filter):
@@ -123,3 +123,20 @@ def no_rich_progress() -> Iterator[None]:
         yield
     finally:
         console.quiet = before
+
+
+@contextlib.contextmanager
+def no_tqdm_frames(module: object) -> Iterator[None]:
+    """Give `module.tqdm` (a library module that imported tqdm's class by name) `disable=True` while the block
+    runs, unless a bar can redraw in place (`live_progress`): in a log file every frame would stay."""
+    if verbosity() >= 2 or live_progress():
+        yield
+        return
+    import functools
+
+    before = getattr(module, "tqdm")
+    setattr(module, "tqdm", functools.partial(before, disable=True))
+    try:
+        yield
+    finally:
+        setattr(module, "tqdm", before)

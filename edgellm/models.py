@@ -99,12 +99,24 @@ def load_tokenizer(name: str | os.PathLike[str]) -> Any:
         kwargs = {"gguf_file": Path(path).name}
         path = str(Path(path).parent)
     try:
-        tok = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+        with _gguf_tokenizer_quiet():
+            tok = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
     except Exception as exc:
         raise ModelError(f"cannot load a tokenizer from {name!r}: {exc}") from exc
     if not getattr(tok, "is_fast", False):
         raise ModelError(f"{name!r} has no fast tokenizer (tokenizer.json); the runtime needs one")
     return tok
+
+
+def _gguf_tokenizer_quiet() -> Any:
+    """Llama tokenizers built without an explicit `legacy` flag (every one read from a GGUF file) warn that the
+    legacy behaviour is used; transformers' own message says a GGUF tokenizer can ignore it, and the runtime
+    tokenizer is checked against it token for token at export."""
+    from edgellm.console import silence
+
+    return silence(r"You are using the default legacy behaviour of the",
+                   loggers=("transformers.models.llama.tokenization_llama_fast",
+                            "transformers.models.llama.tokenization_llama"))
 
 
 def load_encoder(name: str | os.PathLike[str], *, task: str, num_labels: int | None = None) -> Any:
@@ -272,9 +284,15 @@ def gguf_to_folder(gguf: str | os.PathLike[str], output: str | os.PathLike[str] 
         out = Path(output)
     check_gguf_tensor_types(src)
     log.info("converting %s to a Hugging Face folder %s (once)", src.name, out)
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
+
+    from edgellm.console import no_tqdm_frames
+
     try:
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+        with _gguf_tokenizer_quiet():
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        with no_tqdm_frames(gguf_loader):  # its per-tensor bar: 272 frames for SmolLM2 in a log file
+            loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     except Exception as exc:
         raise ModelError(f"transformers cannot load the GGUF file {src.name}: {exc}") from exc
     model = plain_causal_lm(loaded)

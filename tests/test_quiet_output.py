@@ -190,3 +190,27 @@ def test_training_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, live: 
     assert (made is not None) is bar
     if made is not None:
         made.close()
+
+
+_GGUF_SCRIPT = """
+import sys, tempfile
+from edgellm import console
+from edgellm.models import EMBEDDED_CAUSAL_LM, gguf_to_folder, load_tokenizer, resolve_model
+console.configure(int(sys.argv[1]))
+load_tokenizer(EMBEDDED_CAUSAL_LM)
+gguf_to_folder(resolve_model(EMBEDDED_CAUSAL_LM), tempfile.mkdtemp() + "/converted")
+"""
+
+
+@pytest.mark.parametrize("verbosity,quiet", [(0, True), (2, False)])
+def test_gguf_conversion_into_a_log_file(tmp_path: Path, verbosity: int, quiet: bool) -> None:
+    """Reading the embedded GGUF teacher: transformers' legacy-tokenizer notice and its per-tensor de-quantizing
+    bar stay out of a log file by default, and come back at -vv."""
+    log = tmp_path / "log"
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-c", _GGUF_SCRIPT, str(verbosity)], stdout=f, stderr=subprocess.STDOUT,
+                              cwd=ROOT, timeout=600)
+    text = log.read_text(encoding="utf-8")
+    assert done.returncode == 0, text
+    for shown in ("You are using the default legacy behaviour", "Converting and de-quantizing GGUF tensors"):
+        assert (shown not in text) is quiet, text[-2000:]
