@@ -12,7 +12,11 @@ Every plan is a recipe run through the same stage cache as `edgellm compress` (e
 plans share their common stages and nothing is trained twice. The search:
 
 1. Budgets are checked first (typed errors: unknown target, contradictory or missing budgets, decoders).
-2. The teacher stage runs (or is reused); the teacher's FP32 PyTorch latency is measured in this run.
+2. The teacher stage runs (or is reused); the teacher's FP32 PyTorch latency is measured in this run. Every later
+   timing of the search is taken in alternating rounds with the teacher and quoted at the teacher's reference p50
+   (its p50 x reference / the teacher's p50 in the same rounds): a machine that gets busier or quieter during a
+   long search moves the teacher and the timed model alike, so predictions, measurements and budgets stay
+   comparable (`_TeacherClock`).
 3. Latency and size of every plan are predicted by a cost model of the target (edgellm.bench.latency_model),
    fitted on untrained shapes exported and timed here, or read from the profile's recorded table when the device
    is not this machine. Plans predicted outside the speed / size budget (beyond the model's error margin) are
@@ -497,31 +501,81 @@ def _repeat(recipe: Recipe) -> int:
     return max(recipe.evaluate.repeat, MIN_REPEAT)
 
 
-def _time_model(model: Any, data: Any, tokens: int, repeat: int) -> float:
-    """p50 ms of one runtime model at batch 1 on texts of exactly `tokens` tokens (validation sentences)."""
-    from edgellm.bench import time_calls
+def _model_call(model: Any, data: Any, tokens: int) -> Callable[[], Any]:
+    """One runtime model at batch 1, cycling through validation texts of exactly `tokens` tokens."""
     from edgellm.pipeline import _cycle_call, _latency_texts
 
     padded, _ = _latency_texts(model.encoder.tokenizer, data, tokens, split="validation")
     call = model.scores if hasattr(model, "scores") else model.embed
-    return time_calls(_cycle_call(lambda t: call([t]), padded), warmup=10, repeat=repeat)["p50_ms"]
+    return _cycle_call(lambda t: call([t]), padded)
 
 
-def _teacher_p50(tm: Any, data: Any, recipe: Recipe, tokens: int) -> float:
-    from edgellm.pipeline import _torch_latency
+class _TeacherClock:
+    """The teacher in FP32 PyTorch (loaded once), timed in alternating rounds with the models it is compared with.
 
-    record = _torch_latency(tm, data, dataclasses.replace(recipe, evaluate=dataclasses.replace(
-        recipe.evaluate, latency_length=tokens, repeat=_repeat(recipe))), split="validation")
-    return float(record[f"p50_ms_{record['tokens']}"])
+    `time(calls)` gives the teacher's p50 in those rounds and each call's; `at_reference(p50, teacher_p50)` quotes a
+    timing at the reference teacher p50 (the run's first teacher timing), which removes the machine's drift between
+    the timings of a long search (a busier machine slows the teacher and the model alike)."""
+
+    def __init__(self, teacher_folder: Path, recipe: Recipe, data: Any, tokens: int) -> None:
+        self.teacher_folder, self.recipe, self.data, self.tokens = teacher_folder, recipe, data, tokens
+        self.reference_ms: float | None = None
+        self._call: Callable[[], Any] | None = None
+
+    def _teacher_call(self) -> Callable[[], Any]:
+        if self._call is None:
+            import torch
+
+            from edgellm.pipeline import _cycle_call, _latency_texts
+            from edgellm.runtime.text import plain_tokenizer
+            from edgellm.train import load_model
+
+            tm = load_model(self.teacher_folder, task=self.recipe.task)
+            net = tm.model.eval()
+            texts, _ = _latency_texts(plain_tokenizer(tm.tokenizer), self.data, self.tokens, split="validation")
+            feeds = [tm.tokenizer([t], truncation=True, max_length=self.tokens, return_tensors="pt") for t in texts]
+
+            def run(batch: Any) -> Any:
+                with torch.inference_mode():
+                    return net(**batch)
+
+            self._call = _cycle_call(run, feeds)
+        return self._call
+
+    def time(self, calls: dict[str, Callable[[], Any]], *, repeat: int | None = None,
+             rounds: int = 5) -> tuple[float, dict[str, float]]:
+        """(teacher p50 ms, {name: p50 ms}) from one interleaved timing; the first one sets the reference."""
+        import torch
+
+        from edgellm.bench import time_interleaved
+
+        threads = self.recipe.evaluate.threads
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            stats = time_interleaved({"teacher": self._teacher_call(), **calls}, warmup=10,
+                                     repeat=repeat or _repeat(self.recipe), rounds=rounds)
+        finally:
+            torch.set_num_threads(previous)
+        teacher = stats.pop("teacher")["p50_ms"]
+        if self.reference_ms is None:
+            self.reference_ms = teacher
+        return teacher, {name: s["p50_ms"] for name, s in stats.items()}
+
+    def at_reference(self, p50_ms: float, teacher_p50_ms: float | None) -> float:
+        if teacher_p50_ms is None or self.reference_ms is None:  # a recorded table of another device
+            return p50_ms
+        return p50_ms * self.reference_ms / teacher_p50_ms
 
 
 class _Scorer:
     """Validation score, p50 and size of a plan's deployed model, cached as a `fit-score` stage."""
 
     def __init__(self, recipe: Recipe, data: Any, cache: StageCache, teacher_folder: Path, teacher_key: str,
-                 tokens: int, machine: dict[str, Any]) -> None:
+                 tokens: int, machine: dict[str, Any], teacher_clock: _TeacherClock) -> None:
         self.recipe, self.data, self.cache = recipe, data, cache
-        self.teacher_folder, self.teacher_key = teacher_folder, teacher_key
+        self.teacher_folder, self.teacher_key, self.teacher_clock = teacher_folder, teacher_key, teacher_clock
         self.tokens, self.machine = tokens, machine
         self._reference: Any = None
 
@@ -532,7 +586,10 @@ class _Scorer:
                     "threads": self.recipe.evaluate.threads, "repeat": _repeat(self.recipe),
                     "machine": self.machine, "teacher": self.teacher_key}
         record = self.cache.run("fit-score", material, lambda folder: self._score(plan, artifact))
-        return dict(record.metrics)
+        numbers = dict(record.metrics)
+        numbers["p50_timed_ms"] = numbers["p50_ms"]  # as timed; p50_ms: at the run's reference teacher p50
+        numbers["p50_ms"] = self.teacher_clock.at_reference(numbers["p50_ms"], numbers.get("teacher_p50_ms"))
+        return numbers
 
     def _score(self, plan: Plan, artifact: Path) -> dict[str, Any]:
         from edgellm.runtime import load
@@ -551,8 +608,9 @@ class _Scorer:
             if self._reference is None:
                 self._reference = _teacher_vectors(self.teacher_folder, data.validation.texts, recipe)
             validation = _embedding_test(model.embed(data.validation.texts), self._reference, data)
+        teacher_p50, timed = self.teacher_clock.time({"plan": _model_call(model, data, self.tokens)})
         return {"validation": validation, "points": _points(recipe.task, validation),
-                "p50_ms": _time_model(model, data, self.tokens, _repeat(recipe)),
+                "p50_ms": timed["plan"], "teacher_p50_ms": teacher_p50,
                 "size_bytes": sum((artifact / f).stat().st_size for f in entry.files),
                 "shape": _shape_of_artifact(artifact, manifest, plan)}
 
@@ -607,8 +665,9 @@ def _probe_design(space: dict[str, list[Any]], teacher: TeacherShape) -> list[Pl
 
 
 def _probe(folder: Path, recipe: Recipe, data: Any, teacher_folder: Path, plan: Plan, engines: Sequence[str],
-           tokens: int, preset: str | None) -> dict[str, Any]:
-    """Export `plan`'s shape with the teacher's (untrained) weights, quantize it for every engine, time each."""
+           tokens: int, preset: str | None, teacher_clock: _TeacherClock) -> dict[str, Any]:
+    """Export `plan`'s shape with the teacher's (untrained) weights, quantize it for every engine, time each
+    (all engines and the teacher in alternating rounds)."""
     from edgellm.artifact import write_manifest
     from edgellm.exporting import encoder_manifest, write_encoder_models
     from edgellm.prune import prune_model
@@ -651,7 +710,7 @@ def _probe(folder: Path, recipe: Recipe, data: Any, teacher_folder: Path, plan: 
     qdata = QuantData(list(data.train.texts[:64]), list(data.validation.texts[:16]), labels, own_texts=True)
     shape = _shape_of(model, labels=len(names) if recipe.task == "text-classification" else 0,
                       cls_only=bool(entries[0].metrics.get("cls_only_last_layer")))
-    rows = []
+    rows, calls = [], {}
     for engine in engines:
         backend, mode = engine.split("/")
         name = f"{_PREFIX[backend]}-fp32"
@@ -665,9 +724,13 @@ def _probe(folder: Path, recipe: Recipe, data: Any, teacher_folder: Path, plan: 
             name = int8_name(name) + f"-{mode}"
         entry = next(e for e in manifest.models if e.name == name)
         runtime = load(work, model=name, threads=recipe.evaluate.threads, verify=False)
+        calls[engine] = _model_call(runtime, data, tokens)
         rows.append({"engine": engine, "tokens": tokens, "threads": recipe.evaluate.threads, "probe": plan.id,
-                     "shape": shape.to_dict(), "p50_ms": _time_model(runtime, data, tokens, _repeat(recipe)),
-                     "size_bytes": sum((work / f).stat().st_size for f in entry.files)})
+                     "shape": shape.to_dict(), "size_bytes": sum((work / f).stat().st_size for f in entry.files)})
+    teacher_p50, timed = teacher_clock.time(calls)
+    for row in rows:
+        row["p50_ms"], row["teacher_p50_ms"] = timed[row["engine"]], teacher_p50
+    calls.clear()
     shutil.rmtree(work)  # only the timings are kept
     return {"rows": rows}
 
@@ -1178,7 +1241,8 @@ def fit(
         raise ConfigError("the teacher has no validation score (the validation split is empty): fit chooses on "
                           "validation; set data.split.validation > 0")
     say(f"[fit] timing the teacher (FP32 PyTorch, {tokens} tokens, {recipe.evaluate.threads} threads)")
-    reference = Reference(points=ref_points, p50_ms=_teacher_p50(tm, data, base, tokens),
+    teacher_clock = _TeacherClock(teacher_folder, base, data, tokens)
+    reference = Reference(points=ref_points, p50_ms=teacher_clock.time({})[0],
                           size_bytes=sum(f.stat().st_size for f in teacher_folder.glob("*.safetensors")),
                           metric="accuracy %" if recipe.task == "text-classification" else "Spearman x 100")
     del tm
@@ -1208,7 +1272,7 @@ def fit(
                         "machine": machine, "preset": preset, "quantize": to_dict(base.quantize),
                         "export": to_dict(base.export), "data": stages.base["data"]}
             record = cache.run("fit-probe", material, lambda folder, point=point: _probe(
-                folder, base, data, teacher_folder, point, axes["engine"], tokens, preset))
+                folder, base, data, teacher_folder, point, axes["engine"], tokens, preset, teacher_clock))
             rows += record.metrics["rows"]
         table = {"format": TABLE_FORMAT, "version": 1, "target": profile.name, "machine": machine,
                  "teacher": recipe.teacher, "threads": base.evaluate.threads, "rows": rows}
@@ -1217,7 +1281,8 @@ def fit(
         table = None
         say(f"[fit] {profile.name} is not this machine ({why_not}): latency and size from its recorded table "
             f"({len(rows)} timings)")
-    model = LatencyModel.fit(rows, tokens=tokens)
+    model = LatencyModel.fit([{**r, "p50_ms": teacher_clock.at_reference(r["p50_ms"], r.get("teacher_p50_ms"))}
+                              for r in rows], tokens=tokens)
     missing = [e for e in axes["engine"] if e not in model.engines]
     if missing:
         raise ConfigError(f"the latency table of {profile.name} has no timings for {missing}; its engines: "
@@ -1263,7 +1328,7 @@ def fit(
     measured: list[Plan] = []
     order = sorted([p for p in candidates if p.arm in finalists],
                    key=lambda p: (finalists.index(p.arm), records[p]["predicted"]["p50_ms"], p))
-    scorer = _Scorer(base, data, cache, teacher_folder, teacher_stage.key, tokens, machine)
+    scorer = _Scorer(base, data, cache, teacher_folder, teacher_stage.key, tokens, machine, teacher_clock)
     candidate_set = set(candidates)
     for plan in order:
         twin = dataclasses.replace(plan, cls_only=True)
@@ -1283,7 +1348,8 @@ def fit(
         if time.monotonic() - started > 1.0:
             clock.variant_seconds.append(time.monotonic() - started)
         records[plan]["measured"] = {k: numbers[k] for k in ("points", "p50_ms", "size_bytes", "validation",
-                                                             "p50_here_ms") if k in numbers}
+                                                             "p50_here_ms", "p50_timed_ms", "teacher_p50_ms")
+                                     if k in numbers}
         records[plan]["status"] = "measured"
         predicted = records[plan]["predicted"]["p50_ms"]
         records[plan]["error_pct"] = (predicted - numbers["p50_ms"]) / numbers["p50_ms"] * 100.0 if present else None
@@ -1399,37 +1465,14 @@ def _final_judged(fit: _Fit, final: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same_run_timing(fit: _Fit, artifact: Path, plan: Plan) -> tuple[float, float]:
-    import torch
-
-    from edgellm.bench import time_interleaved
-    from edgellm.pipeline import _cycle_call, _latency_texts
+    """(teacher p50, plan p50) in ms from 10 alternating rounds, as timed (no reference scaling)."""
     from edgellm.runtime import load
-    from edgellm.runtime.text import plain_tokenizer
-    from edgellm.train import load_model
 
-    threads, repeat, tokens = fit.recipe.evaluate.threads, _repeat(fit.recipe), fit.tokens
-    tm = load_model(fit.teacher_folder, task=fit.recipe.task)
-    net = tm.model.eval()
-    model = load(artifact, model=plan.model_name, threads=threads, verify=False)
-    teacher_texts, _ = _latency_texts(plain_tokenizer(tm.tokenizer), fit.data, tokens, split="validation")
-    feeds = [tm.tokenizer([t], truncation=True, max_length=tokens, return_tensors="pt") for t in teacher_texts]
-    plan_texts, _ = _latency_texts(model.encoder.tokenizer, fit.data, tokens, split="validation")
-    call = model.scores if hasattr(model, "scores") else model.embed
-
-    def teacher_call(batch: Any) -> Any:
-        with torch.inference_mode():
-            return net(**batch)
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        stats = time_interleaved({"teacher": _cycle_call(teacher_call, feeds),
-                                  "plan": _cycle_call(lambda t: call([t]), plan_texts)},
-                                 warmup=10, repeat=2 * repeat, rounds=10)
-    finally:
-        torch.set_num_threads(previous)
-    return stats["teacher"]["p50_ms"], stats["plan"]["p50_ms"]
+    model = load(artifact, model=plan.model_name, threads=fit.recipe.evaluate.threads, verify=False)
+    clock = _TeacherClock(fit.teacher_folder, fit.recipe, fit.data, fit.tokens)
+    teacher, timed = clock.time({"plan": _model_call(model, fit.data, fit.tokens)}, repeat=2 * _repeat(fit.recipe),
+                                rounds=10)
+    return teacher, timed["plan"]
 
 
 def _write_recipe(path: Path, recipe: Recipe, record: dict[str, Any], chosen: dict[str, Any]) -> None:
@@ -1510,7 +1553,8 @@ def render_markdown(record: dict[str, Any]) -> str:
         lines.append("")
     cm = record["cost_model"]
     err = cm.get("median_error_pct")
-    lines += [f"Cost model ({cm['source']}): " + ", ".join(
+    lines += [f"Cost model ({cm['source']}; every timing of the search quoted at the teacher's first p50, from "
+              "alternating rounds with the teacher): " + ", ".join(
         f"{e} fitted on {m['rows']} shapes (median error {m['fit_error_pct']:.1f}%)" for e, m in cm["engines"].items())
         + (f"; predicted vs measured p50 of the {cm['measured_plans']} plans built: median error {err:.1f}%."
            if err is not None else "; no plan was built and timed here."), ""]

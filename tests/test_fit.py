@@ -138,6 +138,29 @@ def test_the_cost_model_is_reported_against_measurements(searched: dict[str, Any
     assert table["format"] == "edgellm-latency-table" and {r["engine"] for r in table["rows"]} == {
         "onnxruntime/dynamic"}
     assert all(r["tokens"] == 64 and r["p50_ms"] > 0 for r in table["rows"])
+    # every timing was taken against the teacher and is quoted at the run's reference teacher p50
+    assert all(r["teacher_p50_ms"] > 0 for r in table["rows"])
+    reference = record["reference"]["p50_ms"]
+    for r in _plans(searched["all"]).values():
+        m = r["measured"]
+        assert m["p50_ms"] == pytest.approx(m["p50_timed_ms"] * reference / m["teacher_p50_ms"])
+
+
+def test_the_teacher_clock_removes_the_machines_drift(monkeypatch: pytest.MonkeyPatch, teacher: Path) -> None:
+    from edgellm import fit as fit_module
+
+    clock = fit_module._TeacherClock(teacher, load_recipe(SMOKE), None, 64)
+    slow = {"factor": 1.0}
+    monkeypatch.setattr(clock, "_teacher_call", lambda: None)
+    monkeypatch.setattr("edgellm.bench.time_interleaved", lambda calls, **kw: {
+        name: {"p50_ms": (10.0 if name == "teacher" else 2.0) * slow["factor"]} for name in calls})
+    assert clock.time({})[0] == 10.0 and clock.reference_ms == 10.0
+    slow["factor"] = 2.5  # the machine got busier: both timings grow, the quoted one does not
+    teacher_p50, timed = clock.time({"plan": lambda: None})
+    assert (teacher_p50, timed["plan"]) == (25.0, 5.0)
+    assert clock.at_reference(timed["plan"], teacher_p50) == pytest.approx(2.0)
+    assert clock.reference_ms == 10.0
+    assert clock.at_reference(3.0, None) == 3.0  # a recorded table of another device: as recorded
 
 
 def test_a_size_budget_no_plan_meets_is_a_typed_result_with_the_closest_plans(
