@@ -249,3 +249,34 @@ def test_batched_decoding_falls_back_row_by_row_where_there_is_no_batched_graph(
     gen = load(lm_artifact, model="openvino-fp32", threads=1)  # stateful OpenVINO: no batched session
     prompts = [gen.encode("the film"), gen.encode("fun")]
     assert gen.tokens_batch(prompts, 5, ignore_eos=True) == [list(gen.tokens(p, 5, ignore_eos=True)) for p in prompts]
+
+
+def test_an_openvino_decoder_target_runs_in_its_profiles_precision(lm_artifact: Path, tiny_llama_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """cpu-x86-amx: the target decoder gets INT8 weights and keeps the profile's bf16 compute (not the INT8
+    preset's f32); the runtime compiles it so, and it generates."""
+    import shutil
+
+    from edgellm.artifact import read_manifest, write_manifest
+    from edgellm.data import SAMPLE_TEXTS
+    from edgellm.exporting.decoder import check_prompts, torch_references
+    from edgellm.models import load_causal_lm, load_tokenizer
+    from edgellm.pipeline_lm import _target_entry, check_lm_targets
+    from edgellm.quantize.decoder import WeightFormats, quantize_target_decoder
+    from edgellm.runtime import load
+
+    art = tmp_path / "lm"
+    shutil.copytree(lm_artifact, art)
+    manifest = read_manifest(art)
+    [profile] = check_lm_targets(["cpu-x86-amx"])
+    entry = _target_entry(art, manifest, profile)
+    manifest.models.append(entry)
+    references = torch_references(load_causal_lm(tiny_llama_dir),
+                                  check_prompts(load_tokenizer(tiny_llama_dir), SAMPLE_TEXTS[:2]),
+                                  context_length=manifest.max_length)
+    entry = quantize_target_decoder(art, manifest, entry, references, weights=WeightFormats())
+    assert (entry.backend, entry.precision, entry.inference_precision) == ("openvino", "int8", "bf16")
+    write_manifest(art, manifest)
+    gen = load(art, model="cpu-x86-amx", threads=1, verify=False)
+    assert gen.backend._config["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert len(list(gen.tokens("the film", 3, ignore_eos=True))) == 3

@@ -22,6 +22,7 @@ from edgellm.targets import list_targets, load_target, target_from_dict
 # name -> (backend, device chain, precision, static shape, INT8 preset and mode, threads, arch)
 EXPECTED = {
     "cpu-x86-avx512": ("onnxruntime", ["cpu"], "fp32", None, ("avx512-vnni", "dynamic"), None, "x86_64"),
+    "cpu-x86-amx": ("openvino", ["cpu"], "fp32", None, ("avx512-vnni", "static"), None, "x86_64"),
     "cpu-x86-avx2": ("onnxruntime", ["cpu"], "fp32", None, ("avx2", "dynamic"), None, "x86_64"),
     "cpu-arm64": ("onnxruntime", ["cpu"], "fp32", None, ("arm64", "dynamic"), 4, "aarch64"),
     "intel-npu": ("openvino", ["npu", "gpu", "cpu"], "fp16", (1, 128), ("intel-npu", "static"), None, None),
@@ -43,6 +44,7 @@ def test_every_profile_validates() -> None:
         assert p.name == name and p.description
     assert load_target("qualcomm-npu").provider_options == {"backend_type": "htp"}
     assert load_target("intel-npu").inference_precision == "f16"
+    assert load_target("cpu-x86-amx").inference_precision == "bf16"
 
 
 # (change to the intel-npu profile, words of the ConfigError)
@@ -110,7 +112,7 @@ def test_unknown_target_lists_the_known_ones() -> None:
     with pytest.raises(UnsupportedTargetError) as info:
         load_target("intel-npo")
     assert "unknown target 'intel-npo'; did you mean 'intel-npu'?" in str(info.value)
-    assert "known targets: cpu-arm64, cpu-x86-avx2, cpu-x86-avx512, intel-gpu, intel-npu" in str(info.value)
+    assert "known targets: cpu-arm64, cpu-x86-amx, cpu-x86-avx2, cpu-x86-avx512, intel-gpu" in str(info.value)
 
 
 def test_environment_folder_adds_and_overrides_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

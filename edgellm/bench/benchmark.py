@@ -212,6 +212,13 @@ def _default_teacher(manifest: Any, stage_models: dict[str, Path]) -> str | None
     return source.get("teacher") or (str(found) if found else None) or source.get("model")
 
 
+def _given_teacher(manifest: Any) -> str | None:
+    """The teacher as the recipe named it (a GGUF file, an embedded alias, a folder), before any stage: a causal
+    LM's teacher stage only converts it, so the stage folder holds the same weights in another format."""
+    return (manifest.source or {}).get("teacher") or (manifest.recipe or {}).get("teacher") \
+        or (manifest.source or {}).get("model")
+
+
 def _check_fits(subjects: list[Subject], settings: BenchSettings) -> None:
     for subject in subjects:
         if subject.task == "text-generation":
@@ -309,9 +316,10 @@ def run_benchmark(
                         for _ in range(settings.cold_runs)]
             rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
                          **cold_fields(runs), "contention": monitor.result})
-    if generating and settings.peers:
-        rows.extend(_measure_peers(folder, manifest, base.path if base is not None else (teacher or
-                                   _default_teacher(manifest, stage_models)), settings, data))
+    if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
+        rows.extend(_measure_peers(folder, manifest, teacher or _given_teacher(manifest)
+                                   or (base.path if base is not None else _default_teacher(manifest, stage_models)),
+                                   settings, data))
     if manifest.task == "feature-extraction":
         _add_agreement(rows, outputs)
     if generating:

@@ -292,7 +292,7 @@ def quantize_target_decoder(folder: Path, manifest: Manifest, entry: ModelEntry,
     else:
         dst = folder / entry.path.replace(".xml", "_int8.xml")
         files, info, hint = quantize_decoder_openvino(folder / entry.path, dst)
-        entry.inference_precision = hint
+        entry.inference_precision = profile.get("inference_precision") or hint  # the profile's compute wins
         inputs = plain_inputs(generation)
     for name in old:
         (folder / name).unlink()
