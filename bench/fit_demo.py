@@ -52,9 +52,17 @@ def headline(record: dict[str, Any]) -> str:
                  f"{ref['points']:.2f}, p50 {ref['p50_ms']:.2f} ms. Closest: "
                  + ", ".join(f"`{x['plan']}` ({x['p50_ms']:.2f} ms, {x['points']:.2f})" if x["points"] is not None
                              else f"`{x['plan']}` ({x['p50_ms']:.2f} ms)" for x in record["closest"][:3])
-                 + f". Search: {record['elapsed_s'] / 60:.0f} minutes ([docs/fit.md](docs/fit.md)).",
+                 + f". Search: {record['elapsed_s'] / 60:.0f} minutes{_cost_model(record)} "
+                 "([docs/fit.md](docs/fit.md)).",
                  ]
     return "\n".join(lines)
+
+
+def _cost_model(record: dict[str, Any]) -> str:
+    cm = record["cost_model"]
+    if cm.get("median_error_pct") is None:
+        return ""
+    return f", cost model median error {cm['median_error_pct']:.1f}% on the {cm['measured_plans']} plans built"
 
 
 def main(argv: list[str] | None = None) -> int:
