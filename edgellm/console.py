@@ -2,7 +2,8 @@
 
 The CLI calls `configure(verbosity)` once (`-v`, `-vv`). Library code asks `live_progress()` before drawing a bar
 and wraps a third-party call whose warnings are known to be harmless in `silence(...)`, `muted(...)`,
-`no_rich_progress()` or `no_tqdm_frames(...)`, with a comment at the call saying why they are harmless. At `-vv` all three do nothing.
+`no_rich_progress()` or `no_tqdm_frames(...)`, with a comment at the call saying why they are harmless. At `-vv`
+none of them does anything.
 """
 
 from __future__ import annotations

@@ -517,9 +517,11 @@ class _TeacherClock:
     timing at the reference teacher p50 (the run's first teacher timing), which removes the machine's drift between
     the timings of a long search (a busier machine slows the teacher and the model alike)."""
 
-    def __init__(self, teacher_folder: Path, recipe: Recipe, data: Any, tokens: int) -> None:
+    def __init__(self, teacher_folder: Path, recipe: Recipe, data: Any, tokens: int, *, loaded: Any = None) -> None:
+        """`loaded`: the teacher already loaded from `teacher_folder` (`load_model`), else it is loaded on first use."""
         self.teacher_folder, self.recipe, self.data, self.tokens = teacher_folder, recipe, data, tokens
         self.reference_ms: float | None = None
+        self._loaded = loaded
         self._call: Callable[[], Any] | None = None
 
     def _teacher_call(self) -> Callable[[], Any]:
@@ -530,7 +532,7 @@ class _TeacherClock:
             from edgellm.runtime.text import plain_tokenizer
             from edgellm.train import load_model
 
-            tm = load_model(self.teacher_folder, task=self.recipe.task)
+            tm = self._loaded or load_model(self.teacher_folder, task=self.recipe.task)
             net = tm.model.eval()
             texts, _ = _latency_texts(plain_tokenizer(tm.tokenizer), self.data, self.tokens, split="validation")
             feeds = [tm.tokenizer([t], truncation=True, max_length=self.tokens, return_tensors="pt") for t in texts]
@@ -1241,11 +1243,10 @@ def fit(
         raise ConfigError("the teacher has no validation score (the validation split is empty): fit chooses on "
                           "validation; set data.split.validation > 0")
     say(f"[fit] timing the teacher (FP32 PyTorch, {tokens} tokens, {recipe.evaluate.threads} threads)")
-    teacher_clock = _TeacherClock(teacher_folder, base, data, tokens)
+    teacher_clock = _TeacherClock(teacher_folder, base, data, tokens, loaded=tm)  # it keeps the teacher for the run
     reference = Reference(points=ref_points, p50_ms=teacher_clock.time({})[0],
                           size_bytes=sum(f.stat().st_size for f in teacher_folder.glob("*.safetensors")),
                           metric="accuracy %" if recipe.task == "text-classification" else "Spearman x 100")
-    del tm
     say(f"[fit] teacher: validation {reference.points:.2f}, p50 {reference.p50_ms:.2f} ms at {tokens} tokens, "
         f"{reference.size_bytes / 1e6:.1f} MB")
     preset = profile.quantization.preset if profile.quantization else None
@@ -1553,8 +1554,9 @@ def render_markdown(record: dict[str, Any]) -> str:
         lines.append("")
     cm = record["cost_model"]
     err = cm.get("median_error_pct")
-    lines += [f"Cost model ({cm['source']}; every timing of the search quoted at the teacher's first p50, from "
-              "alternating rounds with the teacher): " + ", ".join(
+    relative = ("; every timing of the search quoted at the teacher's first p50, from alternating rounds with the "
+                "teacher") if record["target_present"] else ""
+    lines += [f"Cost model ({cm['source']}{relative}): " + ", ".join(
         f"{e} fitted on {m['rows']} shapes (median error {m['fit_error_pct']:.1f}%)" for e, m in cm["engines"].items())
         + (f"; predicted vs measured p50 of the {cm['measured_plans']} plans built: median error {err:.1f}%."
            if err is not None else "; no plan was built and timed here."), ""]

@@ -318,8 +318,7 @@ def run_benchmark(
                          **cold_fields(runs), "contention": monitor.result})
     if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
         rows.extend(_measure_peers(folder, manifest, teacher or _given_teacher(manifest)
-                                   or (base.path if base is not None else _default_teacher(manifest, stage_models)),
-                                   settings, data))
+                                   or _default_teacher(manifest, stage_models), settings, data))
     if manifest.task == "feature-extraction":
         _add_agreement(rows, outputs)
     if generating:
