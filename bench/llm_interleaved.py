@@ -21,6 +21,19 @@ from edgellm.bench.generation import measure_generation
 from edgellm.bench.machine import machine_info
 
 
+def interleave(streams: dict[str, Callable[..., Any]], *, rounds: int, prompt_tokens: int,
+               new_tokens: int) -> dict[str, list[float]]:
+    """Decode tokens/s of each stream (ids, max_new_tokens) -> tokens, every stream once per round (a warm-up
+    generation before its first), on the same random prompt ids: {name: [tok/s of each round]}."""
+    prompt = [int(i) for i in np.random.default_rng(0).integers(100, 40000, prompt_tokens)]
+    out: dict[str, list[float]] = {k: [] for k in streams}
+    for r in range(rounds):
+        for name, stream in streams.items():
+            stats = measure_generation(stream, prompt, max_new_tokens=new_tokens, warmup=int(r == 0), repeat=1)
+            out[name].append(stats["decode_tokens_per_s"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", default="artifacts/smollm2-teacher")
@@ -47,15 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = [open_peer(s, threads=args.threads) for s in specs if not isinstance(s, Missing)]
     for peer in peers:
         streams[f"{peer.name} {peer.format}"] = peer.stream
-    prompt = [int(i) for i in np.random.default_rng(0).integers(100, 40000, args.prompt_tokens)]
-    rounds: dict[str, list[float]] = {k: [] for k in streams}
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        for r in range(args.rounds):
-            for name, stream in streams.items():
-                stats = measure_generation(stream, prompt, max_new_tokens=args.new_tokens, warmup=int(r == 0),
-                                           repeat=1)
-                rounds[name].append(stats["decode_tokens_per_s"])
+        rounds = interleave(streams, rounds=args.rounds, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
     finally:
         for peer in peers:
             peer.close()

@@ -165,7 +165,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                          "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit",
                                                                     "block_size_8bit_by_name", "int4_method",
                                                                     "int4_fallback", "lm_head_bits",
-                                                                    "calibration_sequences")}},
+                                                                    "calibration_sequences", "calibration_tokens")}},
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
     source = current.folder / "artifact"
     stages["evaluate"] = current = cache.run(
@@ -325,7 +325,6 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
                     folder: Path) -> dict[str, Any]:
     from edgellm.exporting.decoder import check_prompts, torch_references
     from edgellm.quantize.decoder import (
-        CALIBRATION_TOKENS,
         WeightFormats,
         calibration_sequences,
         decoder_quantize_modes,
@@ -345,7 +344,7 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     references = torch_references(model, check_prompts(tm.tokenizer, data.validation.texts),
                                   context_length=manifest.max_length)
     calibration = calibration_sequences(tm.tokenizer, data.train.texts, count=lm.calibration_sequences,
-                                        length=min(manifest.max_length, CALIBRATION_TOKENS)) \
+                                        length=min(manifest.max_length, lm.calibration_tokens)) \
         if 4 in weights.bits and weights.int4_method == "gptq" else []
     plain = source / "plain" / "model.onnx"
     added = quantize_decoder_models(artifact, manifest, references, plain=plain if plain.is_file() else None,

@@ -210,3 +210,26 @@ def test_unreadable_model_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(QuantizationError, match="cannot read"):
         quantize_nbits(tmp_path / "bad.onnx", tmp_path / "q.onnx")
+
+
+class _WordTokenizer:
+    """One id per word (the source's number * 1000 + the word's position), enough for calibration packing."""
+
+    def __call__(self, text: str) -> object:
+        class Encoded:
+            input_ids = [int(w) for w in text.split()]
+        return Encoded()
+
+
+def test_calibration_sequences_span_every_source_of_a_corpus_list() -> None:
+    from edgellm.quantize.decoder import calibration_sequences
+
+    # three sources one after the other, as a recipe's corpus list arrives: 3 x 400 texts of 5 words each
+    texts = [" ".join(str(s * 1000 + i % 997) for _ in range(5)) for s in (1, 2, 3) for i in range(400)]
+    sequences = calibration_sequences(_WordTokenizer(), texts, count=6, length=40)
+    assert len(sequences) == 6 and all(len(s) == 40 for s in sequences)
+    sources = {token // 1000 for s in sequences for token in s}
+    assert sources == {1, 2, 3}  # not only the first source: 6 x 40 tokens would fit in its first 48 texts
+    assert calibration_sequences(_WordTokenizer(), texts, count=6, length=40) == sequences  # deterministic
+    short = calibration_sequences(_WordTokenizer(), texts[:3], count=6, length=40)
+    assert [len(s) for s in short] == [15]  # the texts ran out: one shorter sequence

@@ -51,7 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INT8_MODES = ("dynamic", "weight-only")  # plain-graph ONNX INT8 variants: activations+weights / weights only
-CALIBRATION_TOKENS = 256  # tokens per GPTQ calibration sequence
 
 
 def quantize_decoder(src: Path, dst: Path, *, mode: str) -> dict[str, Any]:
@@ -88,12 +87,14 @@ def quantize_decoder_openvino_int4(src_xml: Path, dst_xml: Path, *, group_size: 
 
 
 def calibration_sequences(tokenizer: Any, texts: Sequence[str], *, count: int,
-                          length: int = CALIBRATION_TOKENS) -> list[list[int]]:
-    """Up to `count` sequences of `length` token ids for GPTQ: `texts` one per line, packed back to back (the layer
-    inputs of long contexts, as the model sees them), taken evenly across `texts`; fewer, shorter ones when the
-    texts run out."""
+                          length: int = CausalLMConfig.calibration_tokens) -> list[list[int]]:
+    """Up to `count` sequences of `length` token ids for GPTQ: `texts` one per line, packed back to back, taken
+    evenly across `texts` (every source of a corpus list, which comes one source after the other); fewer,
+    shorter ones when the texts run out."""
     texts = [t.strip() for t in texts if t and t.strip()]
-    step = max(1, len(texts) // max(1, count * 24))  # ~24 short sentences fill a 256-token sequence
+    sample = texts[:: max(1, len(texts) // 64)]  # the mean tokens per text sets the stride that spans `texts`
+    per_text = max(1.0, sum(len(tokenizer(t + "\n").input_ids) for t in sample) / max(1, len(sample)))
+    step = max(1, int(len(texts) * per_text // (count * length)))
     out: list[list[int]] = []
     ids: list[int] = []
     for text in texts[::step]:
@@ -314,6 +315,7 @@ def export_causal_lm(
     graph: str = "fused",
     calibration_texts: Sequence[str] = (),
     calibration_count: int = CausalLMConfig.calibration_sequences,
+    calibration_tokens: int = CausalLMConfig.calibration_tokens,
     default_tolerance: float = CausalLMConfig.default_tolerance,
     context_length: int | None = None,
     texts: Sequence[str] | None = None,
@@ -361,7 +363,7 @@ def export_causal_lm(
     length = context_length_for(model, context_length)
     prompts = check_prompts(tokenizer, texts or SAMPLE_TEXTS)
     calibration = calibration_sequences(tokenizer, calibration_texts or texts or SAMPLE_TEXTS,
-                                        count=calibration_count, length=min(length, CALIBRATION_TOKENS)) \
+                                        count=calibration_count, length=min(length, calibration_tokens)) \
         if 4 in weights.bits and weights.int4_method == "gptq" and "onnx" in formats else []
     eval_sequences = [ids[: min(length, eval_max_length or length)]
                       for ids in (tokenizer(t).input_ids for t in eval_texts) if len(ids) >= 2]
