@@ -295,7 +295,7 @@ class CausalLMConfig:
     int4_fallback: float = 0.1  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits
     lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
     calibration_sequences: int = 32  # quantize: training sequences whose layer inputs GPTQ corrects for
-    calibration_tokens: int = 128  # quantize: tokens per GPTQ calibration sequence (training texts packed back to back; at most the context): on SmolLM2, 128 gave 1.048x / 1.082x FP32 validation / out-of-domain perplexity at 4 bits, 256 1.086x / 1.095x (bench/results/int4-gap.md)
+    calibration_tokens: int = 128  # quantize: tokens per GPTQ calibration sequence (training texts packed back to back; at most the context): on SmolLM2 at 4 bits, 128 gave 1.064x / 1.086x FP32 validation / out-of-domain perplexity, 256 1.101x / 1.103x (bench/results/int4-gap.md)
     default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:

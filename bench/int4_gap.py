@@ -1,0 +1,169 @@
+"""Where edgellm's 4-bit decoder loses decode speed to onnxruntime-genai int4 (issue 14), and what closing it costs.
+
+    python -m bench.int4_gap [--rounds 7] [--artifact artifacts/smollm2-teacher]
+
+The artifact's FP32 graph quantized to 4 bits with the recipe's settings (GPTQ, 10% of the 4-bit weights kept at 8
+bits, 8-bit LM head, calibration sequences of `calibration_tokens`), and with one or two of them changed: longer
+calibration sequences (256 tokens, the setting before 2026-12-06), no 8-bit fallback (`int4_fallback: 0`), a 4-bit
+LM head (`lm_head_bits: 4`, GPTQ like the rest); the artifact's own `onnx-int4` is listed as built. Each model's
+perplexity ratio to the artifact's FP32 model on the recipe's validation split and on the
+out-of-domain passages (as the evaluate stage scores them), then decode tokens/s of every model and of
+onnxruntime-genai int4 interleaved, every engine once per round. Needs the artifact of export/smollm2-teacher.yaml
+and the peers (`make peers`). Writes bench/results/int4-gap.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench import record
+from bench.llm_interleaved import interleave
+from edgellm.bench.machine import machine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {  # name -> changes of the recipe's causal_lm settings (WeightFormats fields or calibration_tokens)
+    "recipe settings": {},
+    "calibration_tokens 256": {"calibration_tokens": 256},
+    "int4_fallback 0": {"int4_fallback": 0.0},
+    "lm_head_bits 4": {"lm_head_bits": 4},
+    "int4_fallback 0, lm_head_bits 4": {"int4_fallback": 0.0, "lm_head_bits": 4},
+}
+
+
+def _texts(recipe: Any, tokenizer_file: Path, texts: int) -> tuple[dict[str, list[list[int]]], list[str]]:
+    """(validation and out-of-domain token sequences, encoded as the evaluate stage encodes them; the training
+    texts GPTQ calibrates on)."""
+    from tokenizers import Tokenizer
+
+    from edgellm.pipeline_lm import OOD_LENGTH, load_out_of_domain, pack_sequences
+    from edgellm.runtime.text import plain_tokenizer
+    from edgellm.train.causal import load_lm_data
+
+    lm = recipe.causal_lm
+    data = load_lm_data(recipe.data, corpora=lm.corpora)
+    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    tok = plain_tokenizer(Tokenizer.from_file(str(tokenizer_file)))
+    length = int(data.max_length or 128)
+    validation = [e.ids[:length] for e in tok.encode_batch(list(data.validation.texts[:texts])) if len(e.ids) > 1]
+    sets = {"validation": validation, "out_of_domain": pack_sequences(tok, ood, length=OOD_LENGTH, count=texts)}
+    return sets, list(data.train.texts)
+
+
+def _build(artifact: Path, work: Path, recipe: Any, train_texts: list[str]) -> dict[str, Path]:
+    """Each variant's folder (the artifact's manifest and tokenizer, its own model_int4.onnx), built once."""
+    from transformers import PreTrainedTokenizerFast
+
+    from edgellm.quantize.decoder import WeightFormats, calibration_sequences, quantize_decoder_nbits
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"))
+    lm = recipe.causal_lm
+    folders = {}
+    for name, changes in VARIANTS.items():
+        changes = dict(changes)
+        tokens = changes.pop("calibration_tokens", lm.calibration_tokens)
+        formats = dataclasses.replace(WeightFormats.from_config(lm), **changes)
+        settings = json.dumps([tokens, lm.calibration_sequences, dataclasses.asdict(formats)], sort_keys=True)
+        folder = work / f"int4-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"  # rebuilt when settings change
+        folders[name] = folder
+        if (folder / "model_int4.onnx").is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in ("edgellm.json", "tokenizer.json"):
+            shutil.copyfile(artifact / f, folder / f)
+        calibration = calibration_sequences(tokenizer, train_texts, count=lm.calibration_sequences,
+                                            length=tokens)
+        partial = folder / "model_int4.partial.onnx"
+        quantize_decoder_nbits(artifact / "model.onnx", partial, bits=4,
+                               weights=formats, calibration=calibration)
+        partial.replace(folder / "model_int4.onnx")
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.int4_gap", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", default="artifacts/smollm2-teacher")
+    parser.add_argument("--recipe", default="export/smollm2-teacher.yaml")
+    parser.add_argument("--work", default=None, help="variant models (default ARTIFACT.int4-gap)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--texts", type=int, default=200, help="validation texts and out-of-domain passages scored")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from edgellm.bench.generation import perplexity
+    from edgellm.bench.peers import Missing, open_peer, prepare_peers
+    from edgellm.recipe import load_recipe
+    from edgellm.runtime import load
+
+    artifact = Path(args.artifact)
+    recipe = load_recipe(args.recipe)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sets, train_texts = _texts(recipe, artifact / "tokenizer.json", args.texts)
+    folders = {"as built (artifact onnx-int4)": artifact,
+               **_build(artifact, Path(args.work or f"{artifact}.int4-gap"), recipe, train_texts)}
+
+    fp32 = load(artifact, model="onnx-fp32", threads=args.threads, verify=False)
+    base = {name: perplexity(fp32.log_probs, seqs)["perplexity"] for name, seqs in sets.items()}
+    models, quality, sizes = {}, {}, {}
+    for name, folder in folders.items():
+        models[name] = load(folder, model="onnx-int4", threads=args.threads, verify=False)
+        quality[name] = {s: perplexity(models[name].log_probs, seqs)["perplexity"] / base[s] for s, seqs in sets.items()}
+        sizes[name] = (folder / "model_int4.onnx").stat().st_size / 1e6
+        print(f"{name}: {quality[name]}", flush=True)
+
+    streams: dict[str, Callable[..., Any]] = {
+        f"edgellm {name}": (lambda ids, k, g=g: g.tokens(ids, k, ignore_eos=True)) for name, g in models.items()}
+    specs = prepare_peers(recipe.teacher, engines=["onnxruntime-genai"], threads=args.threads)
+    missing = [s.to_dict() for s in specs if isinstance(s, Missing)]
+    peers = [open_peer(s, threads=args.threads) for s in specs if not isinstance(s, Missing)]
+    for peer in peers:
+        if peer.format == "int4":
+            streams[f"{peer.name} {peer.format}"] = peer.stream
+    try:
+        rounds = interleave(streams, rounds=args.rounds, prompt_tokens=128, new_tokens=128)
+    finally:
+        for peer in peers:
+            peer.close()
+    medians = {k: float(np.median(v)) for k, v in rounds.items()}
+    peer_speed = medians.get("onnxruntime-genai int4")
+    machine = machine_info()
+    rows = []
+    for name in folders:
+        speed = medians[f"edgellm {name}"]
+        vs = f"{speed / peer_speed:.3f}" if peer_speed else "–"
+        rows.append(f"| {name} | {quality[name]['validation']:.4f} | {quality[name]['out_of_domain']:.4f} | "
+                    f"{sizes[name]:.1f} | {speed:.1f} | {vs} |")
+    if peer_speed:
+        rows.append(f"| onnxruntime-genai int4 (peer) | – | – | – | {peer_speed:.1f} | 1.000 |")
+    lines = [
+        "### int4-gap: edgellm's 4-bit decoder against onnxruntime-genai int4, choice by choice",
+        "",
+        f"{machine['cpu_model']} ({', '.join(machine['cpu_flags'])}), {args.threads} threads, batch 1, greedy, 128 "
+        f"random prompt ids (the same for every engine), 128 new tokens; {args.rounds} interleaved rounds "
+        f"(medians); perplexity over {len(sets['validation'])} validation texts and {len(sets['out_of_domain'])} "
+        f"out-of-domain passages, each model over the artifact's FP32 model; {started}.",
+        "",
+        "| 4-bit model | validation perplexity / FP32 | out-of-domain / FP32 | size MB | decode tok/s | / peer |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        *([""] + [f"- {m['name']} {m['format']}: missing: {m['reason']}" for m in missing] if missing else []),
+        "",
+        "Reproduce: `python -m bench.int4_gap`",
+        "",
+    ]
+    record("int4-gap", {"created": started, "settings": vars(args), "machine": machine, "variants": VARIANTS,
+                        "perplexity_fp32": base, "perplexity_ratio": quality, "size_mb": sizes, "rounds": rounds,
+                        "median_decode_tokens_per_s": medians, "missing": missing}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
