@@ -29,7 +29,6 @@ from bench import record
 from bench.llm_interleaved import interleave
 from edgellm.bench.machine import machine_info
 
-ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> changes of the recipe's causal_lm settings (WeightFormats fields or calibration_tokens)
     "recipe settings": {},
     "calibration_tokens 256": {"calibration_tokens": 256},
@@ -39,23 +38,23 @@ VARIANTS = {  # name -> changes of the recipe's causal_lm settings (WeightFormat
 }
 
 
-def _texts(recipe: Any, tokenizer_file: Path, texts: int) -> tuple[dict[str, list[list[int]]], list[str]]:
-    """(validation and out-of-domain token sequences, encoded as the evaluate stage encodes them; the training
-    texts GPTQ calibrates on)."""
+def _texts(recipe: Any, artifact: Path, texts: int) -> tuple[dict[str, list[list[int]]], list[str]]:
+    """(validation and out-of-domain token sequences, as the evaluate stage scores them; the training texts GPTQ
+    calibrates on)."""
     from tokenizers import Tokenizer
 
-    from edgellm.pipeline_lm import OOD_LENGTH, load_out_of_domain, pack_sequences
+    from edgellm.artifact import read_manifest
+    from edgellm.pipeline_lm import load_out_of_domain, scoring_sets
     from edgellm.runtime.text import plain_tokenizer
     from edgellm.train.causal import load_lm_data
 
     lm = recipe.causal_lm
     data = load_lm_data(recipe.data, corpora=lm.corpora)
     ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
-    tok = plain_tokenizer(Tokenizer.from_file(str(tokenizer_file)))
-    length = int(data.max_length or 128)
-    validation = [e.ids[:length] for e in tok.encode_batch(list(data.validation.texts[:texts])) if len(e.ids) > 1]
-    sets = {"validation": validation, "out_of_domain": pack_sequences(tok, ood, length=OOD_LENGTH, count=texts)}
-    return sets, list(data.train.texts)
+    manifest = read_manifest(artifact)
+    tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
+    sets = scoring_sets(tok, data, ood, count=texts, context=manifest.max_length)
+    return {name: sets[name] for name in ("validation", "out_of_domain")}, list(data.train.texts)
 
 
 def _build(artifact: Path, work: Path, recipe: Any, train_texts: list[str]) -> dict[str, Path]:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     artifact = Path(args.artifact)
     recipe = load_recipe(args.recipe)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    sets, train_texts = _texts(recipe, artifact / "tokenizer.json", args.texts)
+    sets, train_texts = _texts(recipe, artifact, args.texts)
     folders = {"as built (artifact onnx-int4)": artifact,
                **_build(artifact, Path(args.work or f"{artifact}.int4-gap"), recipe, train_texts)}
 

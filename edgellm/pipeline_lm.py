@@ -41,7 +41,7 @@ from edgellm.pipeline import (
 )
 from edgellm.recipe import CausalLMConfig, Recipe
 
-__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "check_lm_targets",
+__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "scoring_sets", "check_lm_targets",
            "measure_lm"]
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,23 @@ def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> li
                             "out-of-domain text must never touch training (drop it from corpora / data)")
         texts += rows
     return texts
+
+
+def scoring_sets(tokenizer: Any, data: Any, ood: Sequence[str], *, count: int,
+                 context: int) -> dict[str, list[list[int]]]:
+    """The token sequences the evaluate stage scores: up to `count` validation and test (in-domain) texts, each cut
+    to the data's max_length, and `count` out-of-domain passages of OOD_LENGTH tokens (at most `context`).
+    `tokenizer`: a `tokenizers.Tokenizer` whose encoding adds the model's special tokens."""
+    length = int(data.max_length or 128)
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return [ids[:length] for ids in (e.ids for e in tokenizer.encode_batch(list(texts))) if len(ids) > 1]
+
+    return {
+        "validation": encode(data.validation.texts[:count]),
+        "in_domain": encode(data.test.texts[:count]),
+        "out_of_domain": pack_sequences(tokenizer, ood, length=min(OOD_LENGTH, context), count=count),
+    }
 
 
 def pack_sequences(tokenizer: Any, texts: Sequence[str], *, length: int, count: int) -> list[list[int]]:
@@ -370,16 +387,7 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     artifact = _copy_artifact(source, folder / "artifact")
     manifest = read_manifest(artifact)
     tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
-    length = int(data.max_length or 128)
-
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return [ids[:length] for ids in (e.ids for e in tok.encode_batch(list(texts))) if len(ids) > 1]
-
-    sets = {
-        "validation": encode(data.validation.texts[: lm.eval_texts]),
-        "in_domain": encode(data.test.texts[: lm.eval_texts]),
-        "out_of_domain": pack_sequences(tok, ood, length=min(OOD_LENGTH, manifest.max_length), count=lm.eval_texts),
-    }
+    sets = scoring_sets(tok, data, ood, count=lm.eval_texts, context=manifest.max_length)
     half = lm.agreement_texts // 2
     agreement_set = [*sets["in_domain"][:half], *sets["out_of_domain"][: lm.agreement_texts - half]]
     sentiment = _sentiment_rows(data, lm.sentiment_examples)
