@@ -181,7 +181,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
             "quantize", {**base, "input": current.key, "quantize": to_dict(recipe.quantize),
                          "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit",
                                                                     "block_size_8bit_by_name", "int4_method",
-                                                                    "int4_fallback", "lm_head_bits",
+                                                                    "int4_fallback", "lm_head_bits", "lm_head_rows",
                                                                     "calibration_sequences", "calibration_tokens")}},
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
     source = current.folder / "artifact"

@@ -292,9 +292,10 @@ class CausalLMConfig:
     block_size_8bit: int = 64  # quantize: the same for every 8-bit weight (onnx-int8, lm_head, 4-bit fallback): 1.24x the decode speed of 32; 128 was 1.012x FP32 perplexity
     block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: {"down_proj": 32})  # quantize: 8-bit weights of MatMuls whose name ends with a key use its block size: down_proj's input carries the FFN's outliers (SmolLM2, held-out prose: 1.0036x FP32 perplexity against 1.0066x all at 64, at 0.92x the speed)
     int4_method: Literal["gptq", "rtn"] = "gptq"  # quantize: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
-    int4_fallback: float = 0.1  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits
+    int4_fallback: float = 0.0  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits: 0.1 cost SmolLM2 4% of its decode speed, and more calibration text and the split LM head won more perplexity back (bench/results/int4-gap.md)
     lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
-    calibration_sequences: int = 32  # quantize: training sequences whose layer inputs GPTQ corrects for
+    lm_head_rows: int | None = 16384  # quantize: in the 4-bit format only the output rows of token ids below this keep lm_head_bits, the rest take 4 bits (a BPE vocabulary lists its frequent tokens first: SmolLM2's first 16,384 ids are 90% of English text's tokens); 0: the whole head at 4 bits; null: every row at lm_head_bits
+    calibration_sequences: int = 128  # quantize: training sequences whose layer inputs GPTQ corrects for (SmolLM2 at 4 bits, no fallback, 4-bit LM head, out-of-domain perplexity over FP32: 1.116x with 32, 1.100x with 128)
     calibration_tokens: int = 128  # quantize: tokens per GPTQ calibration sequence (training texts packed back to back; at most the context): on SmolLM2 at 4 bits, 128 gave 1.064x / 1.086x FP32 validation / out-of-domain perplexity, 256 1.101x / 1.103x (bench/results/int4-gap.md)
     default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
@@ -324,6 +325,7 @@ class CausalLMConfig:
         check_range(f"{where}.int4_fallback", self.int4_fallback, low=0.0, high=1.0, high_open=True)
         if self.lm_head_bits not in (None, 4, 8):
             raise ConfigError(f"{where}.lm_head_bits = {self.lm_head_bits!r}: 4, 8 or null (FP32)")
+        check_range(f"{where}.lm_head_rows", self.lm_head_rows, low=0)
         check_range(f"{where}.calibration_sequences", self.calibration_sequences, low=1)
         check_range(f"{where}.calibration_tokens", self.calibration_tokens, low=2)
         check_range(f"{where}.default_tolerance", self.default_tolerance, low=0.0)

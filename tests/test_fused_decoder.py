@@ -104,6 +104,29 @@ def test_shared_buffer_equals_no_cache_up_to_the_context_end(tiny_llama_factory:
         gen.backend.decode_session(gen.kv_layout, capacity=33)
 
 
+def test_decode_session_mixes_one_and_many_kept_positions(lm_artifact: Path) -> None:
+    """A step keeping one position writes into the session's own logits buffer, a step keeping several gets ONNX
+    Runtime's output; in any order each equals the uncached logits, and a returned row is not overwritten later."""
+    from edgellm.runtime import load
+
+    gen = load(lm_artifact, model="onnx-fp32", threads=1)
+    ids = gen.encode(PROMPTS[1])[:12]
+    full = gen.logits(ids)  # (12, V), no cache
+    session = gen.backend.decode_session(gen.kv_layout, capacity=16)
+    first = session.feed(ids[:5])  # keep 1
+    rows = session.feed(ids[5:8], keep=3)
+    one = session.feed(ids[8:9])
+    last = session.feed(ids[9:12], keep=2)
+    for got, want in ((first, full[4:5]), (rows, full[5:8]), (one, full[8:9]), (last, full[10:12])):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    again = gen.backend.decode_session(gen.kv_layout, capacity=16)
+    kept = again.feed(ids[:5])
+    snapshot = kept.copy()
+    again.feed(ids[5:6])
+    np.testing.assert_array_equal(kept, snapshot)
+
+
 def test_one_generator_shared_by_8_threads(lm_artifact: Path) -> None:
     """Each thread gets the tokens a sequential run gets (every call has its own decode session and buffer)."""
     from edgellm.runtime import load

@@ -175,6 +175,50 @@ def test_block_size_8bit_by_name_sets_the_blocks_of_matching_nodes(tmp_path: Pat
                                             "lm_head": (8, 128)}
 
 
+def test_lm_head_rows_keep_the_first_token_ids_at_lm_head_bits(tmp_path: Path) -> None:
+    """lm_head_rows 24 of 64: the lm_head becomes an 8-bit MatMulNBits for ids 0-23 and a 4-bit one for 24-63 whose
+    outputs are concatenated in id order (the model still computes x @ W); 0 rows puts the whole head at 4 bits,
+    as many rows as the vocabulary keeps it whole at 8; the 8-bit format never splits it."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgellm.quantize.nbits import quantize_nbits
+
+    rng = np.random.default_rng(11)
+    weight = rng.standard_normal((64, 64)).astype(np.float32)
+    onnx.save_model(_matmul_model(weight, name="lm_head"), str(tmp_path / "f.onnx"))
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+
+    def build(name: str, **kwargs: object) -> tuple[dict[str, tuple[int, int]], np.ndarray, dict]:
+        result = quantize_nbits(tmp_path / "f.onnx", tmp_path / name, block_size=16, block_size_8bit=32,
+                                accuracy_level=0, **kwargs)
+        graph = onnx.load(str(tmp_path / name)).graph
+        shapes = {n.name: ({a.name: a.i for a in n.attribute}.get("bits", 0), {a.name: a.i for a in n.attribute}.get("N", 0))
+                  for n in graph.node}
+        got = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return shapes, got, result.settings
+
+    shapes, split, settings = build("split.onnx", bits=4, lm_head_bits=8, lm_head_rows=24)
+    assert shapes == {"lm_head": (8, 24), "lm_head/rest": (4, 40), "lm_head/concat": (0, 0)}
+    assert settings["lm_head_rows"] == 24 and set(settings["relative_error"]) == {"lm_head", "lm_head/rest"}
+    exact = x @ weight
+    err = np.abs(split - exact)
+    assert err.shape == (5, 64) and err.max() < 0.25 * np.abs(exact).max()
+    assert err[:, :24].mean() < 0.1 * err[:, 24:].mean()  # 8 bits where asked, 4 bits after
+    _, whole8, _ = build("whole8.onnx", bits=4, lm_head_bits=8)
+    _, over, settings = build("over.onnx", bits=4, lm_head_bits=8, lm_head_rows=64)
+    np.testing.assert_array_equal(over, whole8)
+    assert settings["lm_head_rows"] is None
+    np.testing.assert_allclose(split[:, :24], whole8[:, :24], atol=1e-5)  # the same 8-bit rows (blocks along K)
+    shapes, zero, _ = build("zero.onnx", bits=4, lm_head_bits=8, lm_head_rows=0)
+    shapes4, whole4, _ = build("whole4.onnx", bits=4, lm_head_bits=4)
+    assert shapes == shapes4 == {"lm_head": (4, 64)}
+    np.testing.assert_array_equal(zero, whole4)
+    np.testing.assert_allclose(split[:, 24:], whole4[:, 24:], atol=1e-5)
+    shapes, _, _ = build("eight.onnx", bits=8, lm_head_bits=8, lm_head_rows=24)
+    assert shapes == {"lm_head": (8, 64)}
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -187,6 +231,8 @@ def test_block_size_8bit_by_name_sets_the_blocks_of_matching_nodes(tmp_path: Pat
         ({"method": "gptq"}, "ConfigError", "method 'gptq' needs calibration token sequences"),
         ({"fallback_fraction": 1.0}, "ConfigError", r"fallback_fraction must be in \[0, 1\), not 1.0"),
         ({"lm_head_bits": 2}, "ConfigError", "lm_head_bits must be 4, 8 or null"),
+        ({"lm_head_rows": -1}, "ConfigError", r"lm_head_rows must be an int >= 0 or null \(every row\), not -1"),
+        ({"lm_head_rows": 1.5}, "ConfigError", "lm_head_rows must be an int >= 0 or null"),
         ({"embedding": "int4"}, "ConfigError", r"embedding must be one of \['fp32', 'fp16'\]"),
         ({"exclude": ["proj"]}, "QuantizationError", "has no MatMul with a float weight to quantize"),
     ],

@@ -4,7 +4,7 @@ INT8 of the plain graph (dynamic / weight-only), and NNCF INT8 / INT4 weights of
     export = write_decoder_models(model, tok, folder, prompts=prompts, context_length=2048, keep_plain=plain)
     manifest = decoder_manifest(model, export, context_length=2048, source="teacher/")
     quantize_decoder_models(folder, manifest, export.references, plain=export.plain, modes=("dynamic",),
-                            weights=WeightFormats(), calibration=calibration_sequences(tok, texts, count=32))
+                            weights=WeightFormats(), calibration=calibration_sequences(tok, texts, count=128))
     manifest.default_model = choose_default(manifest.models, 0.01)[0]
 
 `export_causal_lm` does all of it in one call (FP32 export, quantized models, held-out perplexity, default model)
@@ -121,11 +121,12 @@ class WeightFormats:
     int4_method: str = CausalLMConfig.int4_method
     int4_fallback: float = CausalLMConfig.int4_fallback
     lm_head_bits: int | None = CausalLMConfig.lm_head_bits
+    lm_head_rows: int | None = CausalLMConfig.lm_head_rows
 
     @classmethod
     def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
         return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, dict(lm.block_size_8bit_by_name),
-                   lm.int4_method, lm.int4_fallback, lm.lm_head_bits)
+                   lm.int4_method, lm.int4_fallback, lm.lm_head_bits, lm.lm_head_rows)
 
 
 def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
@@ -172,7 +173,8 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
                             block_size_8bit=weights.block_size_8bit,
                             block_size_8bit_by_name=weights.block_size_8bit_by_name, method=method,
                             symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
-                            lm_head_bits=weights.lm_head_bits, calibration=calibration if method == "gptq" else (),
+                            lm_head_bits=weights.lm_head_bits, lm_head_rows=weights.lm_head_rows,
+                            calibration=calibration if method == "gptq" else (),
                             fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
     return {**result.settings, "ops": result.ops}
 

@@ -15,7 +15,10 @@ Methods:
           the columns not yet quantized through the inverse Hessian H = X^T X of the layer's real inputs, which
           are collected by running the FP32 graph itself on `calibration` token sequences. Data-aware.
 
-The lm_head (the largest matrix of a small LM) can keep more bits (`lm_head_bits`); the embedding table is read by
+The lm_head (the largest matrix of a small LM) can keep more bits (`lm_head_bits`), for all of its output rows or,
+with `lm_head_rows`, for the first n token ids only: a BPE vocabulary lists its most frequent tokens first (the
+first 16,384 of SmolLM2's 49,152 ids are 90% of English text's tokens), so those rows keep 8 bits in one
+MatMulNBits and the rare rest takes 4 bits in another, their logits concatenated. The embedding table is read by
 a Gather, not a MatMul: it is stored as FP16 (`embedding="fp16"`) or left FP32. All choices land in the result's
 `settings`, which the manifest records.
 """
@@ -220,6 +223,7 @@ def quantize_nbits(
     method: str = "rtn",
     symmetric: bool = False,
     lm_head_bits: int | None = 8,
+    lm_head_rows: int | None = None,
     embedding: str = "fp16",
     accuracy_level: int = 4,
     calibration: Sequence[Sequence[int]] = (),
@@ -232,9 +236,10 @@ def quantize_nbits(
     MatMulNBits (`bits` 4 or 8, blocks of `block_size` along K; 8-bit weights, the lm_head and the 8-bit fallback
     included, in blocks of `block_size_8bit` when given: larger blocks decode faster, see CausalLMConfig);
     `block_size_8bit_by_name` maps a node-name suffix ("down_proj") to the block size of that node's 8-bit weight
-    instead. `lm_head_bits`: bits of the MatMul named
-    "lm_head" (None: keep it FP32). `exclude`: node names kept in FP32. `calibration`: token-id sequences, needed
-    by method "gptq". The model keeps its inputs and outputs."""
+    instead. `lm_head_bits`: bits of the MatMul named "lm_head" (None: keep it FP32); `lm_head_rows`: when
+    `lm_head_bits` differs from `bits`, only the output rows of token ids below it keep `lm_head_bits` and the
+    others take `bits` (None: every row keeps `lm_head_bits`; 0: none). `exclude`: node names kept in FP32.
+    `calibration`: token-id sequences, needed by method "gptq". The model keeps its inputs and outputs."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -242,6 +247,9 @@ def quantize_nbits(
         raise ConfigError(f"bits must be 4 or 8, not {bits!r}")
     if lm_head_bits not in (None, 4, 8):
         raise ConfigError(f"lm_head_bits must be 4, 8 or null (FP32), not {lm_head_bits!r}")
+    if lm_head_rows is not None and (isinstance(lm_head_rows, bool) or not isinstance(lm_head_rows, int)
+                                     or lm_head_rows < 0):
+        raise ConfigError(f"lm_head_rows must be an int >= 0 or null (every row), not {lm_head_rows!r}")
     if method not in NBITS_METHODS:
         raise ConfigError(f"unknown weight quantization method {method!r}; choose from {list(NBITS_METHODS)}")
     for label, size in (("block_size", block_size), ("block_size_8bit", block_size_8bit)):
@@ -272,7 +280,10 @@ def quantize_nbits(
     except Exception as exc:
         raise QuantizationError(f"cannot read {src}: {exc}") from exc
     weights = {t.name: t for t in model.graph.initializer}
-    targets: dict[str, tuple[Any, int]] = {}
+    # name -> (node, bits, output columns): one MatMulNBits each; a split lm_head is two parts, "lm_head" (its
+    # first lm_head_rows token ids, at lm_head_bits) and "lm_head/rest" (at `bits`), their outputs concatenated
+    targets: dict[str, tuple[Any, int, tuple[int, int] | None]] = {}
+    split_rows = 0
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.name in exclude or node.input[1] not in weights:
             continue
@@ -282,39 +293,59 @@ def quantize_nbits(
         node_bits = (lm_head_bits if node.name == "lm_head" else bits)
         if node_bits is None:
             continue
-        targets[node.name] = (node, node_bits)
+        vocab = int(tensor.dims[1])
+        if node.name == "lm_head" and lm_head_rows is not None and node_bits != bits and lm_head_rows < vocab:
+            if lm_head_rows == 0:
+                node_bits = bits
+            else:
+                split_rows = lm_head_rows
+                targets["lm_head/rest"] = (node, bits, (lm_head_rows, vocab))
+                targets[node.name] = (node, node_bits, (0, lm_head_rows))
+                continue
+        targets[node.name] = (node, node_bits, None)
     if not targets:
         raise QuantizationError(f"{src.name} has no MatMul with a float weight to quantize")
     hessians = (_hessians(model, list(targets), {n: t[0].input[0] for n, t in targets.items()}, calibration, threads)
                 if method == "gptq" else {})
-    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_of(name, node_bits), symmetric,
-                                   hessians.get(name), act_order)
-               for name, (node, node_bits) in targets.items()}
-    fallback = _fallback(results, fallback_fraction)
+    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_of(node.name, node_bits), symmetric,
+                                   hessians.get(name), act_order, columns)
+               for name, (node, node_bits, columns) in targets.items()}
+    fallback = _fallback({n: r for n, r in results.items() if n != "lm_head/rest"}, fallback_fraction)
     for name in fallback:
-        results[name] = _quantize_one(weights[targets[name][0].input[1]], 8, block_of(name, 8), symmetric,
-                                      hessians.get(name), act_order)
+        node, _, columns = targets[name]
+        results[name] = _quantize_one(weights[node.input[1]], 8, block_of(name, 8), symmetric, hessians.get(name),
+                                      act_order, columns)
+    parts: dict[str, list[str]] = {}
+    for name, (node, _, _) in targets.items():
+        parts.setdefault(node.name, []).append(name)
     nodes = []
     consumed: set[str] = set()
     counts: dict[str, int] = {"MatMulNBits": 0}
     for node in model.graph.node:
-        if node.name not in targets:
+        if node.name not in parts:
             nodes.append(node)
             continue
-        q, scale, zero, node_bits, _ = results[node.name]
-        k, n = (int(d) for d in weights[node.input[1]].dims)
-        packed, scales, zeros = pack_matmul_nbits(q, scale, zero, bits=node_bits, symmetric=symmetric)
+        names = sorted(parts[node.name], key=lambda name: (targets[name][2] or (0, 0))[0])  # by first column
+        outputs = list(node.output) if len(names) == 1 else [f"{node.output[0]}/{i}" for i in range(len(names))]
         base = node.input[1]
-        extra = [numpy_helper.from_array(packed, f"{base}_Q{node_bits}"), numpy_helper.from_array(scales, f"{base}_scales")]
-        if zeros is not None:
-            extra.append(numpy_helper.from_array(zeros, f"{base}_zero_points"))
-        model.graph.initializer.extend(extra)
         consumed.add(base)
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *[t.name for t in extra]], list(node.output),
-                                      name=node.name, domain="com.microsoft", K=k, N=n, bits=node_bits,
-                                      block_size=int(q.shape[-1]), accuracy_level=accuracy_level))
-        counts["MatMulNBits"] += 1
-        counts[f"MatMulNBits_{node_bits}bit"] = counts.get(f"MatMulNBits_{node_bits}bit", 0) + 1
+        k = int(weights[base].dims[0])
+        for name, output in zip(names, outputs):
+            q, scale, zero, node_bits, _ = results[name]
+            packed, scales, zeros = pack_matmul_nbits(q, scale, zero, bits=node_bits, symmetric=symmetric)
+            prefix = base if name == node.name else f"{base}_{name.rpartition('/')[2]}"
+            extra = [numpy_helper.from_array(packed, f"{prefix}_Q{node_bits}"),
+                     numpy_helper.from_array(scales, f"{prefix}_scales")]
+            if zeros is not None:
+                extra.append(numpy_helper.from_array(zeros, f"{prefix}_zero_points"))
+            model.graph.initializer.extend(extra)
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *[t.name for t in extra]], [output],
+                                          name=name, domain="com.microsoft", K=k, N=int(q.shape[0]), bits=node_bits,
+                                          block_size=int(q.shape[-1]), accuracy_level=accuracy_level))
+            counts["MatMulNBits"] += 1
+            counts[f"MatMulNBits_{node_bits}bit"] = counts.get(f"MatMulNBits_{node_bits}bit", 0) + 1
+        if len(names) > 1:
+            nodes.append(helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}/concat", axis=-1))
     if embedding == "fp16":
         nodes = _fp16_embedding(model, nodes, weights)
     del model.graph.node[:]
@@ -335,6 +366,7 @@ def quantize_nbits(
         "method": method,
         "symmetric": symmetric,
         "lm_head_bits": lm_head_bits,
+        "lm_head_rows": split_rows or None,  # token ids 0 .. n-1 at lm_head_bits, the rest at `bits` (None: one format)
         "embedding": embedding,
         "accuracy_level": accuracy_level,
         "compute": "int8 dot products per block" if accuracy_level == 4 else "float",
@@ -351,11 +383,15 @@ def quantize_nbits(
 
 
 def _quantize_one(tensor: Any, bits: int, block_size: int, symmetric: bool, hessian: np.ndarray | None,
-                  act_order: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
-    """(q, scale, zero, bits, relative output error) of one weight initializer."""
+                  act_order: bool = True, columns: tuple[int, int] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """(q, scale, zero, bits, relative output error) of one weight initializer, or of its output `columns` [lo, hi)
+    (GPTQ treats output columns independently, so a part is quantized as the whole would be)."""
     from onnx import numpy_helper
 
     weight = numpy_helper.to_array(tensor).astype(np.float32)
+    if columns is not None:
+        weight = np.ascontiguousarray(weight[:, columns[0]:columns[1]])
     k, n = weight.shape
     # MatMulNBits stores ceil(K / B) blocks per column and ignores the padding of the last one: zero rows here
     # (a zero Hessian row is a dead input to GPTQ), so any block size fits any K.

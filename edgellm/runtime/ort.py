@@ -169,14 +169,21 @@ def _bind_kv_buffers(backend: OrtBackend, layout: KVCacheLayout, batch: int, cap
 class _SharedBufferSession(DecodeSession):
     """The KV cache as one buffer per tensor, preallocated to `capacity` positions and bound (IO binding) as both
     the past input and the present output: GroupQueryAttention writes each step's keys / values in place, so no
-    step copies the cache, and only the logits come back to numpy."""
+    step copies the cache. A step that keeps one position's logits (every decode step) writes them into a buffer
+    bound once, which is all that comes back: reading ONNX Runtime's own output means wrapping every bound output
+    (the logits and 2 per layer), about 0.1 ms per step, 1.5-2% of a 4-bit SmolLM2 step here."""
 
     def __init__(self, backend: OrtBackend, layout: KVCacheLayout, capacity: int) -> None:
         self.backend, self.layout, self.capacity = backend, layout, capacity
         self._arrays, self._buffers, self._binding = _bind_kv_buffers(backend, layout, 1, capacity)
         self.length = 0
+        vocab = (backend._outputs.get("logits") or (None,))[-1]
+        self._row = _aligned_empty((1, 1, vocab)) if vocab else None  # the logits of a keep = 1 step
+        self._row_bound = False
 
     def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        from onnxruntime import OrtValue
+
         total = self.length + len(ids)
         if total > self.capacity:
             raise GenerationError(f"the sequence reached {total} tokens; this session's KV buffer holds "
@@ -185,13 +192,27 @@ class _SharedBufferSession(DecodeSession):
         feeds = self.layout.feeds(ids, self.length, keep)  # alive until run_with_iobinding returns
         for name, array in feeds.items():
             io.bind_cpu_input(name, array)
-        io.bind_output("logits")  # re-bound (in its first place): a fresh output of this step's shape
+        own = keep == 1 and self._row is not None
+        if own and not self._row_bound:
+            io.bind_ortvalue_output("logits", OrtValue.ortvalue_from_numpy(self._row))
+        elif not own:
+            io.bind_output("logits")  # ONNX Runtime allocates this step's (1, keep, V), read below
+        self._row_bound = own
         try:
             self.backend._session.run_with_iobinding(io)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
         self.length = total
-        return io.get_outputs()[0].numpy()[0]
+        return self._row[0].copy() if own else io.get_outputs()[0].numpy()[0]
+
+
+def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on a 64-byte boundary (numpy gives 16): a misaligned output
+    buffer made the 4-bit LM head's step ~2% slower here."""
+    count = int(np.prod(shape))
+    raw = np.empty(count + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + count].reshape(shape)
 
 
 class _SharedBufferBatch(BatchDecodeSession):
