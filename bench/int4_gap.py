@@ -2,10 +2,11 @@
 
     python -m bench.int4_gap [--rounds 7] [--artifact artifacts/smollm2-teacher]
 
-The artifact's FP32 graph quantized to 4 bits with the recipe's settings (GPTQ, 10% of the 4-bit weights kept at 8
-bits, 8-bit LM head, calibration sequences of `calibration_tokens`), and with one or two of them changed: longer
-calibration sequences (256 tokens, the setting before 2026-12-06), no 8-bit fallback (`int4_fallback: 0`), a 4-bit
-LM head (`lm_head_bits: 4`, GPTQ like the rest); the artifact's own `onnx-int4` is listed as built. Each model's
+The artifact's own `onnx-int4` (the recipe's settings: GPTQ on `calibration_sequences` training sequences, no 8-bit
+fallback, the LM head's rows of the first `lm_head_rows` token ids at 8 bits and the rest at 4), and its FP32 graph
+quantized again with one setting changed: the whole LM head at 4 bits (`lm_head_rows: 0`) or half as many 8-bit
+rows, 32 calibration sequences, 10% of the 4-bit weights kept at 8 bits (`int4_fallback: 0.1`), and the settings
+before 2026-12-06 (32 sequences, 10% fallback, the whole head at 8 bits). Each model's
 perplexity ratio to the artifact's FP32 model on the recipe's validation split and on the
 out-of-domain passages (as the evaluate stage scores them), then decode tokens/s of every model and of
 onnxruntime-genai int4 interleaved, every engine once per round. Needs the artifact of export/smollm2-teacher.yaml
@@ -29,12 +30,13 @@ from bench import record
 from bench.llm_interleaved import interleave
 from edgellm.bench.machine import machine_info
 
-VARIANTS = {  # name -> changes of the recipe's causal_lm settings (WeightFormats fields or calibration_tokens)
-    "recipe settings": {},
-    "calibration_tokens 256": {"calibration_tokens": 256},
-    "int4_fallback 0": {"int4_fallback": 0.0},
-    "lm_head_bits 4": {"lm_head_bits": 4},
-    "int4_fallback 0, lm_head_bits 4": {"int4_fallback": 0.0, "lm_head_bits": 4},
+VARIANTS = {  # name -> changes of the recipe's causal_lm settings (WeightFormats fields, calibration_sequences / _tokens)
+    "lm_head_rows 0 (whole head 4-bit)": {"lm_head_rows": 0},
+    "lm_head_rows 8192": {"lm_head_rows": 8192},
+    "calibration_sequences 32": {"calibration_sequences": 32},
+    "int4_fallback 0.1": {"int4_fallback": 0.1},
+    "before 2026-12-06 (32 sequences, fallback 0.1, head 8-bit)": {"calibration_sequences": 32, "int4_fallback": 0.1,
+                                                                   "lm_head_rows": None},
 }
 
 
@@ -69,8 +71,9 @@ def _build(artifact: Path, work: Path, recipe: Any, train_texts: list[str]) -> d
     for name, changes in VARIANTS.items():
         changes = dict(changes)
         tokens = changes.pop("calibration_tokens", lm.calibration_tokens)
+        count = changes.pop("calibration_sequences", lm.calibration_sequences)
         formats = dataclasses.replace(WeightFormats.from_config(lm), **changes)
-        settings = json.dumps([tokens, lm.calibration_sequences, dataclasses.asdict(formats)], sort_keys=True)
+        settings = json.dumps([tokens, count, dataclasses.asdict(formats)], sort_keys=True)
         folder = work / f"int4-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"  # rebuilt when settings change
         folders[name] = folder
         if (folder / "model_int4.onnx").is_file():
@@ -78,8 +81,7 @@ def _build(artifact: Path, work: Path, recipe: Any, train_texts: list[str]) -> d
         folder.mkdir(parents=True, exist_ok=True)
         for f in ("edgellm.json", "tokenizer.json"):
             shutil.copyfile(artifact / f, folder / f)
-        calibration = calibration_sequences(tokenizer, train_texts, count=lm.calibration_sequences,
-                                            length=tokens)
+        calibration = calibration_sequences(tokenizer, train_texts, count=count, length=tokens)
         partial = folder / "model_int4.partial.onnx"
         quantize_decoder_nbits(artifact / "model.onnx", partial, bits=4,
                                weights=formats, calibration=calibration)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     sets, train_texts = _texts(recipe, artifact, args.texts)
-    folders = {"as built (artifact onnx-int4)": artifact,
+    folders = {"recipe settings (the artifact's onnx-int4)": artifact,
                **_build(artifact, Path(args.work or f"{artifact}.int4-gap"), recipe, train_texts)}
 
     fp32 = load(artifact, model="onnx-fp32", threads=args.threads, verify=False)

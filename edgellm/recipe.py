@@ -296,7 +296,7 @@ class CausalLMConfig:
     lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
     lm_head_rows: int | None = 16384  # quantize: in the 4-bit format only the output rows of token ids below this keep lm_head_bits, the rest take 4 bits (a BPE vocabulary lists its frequent tokens first: SmolLM2's first 16,384 ids are 90% of English text's tokens); 0: the whole head at 4 bits; null: every row at lm_head_bits
     calibration_sequences: int = 128  # quantize: training sequences whose layer inputs GPTQ corrects for (SmolLM2 at 4 bits, no fallback, 4-bit LM head, out-of-domain perplexity over FP32: 1.116x with 32, 1.100x with 128)
-    calibration_tokens: int = 128  # quantize: tokens per GPTQ calibration sequence (training texts packed back to back; at most the context): on SmolLM2 at 4 bits, 128 gave 1.064x / 1.086x FP32 validation / out-of-domain perplexity, 256 1.101x / 1.103x (bench/results/int4-gap.md)
+    calibration_tokens: int = 128  # quantize: tokens per GPTQ calibration sequence (training texts packed back to back; at most the context): on SmolLM2 at 4 bits (32 sequences, 10% fallback), 128 gave 1.064x / 1.086x FP32 validation / out-of-domain perplexity, 256 1.101x / 1.103x (bench.int4_gap, 2026-12-06, in docs/benchmarks.md)
     default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:

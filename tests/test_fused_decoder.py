@@ -205,6 +205,38 @@ def test_weight_formats_round_trip(lm_artifact: Path) -> None:
         assert len(list(load(lm_artifact, model=name, threads=1).tokens(PROMPTS[0], 6, ignore_eos=True))) == 6
 
 
+def test_split_lm_head_exports_and_generates(tiny_llama_factory: Callable[..., Path], tmp_path: Path) -> None:
+    """lm_head_rows below the vocabulary: the 4-bit model's head is an 8-bit MatMulNBits for the first ids and a
+    4-bit one for the rest, concatenated; the manifest records the split; the model verifies, generates the same
+    tokens with and without the cache, and is closer to torch than the model with the whole head at 4 bits."""
+    import onnx
+
+    from edgellm.artifact import verify_artifact
+    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
+    from edgellm.runtime import load
+
+    src = tiny_llama_factory()
+    export_causal_lm(src, tmp_path / "lm", formats=("onnx",), weights=WeightFormats(bits=(4,), lm_head_rows=100),
+                     texts=PROMPTS[:2])
+    entry = verify_artifact(tmp_path / "lm").model("onnx-int4")
+    heads = {n.name: (n.op_type, {a.name: a.i for a in n.attribute})
+             for n in onnx.load(str(tmp_path / "lm" / entry.path)).graph.node if n.name.startswith("lm_head")}
+    vocab = heads["lm_head/rest"][1]["N"] + 100
+    assert (heads["lm_head"][1]["bits"], heads["lm_head"][1]["N"]) == (8, 100)
+    assert heads["lm_head/rest"][1]["bits"] == 4 and heads["lm_head/concat"][0] == "Concat"
+    assert entry.quantization["lm_head_rows"] == 100 and vocab > 100
+    export_causal_lm(src, tmp_path / "lm4", formats=("onnx",), weights=WeightFormats(bits=(4,), lm_head_rows=0),
+                     texts=PROMPTS[:2])
+    whole = verify_artifact(tmp_path / "lm4").model("onnx-int4")
+    assert whole.quantization["lm_head_rows"] is None and "MatMulNBits_8bit" not in whole.quantization["ops"]
+    assert entry.metrics["vs_torch"]["perplexity_ratio"] < whole.metrics["vs_torch"]["perplexity_ratio"]
+    gen = load(tmp_path / "lm", model="onnx-int4", threads=1)
+    prompt = gen.encode(PROMPTS[0])[:10]
+    cached = list(gen.tokens(prompt, 8, ignore_eos=True))
+    assert cached == list(gen.tokens(prompt, 8, ignore_eos=True, use_cache=False))
+    assert gen.logits(prompt).shape == (10, vocab)
+
+
 def test_fused_graph_refuses_what_it_cannot_write(tiny_llama_factory: Callable[..., Path], tmp_path: Path) -> None:
     """head_dim 12: GroupQueryAttention's rotary needs a multiple of 16. build refuses with the reason; the export
     falls back to the plain graph and records why."""
