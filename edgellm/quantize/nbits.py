@@ -17,7 +17,7 @@ Methods:
 
 The lm_head (the largest matrix of a small LM) can keep more bits (`lm_head_bits`), for all of its output rows or,
 with `lm_head_rows`, for the first n token ids only: a BPE vocabulary lists its most frequent tokens first (the
-first 16,384 of SmolLM2's 49,152 ids are 90% of English text's tokens), so those rows keep 8 bits in one
+first 16,384 of SmolLM2's 49,152 ids are about 90% of the tokens of English text here), so those rows keep 8 bits in one
 MatMulNBits and the rare rest takes 4 bits in another, their logits concatenated. The embedding table is read by
 a Gather, not a MatMul: it is stored as FP16 (`embedding="fp16"`) or left FP32. All choices land in the result's
 `settings`, which the manifest records.
