@@ -41,8 +41,8 @@ from edgellm.pipeline import (
 )
 from edgellm.recipe import CausalLMConfig, Recipe
 
-__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "scoring_sets", "check_lm_targets",
-           "measure_lm"]
+__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "scoring_sets",
+           "check_lm_targets", "measure_lm"]
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ INT8 of the plain graph (dynamic / weight-only), and NNCF INT8 / INT4 weights of
     export = write_decoder_models(model, tok, folder, prompts=prompts, context_length=2048, keep_plain=plain)
     manifest = decoder_manifest(model, export, context_length=2048, source="teacher/")
     quantize_decoder_models(folder, manifest, export.references, plain=export.plain, modes=("dynamic",),
-                            weights=WeightFormats(), calibration=calibration_sequences(tok, texts, count=128))
+                            weights=WeightFormats.from_config(lm),
+                            calibration=calibration_sequences(tok, texts, count=lm.calibration_sequences))
     manifest.default_model = choose_default(manifest.models, 0.01)[0]
 
 `export_causal_lm` does all of it in one call (FP32 export, quantized models, held-out perplexity, default model)

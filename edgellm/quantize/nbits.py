@@ -17,10 +17,10 @@ Methods:
 
 The lm_head (the largest matrix of a small LM) can keep more bits (`lm_head_bits`), for all of its output rows or,
 with `lm_head_rows`, for the first n token ids only: a BPE vocabulary lists its most frequent tokens first (the
-first 16,384 of SmolLM2's 49,152 ids are about 90% of the tokens of English text here), so those rows keep 8 bits in one
-MatMulNBits and the rare rest takes 4 bits in another, their logits concatenated. The embedding table is read by
-a Gather, not a MatMul: it is stored as FP16 (`embedding="fp16"`) or left FP32. All choices land in the result's
-`settings`, which the manifest records.
+first 16,384 of SmolLM2's 49,152 ids are about 90% of the tokens of English text here), so those rows keep 8 bits
+in one MatMulNBits and the rare rest takes 4 bits in another, their logits concatenated. The embedding table is
+read by a Gather, not a MatMul: it is stored as FP16 (`embedding="fp16"`) or left FP32. All choices land in the
+result's `settings`, which the manifest records.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ def quantize_nbits(
         raise QuantizationError(f"cannot read {src}: {exc}") from exc
     weights = {t.name: t for t in model.graph.initializer}
     # name -> (node, bits, output columns): one MatMulNBits each; a split lm_head is two parts, "lm_head" (its
-    # first lm_head_rows token ids, at lm_head_bits) and "lm_head/rest" (at `bits`), their outputs concatenated
+    # first lm_head_rows token ids, at lm_head_bits) then "lm_head/rest" (at `bits`), their outputs concatenated
+    # in this order
     targets: dict[str, tuple[Any, int, tuple[int, int] | None]] = {}
     split_rows = 0
     for node in model.graph.node:
@@ -299,8 +300,8 @@ def quantize_nbits(
                 node_bits = bits
             else:
                 split_rows = lm_head_rows
-                targets["lm_head/rest"] = (node, bits, (lm_head_rows, vocab))
                 targets[node.name] = (node, node_bits, (0, lm_head_rows))
+                targets["lm_head/rest"] = (node, bits, (lm_head_rows, vocab))
                 continue
         targets[node.name] = (node, node_bits, None)
     if not targets:
@@ -325,7 +326,7 @@ def quantize_nbits(
         if node.name not in parts:
             nodes.append(node)
             continue
-        names = sorted(parts[node.name], key=lambda name: (targets[name][2] or (0, 0))[0])  # by first column
+        names = parts[node.name]  # in column order
         outputs = list(node.output) if len(names) == 1 else [f"{node.output[0]}/{i}" for i in range(len(names))]
         base = node.input[1]
         consumed.add(base)
