@@ -193,8 +193,8 @@ def test_lm_head_rows_keep_the_first_token_ids_at_lm_head_bits(tmp_path: Path) -
         result = quantize_nbits(tmp_path / "f.onnx", tmp_path / name, block_size=16, block_size_8bit=32,
                                 accuracy_level=0, **kwargs)
         graph = onnx.load(str(tmp_path / name)).graph
-        shapes = {n.name: ({a.name: a.i for a in n.attribute}.get("bits", 0), {a.name: a.i for a in n.attribute}.get("N", 0))
-                  for n in graph.node}
+        attributes = {n.name: {a.name: a.i for a in n.attribute} for n in graph.node}
+        shapes = {name: (a.get("bits", 0), a.get("N", 0)) for name, a in attributes.items()}
         got = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         return shapes, got, result.settings
 
