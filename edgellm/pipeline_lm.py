@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
 # changing them reuses the distilled student)
 TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "freeze_embeddings", "teacher_precision",
-                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens")
+                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens", "pack_tokens")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")

@@ -272,6 +272,7 @@ class CausalLMConfig:
     teacher_samples: int = 0  # texts the teacher writes from diverse prompts (seeded, cached) added to training: general-domain data
     sample_tokens: int = 256  # new tokens at most per teacher text (<= 512)
     sample_seed: int = 0  # seed of the teacher prompts' order and of sampling (text i uses sample_seed + i)
+    pack_tokens: int | None = None  # distillation rows: the training texts back to back (EOS between) cut into rows of this many tokens (no padding, the context of longer text; SmolLM2 on this CPU: 486 training tokens/s in rows of 256 against 335 in rows of 32); None: one text per row, each cut to data.max_length
     token_budget: int | None = None  # distillation stops after this many training tokens (None: distill.epochs / budget_minutes decide)
     freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # the frozen teacher's weights during distillation (bf16: faster where the CPU has AMX, targets rounded)
@@ -303,6 +304,7 @@ class CausalLMConfig:
         check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
         check_range(f"{where}.sample_tokens", self.sample_tokens, low=1, high=512)
         check_range(f"{where}.sample_seed", self.sample_seed, low=0)
+        check_range(f"{where}.pack_tokens", self.pack_tokens, low=2)
         check_range(f"{where}.token_budget", self.token_budget, low=1)
         check_range(f"{where}.eval_texts", self.eval_texts, low=1)
         check_range(f"{where}.agreement_texts", self.agreement_texts, low=0)

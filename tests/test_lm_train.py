@@ -205,6 +205,41 @@ def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_
     torch.testing.assert_close(again.model.model.layers[0].mlp.up_proj.weight, student.model.model.layers[0].mlp.up_proj.weight)
 
 
+# (sequences, length, separator, rows): one comment each
+PACK_CASES = [
+    ([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4, 0, [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9]]),  # EOS between texts
+    ([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 3, None, [[1, 2, 3], [4, 5, 6], [7, 8, 9]]),  # no separator
+    ([[1, 2, 3, 4, 5, 6, 7]], 3, 0, [[1, 2, 3], [4, 5, 6]]),  # a 1-token tail is dropped
+    ([], 8, 0, []),  # nothing to pack
+]
+
+
+@pytest.mark.parametrize("sequences, length, separator, rows", PACK_CASES)
+def test_pack_rows(sequences: list[list[int]], length: int, separator: int | None, rows: list[list[int]]) -> None:
+    from edgellm.train.causal import pack_rows
+
+    assert pack_rows(sequences, length, separator=separator) == rows
+
+
+def test_packed_distillation_trains_on_full_rows(teacher: Any, text_file: Path, tmp_path: Path) -> None:
+    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
+    from edgellm.train.causal import distill_causal_lm, encode_lm, load_lm_data
+
+    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
+    config = DistillConfig(num_layers=2, epochs=1, batch_size=4, learning_rate=1e-2, temperature=1.0, alpha_ce=0.5,
+                           eval_every=1000, warmup_ratio=0.0, precision="fp32")
+    lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, pack_tokens=48, sample_tokens=8)
+    extra = ["the film plot was good and fun " * 12]  # longer than sample_tokens: kept whole when packed
+    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", extra_texts=extra, progress=False)
+    m = student.metrics
+    tokens = sum(len(ids) for ids in encode_lm(teacher.tokenizer, list(data.train.texts), 32))
+    tokens += len(encode_lm(teacher.tokenizer, extra, 4096)[0])
+    separators = len(data.train)  # one between each two of the len(data.train) + 1 texts
+    assert m["train_rows"] == math.ceil((tokens + separators) / 48)
+    assert m["steps"] == math.ceil(m["train_rows"] / 4) and m["train_tokens"] == tokens + separators
+    assert m["kl_teacher_student"]["validation"] < m["kl_teacher_student"]["initial_validation"]
+
+
 def test_quantize_modes_for_decoders() -> None:
     from edgellm.errors import ConfigError
     from edgellm.quantize.decoder import decoder_quantize_modes

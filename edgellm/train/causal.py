@@ -38,7 +38,7 @@ from edgellm.errors import ConfigError, DataError
 from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig
 from edgellm.train.data import TokenBatches, encode_texts, eval_batches
 from edgellm.train.loop import LoopOptions, train_loop
-from edgellm.train.losses import kd_loss
+from edgellm.train.losses import token_kd_loss
 from edgellm.train.model import TrainedModel
 from edgellm.train.student import STUDENT_KEY, build_student
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_lm_data",
     "load_teacher_lm",
     "encode_lm",
+    "pack_rows",
     "lm_perplexity",
     "lm_kl",
     "block_influence",
@@ -118,6 +119,18 @@ def load_teacher_lm(name: Any) -> TrainedModel:
 def encode_lm(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text (the tokenizer's special tokens included), texts of fewer than 2 tokens dropped."""
     return [ids for ids in encode_texts(tokenizer, texts, max_length) if len(ids) >= 2]
+
+
+def pack_rows(sequences: Sequence[Sequence[int]], length: int, *, separator: int | None) -> list[list[int]]:
+    """The sequences back to back (`separator` between two, when given) cut into rows of `length` tokens: no padding,
+    and every row as long as the context trained on (the last row may be shorter; under 2 tokens it is dropped)."""
+    flat: list[int] = []
+    for ids in sequences:
+        if flat and separator is not None:
+            flat.append(separator)
+        flat.extend(ids)
+    rows = [flat[i:i + length] for i in range(0, len(flat), length)]
+    return [r for r in rows if len(r) >= 2]
 
 
 def _pad_id(tokenizer: Any, model: Any) -> int:
@@ -273,20 +286,10 @@ def build_lm_student(teacher: Any, layers: Sequence[int], *, ffn_size: int | Non
 def causal_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor, *, temperature: float, alpha_kd: float = 1.0,
                    alpha_ce: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-level KD over real positions (B, T, V) + next-token cross-entropy; (loss, parts)."""
-    real = attention_mask.bool()  # (B, T)
-    parts: dict[str, float] = {}
-    loss = student_logits.new_zeros((), dtype=torch.float32)
-    if alpha_kd > 0:
-        kd = kd_loss(student_logits[real], teacher_logits[real], temperature)
-        loss = loss + alpha_kd * kd
-        parts["kd"] = float(kd.detach())
-    if alpha_ce > 0:
-        nxt = real[:, 1:]
-        ce = F.cross_entropy(student_logits[:, :-1][nxt].float(), input_ids[:, 1:][nxt])
-        loss = loss + alpha_ce * ce
-        parts["ce"] = float(ce.detach())
-    return loss, parts
+    """Token-level KD over real positions (B, T, V) + next-token cross-entropy (`token_kd_loss`); (loss, parts)."""
+    loss, parts = token_kd_loss(student_logits, teacher_logits, attention_mask, input_ids, temperature=temperature,
+                                alpha_kd=alpha_kd, alpha_ce=alpha_ce)
+    return loss, {n: float(parts[i]) for i, (n, a) in enumerate((("kd", alpha_kd), ("ce", alpha_ce))) if a > 0}
 
 
 # -- the verb ----------------------------------------------------------------------------------------------------
@@ -358,7 +361,8 @@ def distill_causal_lm(
     initial student / distilled student on the validation and test splits, training tokens, tokens/s and wall
     time, and the evaluation history. Rerunning the same call resumes from `work_dir`. `extra_texts` (text the
     teacher wrote, `distill.augment_with`) join the training split, each cut to max(data.max_length,
-    lm.sample_tokens) tokens; `lm.token_budget` stops training after that many tokens.
+    lm.sample_tokens) tokens (whole when `lm.pack_tokens` packs the rows); `lm.token_budget` stops training after
+    that many tokens.
     """
     lm = lm or CausalLMConfig()
     tm = load_teacher_lm(teacher)
@@ -369,8 +373,12 @@ def distill_causal_lm(
     pad = _pad_id(tok, tmodel)
     length = int(data.max_length or 128)
     train_ids = encode_lm(tok, list(data.train.texts), length)
-    if extra_texts:
-        train_ids += encode_lm(tok, list(extra_texts), max(length, lm.sample_tokens + 8))
+    if extra_texts:  # whole when packed
+        cut = max(length, lm.sample_tokens + 8) if lm.pack_tokens is None else 1 << 16
+        train_ids += encode_lm(tok, list(extra_texts), cut)
+    if lm.pack_tokens is not None:
+        eos = getattr(tok, "eos_token_id", None)
+        train_ids = pack_rows(train_ids, lm.pack_tokens, separator=eos if isinstance(eos, int) else None)
     val_ids = encode_lm(tok, data.validation.texts, length)
     test_ids = encode_lm(tok, data.test.texts, length)
     if not train_ids or not val_ids:
@@ -415,7 +423,7 @@ def distill_causal_lm(
     def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            t_logits = kd_teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            t_logits = kd_teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits
         s_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return causal_kd_loss(s_logits, t_logits, ids, mask, temperature=config.temperature,
                               alpha_kd=config.alpha_kd, alpha_ce=config.alpha_ce)

@@ -5,12 +5,12 @@ Every loss is computed in float32 (also under bf16 autocast) and is the mean ove
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "hidden_mse", "attention_kl", "embedding_loss", "mean_pool", "layer_map"]
+__all__ = ["kd_loss", "token_kd_loss", "hidden_mse", "attention_kl", "embedding_loss", "mean_pool", "layer_map"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,6 +24,75 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (B,)
     return kl.mean() * (t * t)
+
+
+class _TokenKD(torch.autograd.Function):
+    """alpha_kd * KD + alpha_ce * CE over chosen rows of (N, V) logits, chunk by chunk, as (loss, [kd, ce]); the
+    gradient (softmax minus target, per term) is written during the forward pass, so autograd keeps no (N, V)
+    intermediate."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, kd_rows: torch.Tensor,  # type: ignore[override]
+                ce_rows: torch.Tensor, ce_targets: torch.Tensor, temperature: float, alpha_kd: float,
+                alpha_ce: float, chunk: int) -> torch.Tensor:
+        t = float(temperature)
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(student) if want_grad else student.new_zeros(())  # (N, V), the student's dtype
+        parts = student.new_zeros(2, dtype=torch.float32)  # [kd, ce]
+        n_kd, n_ce = max(int(kd_rows.numel()), 1), max(int(ce_rows.numel()), 1)
+        if alpha_kd > 0:
+            for start in range(0, kd_rows.numel(), chunk):
+                rows = kd_rows[start:start + chunk]
+                log_q = torch.log_softmax(student[rows].float() / t, dim=-1)  # (n, V)
+                log_p = torch.log_softmax(teacher[rows].float() / t, dim=-1)
+                p = log_p.exp()
+                parts[0] += (p * (log_p - log_q)).sum() * (t * t)
+                # d(T^2 KL) / d student = T (q - p), over n_kd rows
+                if want_grad:
+                    grad[rows] += ((log_q.exp() - p) * (alpha_kd * t / n_kd)).to(grad.dtype)
+        if alpha_ce > 0:
+            for start in range(0, ce_rows.numel(), chunk):
+                rows, targets = ce_rows[start:start + chunk], ce_targets[start:start + chunk]
+                log_q = torch.log_softmax(student[rows].float(), dim=-1)  # (n, V)
+                picked = log_q.gather(1, targets[:, None])
+                parts[1] -= picked.sum()
+                if want_grad:
+                    g = log_q.exp()
+                    g.scatter_add_(1, targets[:, None], torch.full_like(picked, -1.0))
+                    grad[rows] += (g * (alpha_ce / n_ce)).to(grad.dtype)
+        parts[0] /= n_kd
+        parts[1] /= n_ce
+        loss = alpha_kd * parts[0] + alpha_ce * parts[1]
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(parts)
+        return loss, parts
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss.to(grad.dtype),) + (None,) * 8
+
+
+def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,
+                  input_ids: torch.Tensor, *, temperature: float, alpha_kd: float = 1.0, alpha_ce: float = 0.0,
+                  chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM's token-level distillation loss, as (loss, parts = [kd, ce] detached).
+
+    kd: T^2 * KL(softmax(teacher / T) || softmax(student / T)), the mean over real positions; ce: next-token
+    cross-entropy, the mean over positions whose next token is real; loss = alpha_kd * kd + alpha_ce * ce.
+    Logits are (B, T, V) in any float dtype; both terms are computed in float32, `chunk` rows at a time, and the
+    gradient is formed in the same pass, so only one more (B, T, V) tensor (the gradient, in the student's dtype)
+    is held: the plain form keeps several float32 copies of the logits and spent most of a CPU step in them.
+    """
+    b, n, v = student_logits.shape
+    real = attention_mask.bool()
+    kd_rows = real.reshape(-1).nonzero().squeeze(1)
+    nxt = torch.zeros_like(real)
+    nxt[:, :-1] = real[:, 1:]
+    ce_rows = nxt.reshape(-1).nonzero().squeeze(1)
+    ce_targets = input_ids.roll(-1, dims=1).reshape(-1)[ce_rows]
+    return _TokenKD.apply(student_logits.reshape(b * n, v), teacher_logits.detach().reshape(b * n, v), kd_rows,
+                          ce_rows, ce_targets, float(temperature), float(alpha_kd), float(alpha_ce), int(chunk))
 
 
 def hidden_mse(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],

@@ -7,7 +7,17 @@ import math
 import pytest
 import torch
 
-from edgellm.train.losses import attention_kl, embedding_loss, hidden_mse, kd_loss, layer_map, mean_pool
+import torch.nn.functional as F
+
+from edgellm.train.losses import (
+    attention_kl,
+    embedding_loss,
+    hidden_mse,
+    kd_loss,
+    layer_map,
+    mean_pool,
+    token_kd_loss,
+)
 
 
 def test_kd_loss_equals_the_hand_computed_value() -> None:
@@ -37,6 +47,60 @@ def test_kd_loss_in_bf16_is_computed_in_float32() -> None:
     t = torch.tensor([[3.0, 2.0, 1.0]], dtype=torch.bfloat16)
     out = kd_loss(s, t, 2.0)
     assert out.dtype == torch.float32 and out.item() == pytest.approx(1.2806266713, abs=1e-5)
+
+
+def _plain_token_kd(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, temperature: float,
+                    alpha_kd: float, alpha_ce: float) -> torch.Tensor:
+    """The same loss written the plain autograd way: the reference the fused one must equal."""
+    real = mask.bool()
+    kd = kd_loss(s[real], t[real], temperature)
+    ce = F.cross_entropy(s[:, :-1][real[:, 1:]].float(), ids[:, 1:][real[:, 1:]])
+    return alpha_kd * kd + alpha_ce * ce
+
+
+# (temperature, alpha_kd, alpha_ce, chunk, dtype): one comment each
+TOKEN_KD_CASES = [
+    (1.0, 1.0, 0.5, 64, torch.float32),   # the recipe's setting, one chunk
+    (2.0, 0.7, 2.0, 3, torch.float32),    # T^2 scaling, chunks smaller than the rows, uneven last chunk
+    (1.0, 1.0, 0.0, 4, torch.float32),    # KD alone
+    (1.0, 0.0, 1.0, 4, torch.float32),    # CE alone
+    (1.0, 1.0, 0.5, 5, torch.bfloat16),   # autocast's bf16 logits: float32 maths, bf16 gradient
+]
+
+
+@pytest.mark.parametrize("temperature,alpha_kd,alpha_ce,chunk,dtype", TOKEN_KD_CASES)
+def test_token_kd_loss_equals_the_plain_loss_and_its_gradient(temperature: float, alpha_kd: float, alpha_ce: float,
+                                                              chunk: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    s = (torch.randn(3, 6, 17) * 3).to(dtype)
+    t = (torch.randn(3, 6, 17) * 3).to(dtype)
+    ids = torch.randint(0, 17, (3, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])  # right padding
+    fused_s = s.clone().requires_grad_(True)
+    loss, parts = token_kd_loss(fused_s, t, mask, ids, temperature=temperature, alpha_kd=alpha_kd,
+                                alpha_ce=alpha_ce, chunk=chunk)
+    (loss * 3.0).backward()  # an upstream gradient other than 1 is carried through
+    plain_s = s.float().clone().requires_grad_(True)
+    plain = _plain_token_kd(plain_s, t.float(), mask, ids, temperature, alpha_kd, alpha_ce)
+    (plain * 3.0).backward()
+    assert loss.dtype == torch.float32 and not parts.requires_grad
+    assert float(loss) == pytest.approx(float(plain), rel=1e-5)
+    real = mask.bool()
+    kd = float(kd_loss(s[real].float(), t[real].float(), temperature)) if alpha_kd > 0 else 0.0  # skipped at 0
+    assert float(parts[0]) == pytest.approx(kd, rel=1e-5)
+    assert fused_s.grad is not None and fused_s.grad.dtype == dtype
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-2}
+    torch.testing.assert_close(fused_s.grad.float(), plain_s.grad, **tol)
+    assert float(fused_s.grad[2, 2:].abs().sum()) == 0.0  # padding gets no gradient
+
+
+def test_token_kd_loss_is_zero_for_equal_logits_and_needs_no_gradient_buffer() -> None:
+    logits = torch.randn(2, 4, 9)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    loss, parts = token_kd_loss(logits, logits.clone(), mask, torch.zeros(2, 4, dtype=torch.long),
+                                temperature=2.0)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6) and parts.tolist() == [pytest.approx(0.0, abs=1e-6), 0.0]
+    assert not loss.requires_grad  # the student's logits need no gradient here, so none is formed
 
 
 def test_hidden_mse_ignores_padding() -> None:
