@@ -34,7 +34,7 @@ class _TokenKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, kd_rows: torch.Tensor,  # type: ignore[override]
                 ce_rows: torch.Tensor, ce_targets: torch.Tensor, temperature: float, alpha_kd: float,
-                alpha_ce: float, chunk: int) -> torch.Tensor:
+                alpha_ce: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = float(temperature)
         want_grad = ctx.needs_input_grad[0]
         grad = torch.zeros_like(student) if want_grad else student.new_zeros(())  # (N, V), the student's dtype
