@@ -427,7 +427,8 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
 
 
 def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
-    """Labelled movie-reviews test rows (binary) that are not training text of this recipe."""
+    """Up to `count` movie reviews of this recipe's own held-out test split with their binary label (reviews of a
+    neutral score have none): text the model never trained on, in the order of the split."""
     if count == 0:
         return [], []
     from edgellm.data import load_task_data
@@ -437,8 +438,10 @@ def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
     names = list(labelled.labels or [])
     if sorted(names) != sorted(SENTIMENT_LABELS):
         raise DataError(f"movie-reviews labels {names} are not {list(SENTIMENT_LABELS)}")
+    label_of = {t: names[y] for split in (labelled.train, labelled.validation, labelled.test)
+                for t, y in zip(split.texts, split.labels)}
     train = set(data.train.texts)
-    rows = [(t, names[y]) for t, y in zip(labelled.test.texts, labelled.test.labels) if t not in train][:count]
+    rows = [(t, label_of[t]) for t in data.test.texts if t in label_of and t not in train][:count]
     return [t for t, _ in rows], [SENTIMENT_LABELS.index(n) for _, n in rows]
 
 

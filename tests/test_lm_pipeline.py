@@ -138,6 +138,24 @@ def test_out_of_domain_text_must_not_touch_training(lm_texts: dict[str, Path]) -
         load_out_of_domain([str(lm_texts["ood"])], [OTHER_DOMAIN[3]])
 
 
+def test_sentiment_rows_are_labelled_reviews_of_the_held_out_test_split() -> None:
+    from edgellm.data import VADER_THRESHOLD, _vader_rows
+    from edgellm.pipeline_lm import SENTIMENT_LABELS, _sentiment_rows
+    from edgellm.recipe import DataConfig, SplitConfig
+    from edgellm.train.causal import load_lm_data
+
+    data = load_lm_data(DataConfig(split=SplitConfig(validation=0.05, test=0.05, seed=13)),
+                        corpora=["movie-reviews", "tweets"])
+    texts, labels = _sentiment_rows(data, 150)
+    assert len(texts) == 150 and len(labels) == 150 and _sentiment_rows(data, 0) == ([], [])
+    test, train = set(data.test.texts), set(data.train.texts)
+    assert all(t in test and t not in train for t in texts)  # held out of the LM's training
+    score = {text: s for _, s, text in _vader_rows("movie-reviews")}
+    assert all(abs(score[t]) > VADER_THRESHOLD for t in texts)  # neutral reviews have no label; tweets are not reviews
+    assert [SENTIMENT_LABELS[y] for y in labels] == ["positive" if score[t] > 0 else "negative" for t in texts]
+    assert texts == [t for t in data.test.texts if t in set(texts)]  # in the split's order
+
+
 def test_decoder_targets_refused_before_any_work() -> None:
     from edgellm.errors import ConfigError
     from edgellm.pipeline_lm import check_lm_targets
