@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgellm.recipe import load_recipe
     from edgellm.runtime import load
     from edgellm.train.causal import distill_causal_lm, load_lm_data, load_teacher_lm
-    from edgellm.train.corpus import read_corpus
+    from edgellm.train.corpus import corpus_texts, read_corpus
 
     recipe = load_recipe(args.recipe)
     lm = recipe.causal_lm
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     # the plans are compared out of domain; distillation's own in-domain test scoring is cut to 100 rows
     data = dataclasses.replace(data, test=Examples(data.test.texts[:100], None, data.test.ids[:100]))
     teacher = load_teacher_lm(teacher_folder / "model")
+    corpus = corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat)
     context = context_length_for(teacher.model, lm.context_length)
     passage = min(OOD_LENGTH, context)
     passages = pack_sequences(teacher.tokenizer, ood, length=passage, count=args.passages)

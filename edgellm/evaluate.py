@@ -11,11 +11,12 @@ from edgellm.runtime.generate import log_softmax
 
 __all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "sentence_pairs",
            "AGREEMENT_PAIRS", "log_softmax",
-           "lm_agreement", "SENTIMENT_PROMPT", "zero_shot_sentiment"]
+           "lm_agreement", "SENTIMENT_PROMPT", "CONTENT_FREE", "zero_shot_sentiment"]
 
 AGREEMENT_PAIRS = 2000  # held-out sentence pairs whose similarity ranking embedding models are compared on
 SENTIMENT_PROMPT = ("Is the following movie review positive or negative? Answer with one word.\n\n"
                     "Review: {text}")  # the zero-shot task metric of text-generation artifacts
+CONTENT_FREE = ("N/A", "", "[MASK]")  # texts with no sentiment: a model's prior answer (Zhao et al. 2021)
 
 
 def classification_metrics(predicted: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> dict[str, Any]:
@@ -128,9 +129,15 @@ def lm_agreement(reference: Any, candidate: Any, sequences: Sequence[Sequence[in
 
 def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[int],
                         label_names: Sequence[str]) -> dict[str, Any]:
-    """Sentiment accuracy of a text generator by prompting (no training): each text goes into SENTIMENT_PROMPT
-    (through the chat template when the model has one) and the label whose name's first token is more likely as
-    the answer's first token wins (either capitalisation, with or without a leading space)."""
+    """Sentiment accuracy of a text generator by prompting (no training). Each text goes into SENTIMENT_PROMPT
+    (through the chat template when the model has one); a label's score is the log-probability that the answer's
+    first token starts its name (either capitalisation, with or without a leading space), normalised over the labels.
+
+    `accuracy` / `macro_f1` are calibrated (contextual calibration, Zhao et al. 2021, "Calibrate Before Use"): the
+    mean scores of CONTENT_FREE texts in the same prompt are subtracted before the argmax, so a model's prior for
+    one answer word is not read as its judgement of the reviews. `accuracy_uncalibrated` / `macro_f1_uncalibrated`
+    are the plain argmax; with two labels `auc` is the chance that a random text of the second label scores higher
+    (second minus first) than one of the first, which no threshold changes."""
     if len(texts) != len(labels):
         raise DataError(f"{len(texts)} texts for {len(labels)} labels")
     variants = []
@@ -138,10 +145,22 @@ def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[i
         firsts = {ids[0] for v in (name, name.capitalize(), " " + name, " " + name.capitalize())
                   if (ids := generator.encode(v, add_special_tokens=False))}
         variants.append(sorted(firsts))
-    predicted = []
-    for text in texts:
+
+    def scores(text: str) -> np.ndarray:
         prompt = SENTIMENT_PROMPT.format(text=text)
         ids = generator.user_prompt_ids(prompt if generator.chat_template else prompt + "\nAnswer:")
         logp = log_softmax(generator.next_token_logits(ids))
-        predicted.append(int(np.argmax([np.logaddexp.reduce(logp[v]) for v in variants])))
-    return classification_metrics(predicted, labels, len(label_names))
+        return log_softmax(np.array([np.logaddexp.reduce(logp[v]) for v in variants]))
+
+    got = np.array([scores(t) for t in texts]).reshape(len(texts), len(label_names))
+    prior = np.mean([scores(t) for t in CONTENT_FREE], axis=0)
+    out = classification_metrics(np.argmax(got - prior, axis=1), labels, len(label_names))
+    plain = classification_metrics(np.argmax(got, axis=1), labels, len(label_names))
+    out.update(accuracy_uncalibrated=plain["accuracy"], macro_f1_uncalibrated=plain["macro_f1"],
+               content_free_scores=[float(x) for x in prior])
+    gold = np.asarray(labels)
+    if len(label_names) == 2 and 0 < int(gold.sum()) < gold.size:
+        ranks = _ranks(got[:, 1] - got[:, 0])
+        pos, neg = int(gold.sum()), int(gold.size - gold.sum())
+        out["auc"] = float((ranks[gold == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return out

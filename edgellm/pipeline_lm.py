@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 # causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
 # changing them reuses the distilled student)
 TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "freeze_embeddings", "teacher_precision",
-                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens", "pack_tokens")
+                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens", "pack_tokens",
+                   "corpus_chat")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")
@@ -153,7 +154,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                     "export": export_fields, "eval_texts": lm.eval_texts},
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
     current = teacher
-    corpus: list[str] = []
+    corpus: list[dict[str, Any]] = []
     if lm.teacher_samples:
         stages["corpus"] = cache.run(
             "corpus", {"teacher": teacher.key, "samples": lm.teacher_samples, "tokens": lm.sample_tokens,
@@ -261,13 +262,15 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
             "sampling": {**SAMPLING, "seed": lm.sample_seed, "max_new_tokens": lm.sample_tokens}}
 
 
-def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], corpus: Sequence[str],
-                   teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
+def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
+                   corpus: Sequence[dict[str, Any]], teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
     from edgellm.train.causal import distill_causal_lm, load_teacher_lm
+    from edgellm.train.corpus import corpus_texts
     from edgellm.train.stages import augment_texts
 
     teacher = load_teacher_lm(teacher_folder / "model")
-    extra = [*corpus, *augment_texts(recipe.distill.augment_with, data, exclude=ood)]  # type: ignore[union-attr]
+    extra = [*corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat),
+             *augment_texts(recipe.distill.augment_with, data, exclude=ood)]  # type: ignore[union-attr]
     student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
                                 extra_texts=extra, progress=progress)
     student.save(folder / "model", overwrite=True)
@@ -522,7 +525,7 @@ def lm_summary_rows(stages: dict[str, StageRecord], manifest: Any) -> list[dict[
 def render_lm_summary(rows: list[dict[str, Any]]) -> str:
     """The end-of-run table of a text-generation recipe as Markdown."""
     lines = ["| stage | model | layers | parameters | size MB | perplexity in-domain | perplexity out-of-domain | "
-             "KL from teacher | top-1 agreement | zero-shot sentiment % | decode tok/s | first token ms |",
+             "KL from teacher | top-1 agreement | zero-shot sentiment % (calibrated) | decode tok/s | first token ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     for r in rows:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgellm.errors import DataError
-from edgellm.evaluate import classification_metrics, embedding_agreement, spearman
+from edgellm.evaluate import classification_metrics, embedding_agreement, spearman, zero_shot_sentiment
 
 
 def test_accuracy_and_macro_f1_by_hand() -> None:
@@ -40,3 +40,43 @@ def test_bad_inputs() -> None:
         classification_metrics([], [])
     with pytest.raises(DataError, match=">= 2 values"):
         spearman([1], [1])
+
+
+class _BiasedJudge:
+    """A stand-in text generator that always leans to " positive" (logit +3) and reads "good" / "bad" as +-1 on top:
+    its plain answer is always positive, its judgement of the texts is perfect."""
+
+    chat_template = None
+    tokens = {"negative": 1, "positive": 2}
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [self.tokens.get(text.strip().lower(), 3)]
+
+    def user_prompt_ids(self, prompt: str) -> list[int]:
+        self.prompts.append(prompt)
+        return [len(self.prompts) - 1]
+
+    def next_token_logits(self, ids: list[int]) -> np.ndarray:
+        review = self.prompts[ids[-1]].rsplit("Review: ", 1)[1]
+        logits = np.zeros(4)
+        logits[2] = 3.0 + ("good" in review) - ("bad" in review)
+        return logits
+
+
+def test_zero_shot_sentiment_calibration_removes_the_prior_answer() -> None:
+    texts, labels = ["good fun", "bad plot", "a good cast", "so bad"], [1, 0, 1, 0]
+    judge = _BiasedJudge()
+    got = zero_shot_sentiment(judge, texts, labels, ["negative", "positive"])
+    assert got["accuracy_uncalibrated"] == 50.0 and got["accuracy"] == 100.0 and got["auc"] == 1.0
+    assert got["content_free_scores"][1] - got["content_free_scores"][0] == pytest.approx(3.0, abs=0.05)
+    assert judge.prompts[-3:] == [f"Is the following movie review positive or negative? Answer with one word.\n\n"
+                                  f"Review: {t}\nAnswer:" for t in ("N/A", "", "[MASK]")]
+    flipped = zero_shot_sentiment(_BiasedJudge(), texts, [0, 1, 0, 1], ["negative", "positive"])
+    assert flipped["accuracy"] == 0.0 and flipped["auc"] == 0.0
+    one_class = zero_shot_sentiment(_BiasedJudge(), texts[:1], [1], ["negative", "positive"])
+    assert "auc" not in one_class and one_class["examples"] == 1
+    with pytest.raises(DataError, match="2 texts for 1 labels"):
+        zero_shot_sentiment(_BiasedJudge(), texts[:2], [1], ["negative", "positive"])

@@ -179,6 +179,27 @@ def test_teacher_corpus_is_deterministic_for_a_seed(lm_artifact: Path) -> None:
     assert all(0 < r["tokens"] <= 8 and r["text"] for r in first)
 
 
+def test_corpus_texts_are_the_conversation_or_the_reply(tmp_path: Path) -> None:
+    from tests.conftest import save_tiny_bpe_tokenizer
+
+    from edgellm.train.causal import encode_lm
+    from edgellm.train.corpus import corpus_texts, read_corpus
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"prompt": "Tell a story.", "text": "the film was good", "tokens": 5}) + "\n"
+                    + json.dumps({"prompt": "Say nothing.", "text": "", "tokens": 0}) + "\n", encoding="utf-8")
+    rows = read_corpus(path)
+    assert [r["text"] for r in rows] == ["the film was good"]  # a row without text is dropped
+    tok = save_tiny_bpe_tokenizer(tmp_path / "tok")
+    chat = corpus_texts(rows, tok, chat=True)
+    assert chat == ["<|im_start|>user\nTell a story.<|im_end|>\n<|im_start|>assistant\nthe film was good<|im_end|>\n"]
+    ids = encode_lm(tok, chat, None)[0]
+    assert ids[0] == 1 and ids.count(2) == 2  # the turns' markers are the special tokens, not their letters
+    assert corpus_texts(rows, tok, chat=False) == ["the film was good"]
+    tok.chat_template = None  # a teacher without a chat template: the reply alone
+    assert corpus_texts(rows, tok, chat=True) == ["the film was good"]
+
+
 def test_zero_shot_sentiment_and_agreement_measure_what_they_say(lm_artifact: Path) -> None:
     import numpy as np
 

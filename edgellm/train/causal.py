@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 16  # LM rows per evaluation forward: each row's logits are (T, vocab), 49k wide for SmolLM2
+CHAT_ROOM = 96  # tokens kept, besides causal_lm.sample_tokens, for a teacher text's chat turns (unpacked rows)
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -116,8 +117,9 @@ def load_teacher_lm(name: Any) -> TrainedModel:
     return TrainedModel(model=model, tokenizer=load_tokenizer(folder), task="text-generation", source=str(name))
 
 
-def encode_lm(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text (the tokenizer's special tokens included), texts of fewer than 2 tokens dropped."""
+def encode_lm(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Token ids per text (the tokenizer's special tokens included; cut to `max_length` unless it is None), texts of
+    fewer than 2 tokens dropped."""
     return [ids for ids in encode_texts(tokenizer, texts, max_length) if len(ids) >= 2]
 
 
@@ -360,9 +362,9 @@ def distill_causal_lm(
     Returns a TrainedModel (task text-generation) whose `metrics` hold: the layers kept, perplexity of teacher /
     initial student / distilled student on the validation and test splits, training tokens, tokens/s and wall
     time, and the evaluation history. Rerunning the same call resumes from `work_dir`. `extra_texts` (text the
-    teacher wrote, `distill.augment_with`) join the training split, each cut to max(data.max_length,
-    lm.sample_tokens) tokens (whole when `lm.pack_tokens` packs the rows); `lm.token_budget` stops training after
-    that many tokens.
+    teacher wrote, as `edgellm.train.corpus.corpus_texts` writes them; `distill.augment_with`) join the training
+    split, each cut to max(data.max_length, lm.sample_tokens + CHAT_ROOM) tokens (whole when `lm.pack_tokens` packs
+    the rows); `lm.token_budget` stops training after that many tokens.
     """
     lm = lm or CausalLMConfig()
     tm = load_teacher_lm(teacher)
@@ -373,8 +375,8 @@ def distill_causal_lm(
     pad = _pad_id(tok, tmodel)
     length = int(data.max_length or 128)
     train_ids = encode_lm(tok, list(data.train.texts), length)
-    if extra_texts:  # whole when packed
-        cut = max(length, lm.sample_tokens + 8) if lm.pack_tokens is None else 1 << 16
+    if extra_texts:  # whole when packed, else room for a reply of sample_tokens and the chat turns before it
+        cut = max(length, lm.sample_tokens + CHAT_ROOM) if lm.pack_tokens is None else None
         train_ids += encode_lm(tok, list(extra_texts), cut)
     if lm.pack_tokens is not None:
         eos = getattr(tok, "eos_token_id", None)

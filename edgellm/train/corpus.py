@@ -7,10 +7,11 @@
 The generator is the runtime's (`edgellm.runtime.generate.Generator`, the teacher's fused 8-bit ONNX Runtime model
 in the pipeline): prompts decoded `batch_size` at a time in one shared KV buffer (`Generator.tokens_batch`),
 sampling in numpy, one seed per prompt (`seed + index`), so the same prompts, seed and batch size give the same
-corpus on the same machine and ONNX Runtime build. Each prompt goes through the teacher's chat
-template when it has one; the corpus keeps the reply only (plain prose the student learns the teacher's
-distributions on). The prompt forms ask for the kinds of text a general assistant writes (explanations, stories,
-letters, news, advice, lists), over topics from everyday life, science, history, work and culture.
+corpus on the same machine and ONNX Runtime build. Each prompt goes through the teacher's chat template when it
+has one. `corpus_texts` gives the student each row as the conversation it came from (the chat template's turns,
+then the reply: the format a chat model is prompted in) or the reply alone. The prompt forms ask for the kinds of
+text a general assistant writes (explanations, stories, letters, news, advice, lists), over topics from everyday
+life, science, history, work and culture.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 
 from edgellm.errors import ConfigError
 
-__all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "SAMPLING", "teacher_prompts", "generate_corpus", "read_corpus"]
+__all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "SAMPLING", "teacher_prompts", "generate_corpus", "read_corpus",
+           "corpus_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,18 @@ def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: i
     return rows
 
 
-def read_corpus(path: Path) -> list[str]:
-    """The texts of a corpus written as JSON lines ({"prompt", "text", "tokens"} per line)."""
+def read_corpus(path: Path) -> list[dict[str, Any]]:
+    """The rows of a corpus written as JSON lines ({"prompt", "text", "tokens"} per line) that have a text."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [r["text"] for r in rows if r.get("text")]
+    return [r for r in rows if r.get("text")]
+
+
+def corpus_texts(rows: Sequence[dict[str, Any]], tokenizer: Any, *, chat: bool) -> list[str]:
+    """Training texts of corpus rows: with `chat` and a tokenizer that has a chat template, each row as that
+    template writes the user's prompt and the assistant's reply (special tokens as text: the tokenizer maps them
+    back); else the reply alone."""
+    if not (chat and getattr(tokenizer, "chat_template", None)):
+        return [r["text"] for r in rows]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                           {"role": "assistant", "content": r["text"]}], tokenize=False)
+            for r in rows]

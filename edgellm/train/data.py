@@ -14,12 +14,13 @@ __all__ = ["encode_texts", "TokenBatches", "eval_batches", "collate", "IGNORE_LA
 IGNORE_LABEL = -100  # label of rows without one (distillation on unlabelled text): CE skips them
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, *, chunk: int = 4096) -> list[list[int]]:
-    """Token ids per text (special tokens included, truncated to `max_length`, no padding)."""
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None, *,
+                 chunk: int = 4096) -> list[list[int]]:
+    """Token ids per text (special tokens included, truncated to `max_length` unless it is None, no padding)."""
     ids: list[list[int]] = []
     for start in range(0, len(texts), chunk):
         part = list(texts[start:start + chunk])
-        ids.extend(tokenizer(part, truncation=True, max_length=max_length)["input_ids"])
+        ids.extend(tokenizer(part, truncation=max_length is not None, max_length=max_length)["input_ids"])
     return ids
 
 
