@@ -27,8 +27,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class _TokenKD(torch.autograd.Function):
-    """alpha_kd * KD + alpha_ce * CE over the rows of (N, V) logits that either term uses, `chunk` rows at a time, as
-    (loss, [kd, ce]). Each chunk takes the student's log-softmax once for both terms (twice when the temperature is
+    """The loss over the rows of (N, V) logits that either term uses, `chunk` rows at a time, as (loss, [kd, ce]
+    each summed with its rows' weights: alpha over the rows the term averages over, 0 off it). Each chunk takes the student's log-softmax once for both terms (twice when the temperature is
     not 1), and its gradient (softmax minus target, per term) is written in the same pass, so autograd keeps no
     (N, V) intermediate."""
 
