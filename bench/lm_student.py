@@ -128,7 +128,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {f(r['ppl_in_domain'], '.1f')} | {f(r['in_domain_ratio'], '.2f')} | "
                      f"{f(r['ppl_out_of_domain'], '.1f')} | {f(r['ood_ratio'], '.2f')} | {f(r['kl'], '.3f')} | "
-                     f"{f(r['top1'], '.3f')} | {f(r['sentiment'], '.1f')} ({f(r.get('sentiment_uncalibrated'), '.1f')}) | "
+                     f"{f(r['top1'], '.3f')} | {f(r['sentiment'], '.1f')} "
+                     f"({f(r.get('sentiment_uncalibrated'), '.1f')}) | "
                      f"{f(r.get('sentiment_auc'), '.3f')} | {f(r['decode_tps'], '.1f')} | "
                      f"{f(r['speedup_vs_teacher_int8'], '.2f')} | {f(r['first_token_ms'], '.0f')} |")
     names = {"ood_ratio": "out-of-domain perplexity / teacher FP32 <= 1.3",
@@ -149,7 +150,8 @@ def markdown(result: dict[str, Any]) -> str:
 def headline(result: dict[str, Any]) -> str:
     """README's short table: the teacher in FP32 and 8-bit, the student's default 8-bit model, and the targets."""
     rows = {r["model"]: r for r in result["rows"]}
-    lines = ["| model | perplexity in-domain | out-of-domain (x teacher) | zero-shot sentiment % (calibrated) | decode tok/s |",
+    lines = ["| model | perplexity in-domain | out-of-domain (x teacher) | zero-shot sentiment % (calibrated) | "
+             "decode tok/s |",
              "|---|---:|---:|---:|---:|"]
     for name in ("teacher onnx-fp32", "teacher onnx-int8", "student onnx-int8"):
         r = rows.get(name)

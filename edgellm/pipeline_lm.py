@@ -263,7 +263,8 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
 
 
 def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
-                   corpus: Sequence[dict[str, Any]], teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
+                   corpus: Sequence[dict[str, Any]], teacher_folder: Path, folder: Path,
+                   progress: bool) -> dict[str, Any]:
     from edgellm.train.causal import distill_causal_lm, load_teacher_lm
     from edgellm.train.corpus import corpus_texts
     from edgellm.train.stages import augment_texts

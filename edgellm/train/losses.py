@@ -27,21 +27,22 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class _TokenKD(torch.autograd.Function):
-    """The loss over the rows of (N, V) logits that either term uses, `chunk` rows at a time, as (loss, [kd, ce]
-    each summed with its rows' weights: alpha over the rows the term averages over, 0 off it). Each chunk takes the student's log-softmax once for both terms (twice when the temperature is
-    not 1), and its gradient (softmax minus target, per term) is written in the same pass, so autograd keeps no
-    (N, V) intermediate."""
+    """alpha_kd * KD + alpha_ce * CE over the rows of (N, V) logits that either term uses, `chunk` rows at a time, as
+    (loss, [kd, ce]); each term is its rows' values summed with their weights (1 / rows averaged over, 0 off the
+    term). Each chunk takes the student's log-softmax once for both terms (twice when the temperature is not 1),
+    and its gradient (softmax minus target, per term) is written in the same pass, so autograd keeps no (N, V)
+    intermediate."""
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, kd_weight: torch.Tensor,  # type: ignore[override]
-                ce_weight: torch.Tensor, targets: torch.Tensor, temperature: float, chunk: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ce_weight: torch.Tensor, targets: torch.Tensor, temperature: float, alpha_kd: float,
+                alpha_ce: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = float(temperature)
         want_grad = ctx.needs_input_grad[0]
         grad = torch.zeros_like(student) if want_grad else student.new_zeros(())  # (N, V), the student's dtype
-        parts = student.new_zeros(2, dtype=torch.float32)  # the weighted sums [kd, ce]
-        use_kd, use_ce = bool((kd_weight > 0).any()), bool((ce_weight > 0).any())
-        used = ((kd_weight > 0) | (ce_weight > 0)).nonzero().squeeze(1)
+        parts = student.new_zeros(2, dtype=torch.float32)  # [kd, ce]
+        use_kd, use_ce = alpha_kd > 0, alpha_ce > 0
+        used = (((kd_weight > 0) & use_kd) | ((ce_weight > 0) & use_ce)).nonzero().squeeze(1)
         for start in range(0, used.numel(), chunk):
             rows = used[start:start + chunk]
             s = student[rows].float()  # (n, V)
@@ -54,23 +55,23 @@ class _TokenKD(torch.autograd.Function):
                 p = log_p.exp()
                 parts[0] += ((p * (log_p - log_qt)).sum(-1, keepdim=True) * w_kd).sum() * (t * t)
                 if g is not None:  # d(T^2 KL) / d student = T (q_T - p)
-                    g += (log_qt.exp() - p) * (w_kd * t)
+                    g += (log_qt.exp() - p) * (w_kd * (alpha_kd * t))
             if use_ce:
                 picked = log_q.gather(1, targets[rows, None])  # (n, 1)
                 parts[1] -= (picked * w_ce).sum()
                 if g is not None:  # d CE / d student = q - one-hot
-                    g += log_q.exp() * w_ce
-                    g.scatter_add_(1, targets[rows, None], -w_ce)
+                    g += log_q.exp() * (w_ce * alpha_ce)
+                    g.scatter_add_(1, targets[rows, None], -w_ce * alpha_ce)
             if g is not None:
                 grad[rows] = g.to(grad.dtype)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(parts)
-        return parts.sum(), parts
+        return alpha_kd * parts[0] + alpha_ce * parts[1], parts
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss.to(grad.dtype),) + (None,) * 6
+        return (grad * grad_loss.to(grad.dtype),) + (None,) * 8
 
 
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,
@@ -89,15 +90,11 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, at
     nxt = torch.zeros_like(real)
     nxt[:, :-1] = real[:, 1:]
     is_kd, is_ce = real.reshape(-1).float(), nxt.reshape(-1).float()
-    # each row's weight in the loss: alpha over the number of rows the term averages over (0: not in the term)
-    kd_weight = is_kd * (float(alpha_kd) / max(float(is_kd.sum()), 1.0))
-    ce_weight = is_ce * (float(alpha_ce) / max(float(is_ce.sum()), 1.0))
+    # each row's weight in its term's mean (0: not in the term)
+    kd_weight, ce_weight = is_kd / max(float(is_kd.sum()), 1.0), is_ce / max(float(is_ce.sum()), 1.0)
     targets = input_ids.roll(-1, dims=1).reshape(-1)
-    loss, weighted = _TokenKD.apply(student_logits.reshape(b * n, v), teacher_logits.detach().reshape(b * n, v),
-                                    kd_weight, ce_weight, targets, float(temperature), int(chunk))
-    alphas = weighted.new_tensor([float(alpha_kd), float(alpha_ce)])
-    parts = torch.where(alphas > 0, weighted / alphas.clamp_min(1e-30), torch.zeros_like(weighted))
-    return loss, parts
+    return _TokenKD.apply(student_logits.reshape(b * n, v), teacher_logits.detach().reshape(b * n, v), kd_weight,
+                          ce_weight, targets, float(temperature), float(alpha_kd), float(alpha_ce), int(chunk))
 
 
 def hidden_mse(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
