@@ -198,6 +198,14 @@ def test_corpus_texts_are_the_conversation_or_the_reply(tmp_path: Path) -> None:
     assert corpus_texts(rows, tok, chat=False) == ["the film was good"]
     tok.chat_template = None  # a teacher without a chat template: the reply alone
     assert corpus_texts(rows, tok, chat=True) == ["the film was good"]
+    from edgellm.errors import DataError
+
+    path.write_text(path.read_text(encoding="utf-8") + '{"prompt": "cut off', encoding="utf-8")
+    with pytest.raises(DataError, match=r"corpus\.jsonl, line 3: not JSON"):
+        read_corpus(path)
+    path.write_text('{"text": "no prompt"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 1: not a corpus row"):
+        read_corpus(path)
 
 
 def test_zero_shot_sentiment_and_agreement_measure_what_they_say(lm_artifact: Path) -> None:

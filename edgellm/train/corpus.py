@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgellm.errors import ConfigError
+from edgellm.errors import ConfigError, DataError
 
 __all__ = ["PROMPT_FORMS", "PROMPT_TOPICS", "SAMPLING", "teacher_prompts", "generate_corpus", "read_corpus",
            "corpus_texts"]
@@ -100,9 +100,21 @@ def generate_corpus(generator: Any, prompts: Sequence[str], *, max_new_tokens: i
 
 
 def read_corpus(path: Path) -> list[dict[str, Any]]:
-    """The rows of a corpus written as JSON lines ({"prompt", "text", "tokens"} per line) that have a text."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [r for r in rows if r.get("text")]
+    """The rows of a corpus written as JSON lines ({"prompt", "text", "tokens"} per line) that have a text; a line
+    that is not such a row is a DataError naming the file and line."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {number}: not JSON ({e.msg}); delete the corpus stage to write it "
+                            "again") from e
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("text"), str)):
+            raise DataError(f"{path}, line {number}: not a corpus row (a prompt and a text)")
+        rows.append(row)
+    return [r for r in rows if r["text"]]
 
 
 def corpus_texts(rows: Sequence[dict[str, Any]], tokenizer: Any, *, chat: bool) -> list[str]:
