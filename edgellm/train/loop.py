@@ -82,6 +82,7 @@ __all__ = [
     "autocast_dtype",
     "lr_factor",
     "distributed_context",
+    "keep_freed_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,32 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native else None
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+
+
+def keep_freed_memory() -> bool:
+    """On glibc (Linux), serve allocations up to 32 MB from the heap and keep up to 1 GB of freed memory there.
+
+    A CPU training step allocates and frees many tensors of a few MB (activations, a KD loss's chunks). By default
+    glibc maps each one fresh from the kernel and unmaps it on free, so every step pays page faults to zero the
+    same memory again: a 2,048-token SmolLM2 distillation step took 3.96 s against 3.41 s with this set (median of
+    7 steps, Intel Xeon with AMX). Returns whether it was applied (False off glibc); calling it again is harmless.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 @contextlib.contextmanager
 def distributed_context(device: torch.device) -> Any:
     """(rank, world_size); joins the process group when started by torchrun / accelerate launch."""
@@ -240,6 +267,8 @@ def train_loop(
         pause_step = None
     device = device_for(options)
     dtype = autocast_dtype(options.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model.to(device)

@@ -64,6 +64,7 @@ TOKEN_KD_CASES = [
     (2.0, 0.7, 2.0, 3, torch.float32),    # T^2 scaling, chunks smaller than the rows, uneven last chunk
     (1.0, 1.0, 0.0, 4, torch.float32),    # KD alone
     (1.0, 0.0, 1.0, 4, torch.float32),    # CE alone
+    (2.0, 1.0, 0.0, 4, torch.float32),    # KD alone at T = 2: its own softmax, no CE share in the gradient
     (1.0, 1.0, 0.5, 5, torch.bfloat16),   # autocast's bf16 logits: float32 maths, bf16 gradient
 ]
 
