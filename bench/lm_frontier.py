@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work), Path(args.out)
     teacher_folder = finished(work, "teacher")
     corpus_folder = finished(work, "corpus") if lm.teacher_samples else None
-    corpus = read_corpus(corpus_folder / CORPUS_FILE) if corpus_folder else []
+    corpus_rows = read_corpus(corpus_folder / CORPUS_FILE) if corpus_folder else []
     data = load_lm_data(recipe.data, corpora=lm.corpora)
     ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
     # the plans are compared out of domain; distillation's own in-domain test scoring is cut to 100 rows
     data = dataclasses.replace(data, test=Examples(data.test.texts[:100], None, data.test.ids[:100]))
     teacher = load_teacher_lm(teacher_folder / "model")
-    corpus = corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat)
+    corpus = corpus_texts(corpus_rows, teacher.tokenizer, chat=lm.corpus_chat)
     context = context_length_for(teacher.model, lm.context_length)
     passage = min(OOD_LENGTH, context)
     passages = pack_sequences(teacher.tokenizer, ood, length=passage, count=args.passages)

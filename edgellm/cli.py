@@ -240,14 +240,16 @@ def targets_show_cmd(name: str) -> None:
               "(default OUTPUT.work); a rerun skips finished stages.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (there are none when stderr is not a terminal).")
+@click.option("--prune-work", is_flag=True, help="After publishing, delete the work folder's stage folders this run "
+              "did not use (earlier recipes' outputs; about 1 GB each for an LLM).")
 def compress_cmd(recipe: str, output: str, targets: tuple[str, ...], overrides: tuple[str, ...],
-                 work_dir: str | None, overwrite: bool, no_progress: bool) -> None:
+                 work_dir: str | None, overwrite: bool, no_progress: bool, prune_work: bool) -> None:
     """Run the whole pipeline in RECIPE (distil, prune, quantize, export) and write one artifact."""
     from edgellm.pipeline import compress
     from edgellm.recipe import load_recipe
 
     result = compress(load_recipe(recipe, overrides), output, targets=targets, work_dir=work_dir,
-                      overwrite=overwrite, progress=not no_progress, echo=click.echo)
+                      overwrite=overwrite, progress=not no_progress, echo=click.echo, prune_work=prune_work)
     click.echo("")
     click.echo(result.summary_markdown)
 

@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -238,6 +239,7 @@ def compress(
     targets: Sequence[str] = (),
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    prune_work: bool = False,
 ) -> CompressResult:
     """Run `recipe` and publish the artifact at `output`.
 
@@ -245,6 +247,8 @@ def compress(
         targets: device profiles added to the recipe's own `targets` (one extra model each).
         work_dir: stage outputs and checkpoints (default `<output>.work`); rerunning reuses finished stages.
         echo: receives one line per stage event (the CLI prints them); logging gets them too.
+        prune_work: once the artifact is published, delete the work folder's stage folders this run did not use
+            (earlier recipes' stages, unfinished ones): `prune_work_dir`.
     """
     say = _echo(echo)
     out = check_output(output, overwrite=overwrite)  # refuse early, before hours of training
@@ -260,8 +264,43 @@ def compress(
         # imported here: pipeline_lm builds on this module (StageCache, publishing)
         from edgellm.pipeline_lm import compress_causal_lm
 
-        return compress_causal_lm(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
-    return _compress_encoder(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
+        result = compress_causal_lm(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
+    else:
+        result = _compress_encoder(recipe, out, work, all_targets, overwrite=overwrite, progress=progress, say=say)
+    if prune_work:
+        removed, freed = prune_work_dir(work, keep=[r.folder for r in result.stages.values()])
+        say(f"[prune-work] removed {len(removed)} stage folder(s) this run did not use: {freed / 1e9:.2f} GB freed")
+    return result
+
+
+_STAGE_FOLDER = re.compile(r"(\.?)([a-z][a-z-]*-[0-9a-f]{16})(\.pruning)?")  # a stage, or one a prune was removing
+
+
+def prune_work_dir(work: str | os.PathLike[str], keep: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], int]:
+    """Delete the stage folders (`<stage>-<16 hex key>`) directly in `work` except those in `keep`, as
+    (folders removed, bytes freed). Anything else in `work` (files, other folders) is left alone: only what
+    StageCache made is removed. Each folder is renamed aside first, so an interrupted prune leaves no stage folder
+    half-deleted under its own name (a stage folder without its stage.json would be re-run, not trusted)."""
+    root = Path(work)
+    kept = {Path(k).resolve() for k in keep}
+    removed: list[Path] = []
+    freed = 0
+    if not root.is_dir():
+        return removed, freed
+    for folder in sorted(root.iterdir()):
+        match = _STAGE_FOLDER.fullmatch(folder.name)
+        if not (match and folder.is_dir() and not folder.is_symlink()) or bool(match[1]) != bool(match[3]):
+            continue
+        if folder.resolve() in kept:
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        doomed = folder if match[3] else folder.with_name(f".{folder.name}.pruning")
+        if doomed != folder:
+            folder.rename(doomed)
+        shutil.rmtree(doomed)
+        removed.append(root / match[2])
+        freed += size
+    return removed, freed
 
 
 def _echo(echo: Callable[[str], None] | None) -> Callable[[str], None]:

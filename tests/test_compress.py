@@ -87,6 +87,32 @@ def test_changed_stage_config_reruns_that_stage_and_later_ones(smoke_run: dict, 
     assert [m.name for m in result.manifest.models] == ["onnx-fp32", "openvino-fp32", "onnx-int8"]
 
 
+def test_prune_work_removes_only_stage_folders_this_run_did_not_use(smoke_run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    work = tmp_path / "art.work"
+    shutil.copytree(Path(str(smoke_run["out"]) + ".work"), work)
+    stale = work / "distill-0123456789abcdef"  # an earlier recipe's stage
+    (stale / "model").mkdir(parents=True)
+    (stale / "model" / "weights.bin").write_bytes(b"x" * 1000)
+    leftover = work / ".export-0123456789abcdef.pruning"  # a prune interrupted before
+    leftover.mkdir()
+    (work / "notes.txt").write_text("mine")  # not the pipeline's: kept
+    (work / "export-0123").mkdir()  # not a stage key: kept
+    (work / ".quantize-0123456789abcdef").mkdir()  # a dot folder that is no prune's: kept
+    lines: list[str] = []
+    result = compress(load_recipe(SMOKE, [f"teacher={smoke_run['teacher']}", *FAST]), tmp_path / "art",
+                      work_dir=work, progress=False, echo=lines.append, prune_work=True)
+    used = {r.folder.name for r in result.stages.values()}
+    assert len(used) == 7 and all((work / name / STAGE_FILE).is_file() for name in used)
+    assert not stale.exists() and not leftover.exists()
+    assert (work / "notes.txt").read_text() == "mine"
+    assert (work / "export-0123").is_dir() and (work / ".quantize-0123456789abcdef").is_dir()
+    assert {p.name for p in work.iterdir()} == used | {"notes.txt", "export-0123", ".quantize-0123456789abcdef"}
+    assert sum("[prune-work] removed" in line for line in lines) == 1
+    assert verify_artifact(tmp_path / "art")
+
+
 def test_stage_key_depends_on_every_field() -> None:
     base = {"stage": "distill", "input": "abc", "distill": {"epochs": 1.0}}
     assert stage_key(base) == stage_key(dict(reversed(list(base.items()))))  # order does not matter

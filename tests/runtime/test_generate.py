@@ -19,8 +19,10 @@ from edgellm.runtime.generate import (
     apply_repetition_penalty,
     filter_top_k,
     filter_top_p,
+    log_softmax,
     next_token,
     render_chat,
+    token_log_probs,
 )
 
 
@@ -148,6 +150,17 @@ def test_log_probs_and_perplexity(gen: Any, tiny_llama_dir: Path) -> None:
         ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
     np.testing.assert_allclose(lp, ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy(), atol=1e-4)
     assert gen.perplexity(["The plot is thin and the jokes fall flat"]) == pytest.approx(float(np.exp(-lp.mean())))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_token_log_probs_equals_the_full_log_softmax(dtype: Any) -> None:
+    logits = (np.random.default_rng(0).standard_normal((7, 50)) * 8).astype(dtype)
+    logits[3, 5] = -np.inf  # a masked-out token: log-probability -inf, the row's others unchanged
+    targets = [0, 49, 3, 5, 10, 10, 1]
+    want = log_softmax(logits.astype(np.float64))[np.arange(7), targets]
+    got = token_log_probs(logits, targets)
+    assert got.dtype == np.float64 and got[3] == -np.inf
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 # -- bad inputs: each one tested --------------------------------------------------------------------------------
