@@ -80,3 +80,27 @@ def test_zero_shot_sentiment_calibration_removes_the_prior_answer() -> None:
     assert "auc" not in one_class and one_class["examples"] == 1
     with pytest.raises(DataError, match="2 texts for 1 labels"):
         zero_shot_sentiment(_BiasedJudge(), texts[:2], [1], ["negative", "positive"])
+
+
+def test_lm_agreement_equals_the_float64_definition() -> None:
+    from edgellm.evaluate import lm_agreement
+    from edgellm.runtime.generate import log_softmax
+
+    rng = np.random.default_rng(0)
+    logits = {"ref": (rng.standard_normal((2, 9, 40)) * 5).astype(np.float32)}
+    logits["got"] = logits["ref"] + (rng.standard_normal((2, 9, 40)) * 0.7).astype(np.float32)
+
+    class StandIn:  # .logits(ids) -> (T, V): sequence i gets the i-th block of logits
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def logits(self, ids: list[int]) -> np.ndarray:
+            return logits[self.name][ids[0]]
+
+    sequences = [[0] * 9, [1] * 9, [0]]  # the one-token sequence is skipped
+    got = lm_agreement(StandIn("ref"), StandIn("got"), sequences)
+    ref, cand = log_softmax(logits["ref"].astype(np.float64)), log_softmax(logits["got"].astype(np.float64))
+    want_kl = float((np.exp(ref) * (ref - cand)).sum()) / 18
+    want_top1 = float((ref.argmax(-1) == cand.argmax(-1)).mean())
+    assert got["positions"] == 18 and 0.0 < want_top1 < 1.0
+    assert got["kl"] == pytest.approx(want_kl, rel=1e-6) and got["top1_agreement"] == pytest.approx(want_top1)
