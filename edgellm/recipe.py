@@ -284,7 +284,7 @@ class CausalLMConfig:
     decode_tokens: int = 128  # evaluate stage: new tokens per timed generation (prompt: evaluate.latency_length tokens)
     decode_repeat: int = 3  # evaluate stage: timed generations per model (median; after one warm-up)
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
-    budget_minutes: float | None = None  # train about this long: distill.epochs cut to what fits, from timed trial steps
+    budget_minutes: float | None = None  # train about this long: the schedule's length is planned from timed trial steps and re-planned from the run's own step time, within distill.epochs
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
     stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
     logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text

@@ -240,6 +240,26 @@ def test_packed_distillation_trains_on_full_rows(teacher: Any, text_file: Path, 
     assert m["kl_teacher_student"]["validation"] < m["kl_teacher_student"]["initial_validation"]
 
 
+def test_budgeted_distillation_plans_then_trains_within_its_epochs(teacher: Any, text_file: Path,
+                                                                  tmp_path: Path) -> None:
+    import json
+
+    from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
+    from edgellm.train.causal import distill_causal_lm, load_lm_data
+
+    data = load_lm_data(DataConfig(path=str(text_file), split=SplitConfig(validation=0.1, test=0.1), max_length=32))
+    config = DistillConfig(num_layers=2, epochs=3, batch_size=4, learning_rate=1e-2, eval_every=5,
+                           precision="fp32")
+    # an hour for a tiny model: every re-plan asks for all the steps distill.epochs allows, and no more
+    lm = CausalLMConfig(layer_selection="uniform", eval_rows=20, sample_tokens=8, budget_minutes=60)
+    student = distill_causal_lm(teacher, data, config, lm, tmp_path / "work", progress=False)
+    m = student.metrics
+    plan = json.loads((tmp_path / "work" / "budget.json").read_text())
+    assert m["budget"] == plan and plan["seconds_per_step"] > 0 and plan["step_budget_s"] > 0
+    cap = 3 * plan["steps_per_epoch"]
+    assert m["steps"] == cap and m["replans"] and all(r["total"] == cap for r in m["replans"])
+
+
 def test_quantize_modes_for_decoders() -> None:
     from edgellm.errors import ConfigError
     from edgellm.quantize.decoder import decoder_quantize_modes

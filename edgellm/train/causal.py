@@ -298,12 +298,14 @@ def causal_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, i
 
 
 def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: LoopOptions, *, budget_minutes: float,
-                eval_s: float, work_dir: Path, trial_steps: int = 5, warm_steps: int = 3) -> dict[str, Any]:
-    """Epochs that fit `budget_minutes` of training: `trial_steps` optimizer steps are timed on a copy of the student
-    (after `warm_steps` untimed ones), evaluations and checkpoints counted in, 10% kept in reserve. The first steps
-    of a run are slow (allocator and kernel caches warming up): with one untimed step the plan took 4.4 s a step
-    where the run then averaged 3.5 s, and left a fifth of the budget unused. The plan is written to
-    `work_dir/budget.json` and reused when the same budget is asked again (so a resumed run keeps its schedule)."""
+                eval_s: float, work_dir: Path, trial_steps: int = 3, warm_steps: int = 2) -> dict[str, Any]:
+    """The first estimate of what fits `budget_minutes` of training: `trial_steps` optimizer steps are timed on a
+    copy of the student (after `warm_steps` untimed ones), evaluations and checkpoints counted in, 10% kept in
+    reserve. `step_budget_s` (the seconds left for the steps themselves) and `seconds_per_step` go to train_loop
+    as LoopOptions.time_budget_s / seconds_per_step: the loop re-plans from its own step time, because a few trial
+    steps misjudge a run (one plan took 4.4 s a step where its run averaged 3.5 s, and left a fifth of the budget
+    unused). The plan is written to `work_dir/budget.json` and reused when the same budget is asked again (so a
+    resumed run keeps its options and so its checkpoints)."""
     import copy
     import json
 
@@ -344,7 +346,7 @@ def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: Loop
     epochs = min(float(options.epochs), steps / max(len(batches), 1))
     plan = {"budget_minutes": budget_minutes, "seconds_per_step": step_s, "eval_seconds": eval_s,
             "planned_steps": min(steps, math.ceil(options.epochs * len(batches))), "epochs": epochs,
-            "steps_per_epoch": len(batches)}
+            "steps_per_epoch": len(batches), "step_budget_s": round(steps * step_s, 1)}
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=2))
     log.info("budget %.0f min: %.2f s/step -> %d steps (%.3f epochs)", budget_minutes, step_s, plan["planned_steps"],
@@ -444,10 +446,11 @@ def distill_causal_lm(
     if lm.token_budget is not None:  # the schedule spans the budget: epochs = budget / tokens per epoch
         options = dataclasses.replace(options, epochs=min(float(options.epochs), lm.token_budget / tokens_per_epoch))
         metrics["token_budget"] = lm.token_budget
-    if lm.budget_minutes is not None:
+    if lm.budget_minutes is not None:  # the loop re-plans from its own step time: it trains for the budget
         plan = plan_budget(student, loss_fn, batches, options, budget_minutes=lm.budget_minutes, eval_s=eval_s,
                            work_dir=Path(work_dir))
-        options = dataclasses.replace(options, epochs=plan["epochs"])
+        step_budget = plan.get("step_budget_s", plan["planned_steps"] * plan["seconds_per_step"])
+        options = dataclasses.replace(options, time_budget_s=step_budget, seconds_per_step=plan["seconds_per_step"])
         metrics["budget"] = plan
     started = time.perf_counter()
     result = train_loop(
@@ -481,6 +484,7 @@ def distill_causal_lm(
         "resumed_from": result.resumed_from,
         "best": result.best,
         "total_wall_s": round(time.perf_counter() - started, 1),
+        "replans": result.replans,
         "extra_texts": len(extra_texts),
         "data": {"validation_rows_scored": len(val_eval), "test_rows": len(test_ids)},
     })

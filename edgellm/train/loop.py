@@ -36,6 +36,13 @@ Contract
   and the best weights; calling it again loads them and returns at once. A checkpoint of a different run
   (other options, model shapes or data: see `fingerprint`) is refused with TrainingError; pass `resume=False`
   to start over.
+- Time budget: with `time_budget_s`, the schedule (warm-up, then linear decay to 0) first spans
+  time_budget_s / seconds_per_step steps (at most `epochs`); after REPLAN_AFTER steps and at every evaluation the
+  loop measures its own step time (the first WARM_STEPS steps left out: allocator and kernel caches warm up) and
+  sets the total to the steps that still fit, so a run whose steps are faster or slower than estimated still
+  trains for its budget and still ends its decay at 0. The total is part of the checkpoint; a resumed run goes on
+  from it and keeps measuring. Such a run's length depends on the machine's speed; without a time budget it does
+  not.
 - Pausing: inside `edgellm._pause.pause_training(f)` a run stops after ceil(f x total) steps (the schedule still
   spans the whole run), evaluates, checkpoints and raises TrainingPaused; called again it resumes there. The pause
   evaluation is not part of the history or the best checkpoint, so a paused and resumed run ends exactly as an
@@ -52,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -90,6 +98,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "edgellm-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
+REPLAN_AFTER = 20  # time budget: steps before the first re-plan
+WARM_STEPS = 3  # time budget: first steps of a process left out of the measured step time
 
 
 class BatchPlan(Protocol):
@@ -127,6 +137,9 @@ class LoopOptions:
     precision: str = "auto"  # fp32, bf16 (autocast), auto = bf16 where the hardware does it natively
     max_steps: int | None = None  # stop after this many steps (the schedule still spans `epochs`)
     device: str = "auto"  # auto (cuda:LOCAL_RANK when there is a GPU, else cpu), cpu, cuda
+    time_budget_s: float | None = None  # seconds the steps may take (evaluations not counted): the schedule's
+    # length follows the measured step time, within `epochs` (see "Time budget" in the module docstring)
+    seconds_per_step: float | None = None  # the expected step time, for the schedule until the first re-plan
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> LoopOptions:
@@ -144,6 +157,8 @@ class LoopOptions:
         check_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
         check_range("eval_every", self.eval_every, low=1)
         check_range("max_steps", self.max_steps, low=1)
+        check_range("time_budget_s", self.time_budget_s, low=0.0, low_open=True)
+        check_range("seconds_per_step", self.seconds_per_step, low=0.0, low_open=True)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision = {self.precision!r} is not one of ['auto', 'fp32', 'bf16']")
 
@@ -158,6 +173,7 @@ class LoopResult:
     resumed_from: int | None = None  # step of the checkpoint this call resumed from
     precision: str = "fp32"  # what autocast ran in
     world_size: int = 1
+    replans: list[dict[str, Any]] = field(default_factory=list)  # time budget: each re-plan's step, s/step, total
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -258,7 +274,10 @@ def train_loop(
     per_epoch = len(batches)
     if per_epoch == 0:
         raise TrainingError("no training batches: the training data set is empty")
-    total = max(1, math.ceil(options.epochs * per_epoch))
+    cap = max(1, math.ceil(options.epochs * per_epoch))  # the most steps `epochs` allows
+    total = cap
+    if options.time_budget_s is not None and options.seconds_per_step is not None:
+        total = max(1, min(cap, int(options.time_budget_s / options.seconds_per_step)))
     stop = min(total, options.max_steps) if options.max_steps else total
     warmup = int(math.ceil(options.warmup_ratio * total))
     pause = pause_fraction()  # edgellm._pause: stop part-way, checkpointed, to continue later
@@ -288,7 +307,7 @@ def train_loop(
             log.info("%s: already finished in %s; loaded its result", desc, work)
             return LoopResult(model=model, steps=done["steps"], best=done.get("best"), history=done["history"],
                               wall_s=done["wall_s"], resumed_from=done["steps"], precision=done["precision"],
-                              world_size=done.get("world_size", world))
+                              world_size=done.get("world_size", world), replans=done.get("replans", []))
         if not resume and rank == 0:
             for sub in ("checkpoints", "best", "result.json"):
                 _remove(work / sub)
@@ -301,7 +320,7 @@ def train_loop(
             lr=options.learning_rate,
         )
         state: dict[str, Any] = {"step": 0, "best": None, "history": [], "wall_s": 0.0, "loss_sum": 0.0,
-                                 "loss_count": 0}
+                                 "loss_count": 0, "total": total, "step_s": 0.0, "replans": []}
         resumed_from = None
         last = _latest_checkpoint(work / "checkpoints") if resume else None
         if last is not None:
@@ -313,14 +332,20 @@ def train_loop(
             _load_optimizer(optimizer, last, saved)
             state.update({k: saved[k] for k in state if k in saved})
             resumed_from = state["step"]
+            total = state["total"]
+            stop = min(total, options.max_steps) if options.max_steps else total
             log.info("%s: resuming from step %d of %d (%s)", desc, resumed_from, total, last)
 
         bar = _progress(progress and rank == 0, total, state["step"], desc)
         cached_epoch, epoch_batches = -1, []
         started = time.perf_counter()
         ema: float | None = None
+        timed: list[float] = []  # this process's step times after its first WARM_STEPS
         try:
-            for step in range(state["step"], pause_step or stop):
+            for step in itertools.count(state["step"]):
+                if step >= (pause_step or stop):
+                    break
+                step_started = time.perf_counter()
                 epoch, pos = divmod(step, per_epoch)
                 if epoch != cached_epoch:
                     epoch_batches = list(batches.epoch(epoch))
@@ -347,6 +372,18 @@ def train_loop(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] = step + 1
+                step_s = time.perf_counter() - step_started
+                state["step_s"] += step_s
+                if state["step"] - (resumed_from or 0) > WARM_STEPS:
+                    timed.append(step_s)
+                if options.time_budget_s is not None and timed and (
+                        state["step"] == REPLAN_AFTER or state["step"] % options.eval_every == 0):
+                    total = _replan(state, timed, options.time_budget_s, cap, world, device)
+                    stop = min(total, options.max_steps) if options.max_steps else total
+                    if pause_step is not None and pause_step >= stop:
+                        pause_step = None  # the run now ends before its pause point
+                    if bar is not None:
+                        bar.total = total
                 state["loss_sum"] += value
                 state["loss_count"] += 1
                 ema = value if ema is None else 0.95 * ema + 0.05 * value
@@ -395,11 +432,13 @@ def train_loop(
             _load_weights(model, work / "best" / "model.safetensors")
         result = LoopResult(model=model, steps=state["step"], best=state["best"], history=state["history"],
                             wall_s=round(state["wall_s"], 3), resumed_from=resumed_from,
-                            precision="bf16" if dtype == torch.bfloat16 else "fp32", world_size=world)
+                            precision="bf16" if dtype == torch.bfloat16 else "fp32", world_size=world,
+                            replans=state["replans"])
         if rank == 0:
             _write_json(work / "result.json", {
                 "fingerprint": ident, "steps": result.steps, "best": result.best, "history": result.history,
                 "wall_s": result.wall_s, "precision": result.precision, "world_size": world, "metric": metric,
+                "replans": result.replans,
             })
             _remove(work / "checkpoints")
         _barrier(world)
@@ -421,6 +460,27 @@ def _pause(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
 
 
 # --- steps ------------------------------------------------------------------------------------------------------
+
+def _replan(state: dict[str, Any], timed: Sequence[float], budget_s: float, cap: int, world: int,
+            device: torch.device) -> int:
+    """The schedule's total steps from the measured step time (median of `timed`): the steps taken plus those
+    that fit in what is left of `budget_s`, within [steps taken, cap]. Data-parallel ranks agree on the slowest."""
+    step_s = float(np.median(timed))
+    if world > 1:
+        import torch.distributed as dist
+
+        value = torch.tensor([step_s], dtype=torch.float64, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        step_s = float(value)
+    left = max(0.0, budget_s - state["step_s"])
+    total = max(state["step"], min(cap, state["step"] + int(left / step_s)))
+    if total != state["total"]:
+        log.info("time budget: %.2f s a step measured at step %d; the schedule now spans %d steps (was %d)",
+                 step_s, state["step"], total, state["total"])
+    state["replans"].append({"step": state["step"], "seconds_per_step": round(step_s, 4), "total": total})
+    state["total"] = total
+    return total
+
 
 def _reseed(seed: int, step: int, rank: int) -> None:
     derived = int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()[:8], "little") >> 1
@@ -592,7 +652,8 @@ def _save_checkpoint(work: Path, model: torch.nn.Module, optimizer: torch.optim.
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "fingerprint": ident,
-        **{k: state[k] for k in ("step", "best", "history", "wall_s", "loss_sum", "loss_count")},
+        **{k: state[k] for k in ("step", "best", "history", "wall_s", "loss_sum", "loss_count", "total", "step_s",
+                                 "replans")},
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "options": dataclasses.asdict(options),
         "random_state": "derived from (seed, step, rank) before every step; nothing to restore",

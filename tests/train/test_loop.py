@@ -177,6 +177,57 @@ def test_any_module_trains_with_fixed_batches(tmp_path: Path) -> None:
     assert [h["step"] for h in result.history] == [160]
 
 
+def _linear_run(work: Path, *, sleep_s: float = 0.0, stop_at: int | None = None, **options):
+    """A 3 -> 1 linear model on 4 fixed batches; each step sleeps `sleep_s` (a floor on its time, whatever the
+    machine); raises _Stop after step `stop_at`."""
+    import time
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(32, 3)
+    batches = FixedBatches([{"x": x[i:i + 8]} for i in range(0, 32, 8)])
+
+    def loss_fn(m, b):
+        time.sleep(sleep_s)
+        return (m(b["x"]) ** 2).mean()
+
+    def on_step(step: int, logs: dict) -> None:
+        if step == stop_at:
+            raise _Stop()
+
+    return train_loop(model, loss_fn, batches, work_dir=work, progress=False, on_step=on_step,
+                      options=LoopOptions(learning_rate=0.01, precision="fp32", **options))
+
+
+def test_time_budget_lengthens_a_schedule_whose_steps_are_faster_than_estimated(tmp_path: Path) -> None:
+    # estimated 1 s a step for 5 s: 5 steps; the steps take milliseconds, so at the first re-plan (step 4, an
+    # evaluation point) the schedule grows to every step `epochs` allows (15 x 4 = 60)
+    result = _linear_run(tmp_path, epochs=15, eval_every=4, time_budget_s=5.0, seconds_per_step=1.0)
+    assert result.steps == 60
+    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] == 60
+    # the decay ends at step 60: warm-up was 1 step (6% of the first 5), so the last step's factor is 1 / 59
+    assert result.history[-1]["lr"] == pytest.approx(0.01 / 59)
+
+
+def test_time_budget_shortens_a_schedule_whose_steps_are_slower_than_estimated(tmp_path: Path) -> None:
+    # estimated 1 ms a step for 0.4 s: 400 steps (capped at 25 x 4 = 100); each step sleeps 40 ms, so at the
+    # re-plan of step 4 at most (0.4 - 4 x 0.04) / 0.04 = 6 more steps fit
+    result = _linear_run(tmp_path, sleep_s=0.04, epochs=25, eval_every=4, time_budget_s=0.4,
+                         seconds_per_step=0.001)
+    assert 4 <= result.steps <= 10
+    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] == result.steps
+    assert result.replans[0]["seconds_per_step"] >= 0.04
+
+
+def test_a_resumed_time_budget_run_keeps_its_replanned_schedule(tmp_path: Path) -> None:
+    options = {"epochs": 15, "eval_every": 4, "time_budget_s": 5.0, "seconds_per_step": 1.0}
+    with pytest.raises(_Stop):
+        _linear_run(tmp_path, stop_at=6, **options)  # re-planned to 60 steps at step 4, checkpointed there
+    result = _linear_run(tmp_path, **options)
+    # the checkpoint's 60 steps, not the 5 that the options alone give
+    assert result.resumed_from == 4 and result.steps == 60
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9(reference, tiny_teacher_dir: Path, sentiment_jsonl: Path, tmp_path: Path) -> None:
     """A subprocess SIGKILLs itself right after step 11 (checkpoint at 8); rerunning resumes exactly."""
