@@ -78,8 +78,11 @@ def test_token_kd_loss_equals_the_plain_loss_and_its_gradient(temperature: float
     ids = torch.randint(0, 17, (3, 6))
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])  # right padding
     fused_s = s.clone().requires_grad_(True)
+    teacher_before = t.clone()
     loss, parts = token_kd_loss(fused_s, t, mask, ids, temperature=temperature, alpha_kd=alpha_kd,
                                 alpha_ce=alpha_ce, chunk=chunk)
+    # the loss works in its own copies: neither model's logits are written (a float32 slice would be a view)
+    assert torch.equal(fused_s.detach(), s) and torch.equal(t, teacher_before)
     (loss * 3.0).backward()  # an upstream gradient other than 1 is carried through
     plain_s = s.float().clone().requires_grad_(True)
     plain = _plain_token_kd(plain_s, t.float(), mask, ids, temperature, alpha_kd, alpha_ce)
