@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgellm.errors import DataError
-from edgellm.runtime.generate import log_softmax
+from edgellm.runtime.generate import log_softmax, logsumexp
 
 __all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "sentence_pairs",
            "AGREEMENT_PAIRS", "log_softmax",
@@ -121,7 +121,7 @@ def lm_agreement(reference: Any, candidate: Any, sequences: Sequence[Sequence[in
         got = np.asarray(candidate.logits(list(ids)), dtype=np.float32)
         # KL = sum p (log p - log q) = sum p (ref - got) - lse(ref) + lse(got), as sum p = 1: float32 passes with
         # float64 sums, never a (T, V) float64 log-softmax (3x the time on 49k-token vocabularies)
-        lse_ref, lse_got = _logsumexp(ref), _logsumexp(got)
+        lse_ref, lse_got = logsumexp(ref), logsumexp(got)
         p = np.exp(ref - lse_ref[:, None].astype(np.float32))
         kl += float((p * (ref - got)).sum(-1, dtype=np.float64).sum() - (lse_ref - lse_got).sum())
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
@@ -129,12 +129,6 @@ def lm_agreement(reference: Any, candidate: Any, sequences: Sequence[Sequence[in
     if count == 0:
         raise DataError("no sequence of 2 or more tokens to compare the models on")
     return {"kl": kl / count, "top1_agreement": agree / count, "positions": count}
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis of float32 rows, summed in float64: (T, V) -> (T,)."""
-    top = x.max(axis=-1, keepdims=True)
-    return np.log(np.exp(x - top).sum(axis=-1, dtype=np.float64)) + top[:, 0]
 
 
 def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[int],

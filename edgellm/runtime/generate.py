@@ -194,10 +194,14 @@ def token_log_probs(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     x = np.asarray(logits)
     if x.dtype != np.float64:
         x = x.astype(np.float32, copy=False)  # float16 logits are exponentiated in float32
+    return x[np.arange(len(targets)), np.asarray(targets)].astype(np.float64) - logsumexp(x)
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, in the input's float precision with the sum in float64: (..., V) ->
+    (...,), float64. For scores that need a row's normaliser, not its whole log-softmax."""
     top = x.max(axis=-1, keepdims=True)
-    total = np.exp(x - top).sum(axis=-1, dtype=np.float64)
-    picked = x[np.arange(len(targets)), np.asarray(targets)].astype(np.float64)
-    return picked - top[:, 0].astype(np.float64) - np.log(total)
+    return np.log(np.exp(x - top).sum(axis=-1, dtype=np.float64)) + top[..., 0].astype(np.float64)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
