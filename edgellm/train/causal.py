@@ -318,8 +318,8 @@ def plan_budget(student: Any, loss_fn: Any, batches: TokenBatches, options: Loop
             saved = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             saved = {}  # unreadable: plan again
-        if isinstance(saved, dict) and saved.get("budget_minutes") == budget_minutes:
-            return saved
+        if isinstance(saved, dict) and saved.get("budget_minutes") == budget_minutes and "step_budget_s" in saved:
+            return saved  # (a plan without step_budget_s is from before the loop re-planned: planned again)
     device = device_for(options)
     dtype = autocast_dtype(options.precision, device)
     if device.type == "cpu":
@@ -449,8 +449,8 @@ def distill_causal_lm(
     if lm.budget_minutes is not None:  # the loop re-plans from its own step time: it trains for the budget
         plan = plan_budget(student, loss_fn, batches, options, budget_minutes=lm.budget_minutes, eval_s=eval_s,
                            work_dir=Path(work_dir))
-        step_budget = plan.get("step_budget_s", plan["planned_steps"] * plan["seconds_per_step"])
-        options = dataclasses.replace(options, time_budget_s=step_budget, seconds_per_step=plan["seconds_per_step"])
+        options = dataclasses.replace(options, time_budget_s=plan["step_budget_s"],
+                                      seconds_per_step=plan["seconds_per_step"])
         metrics["budget"] = plan
     started = time.perf_counter()
     result = train_loop(

@@ -278,7 +278,11 @@ def train_loop(
     total = cap
     if options.time_budget_s is not None and options.seconds_per_step is not None:
         total = max(1, min(cap, int(options.time_budget_s / options.seconds_per_step)))
-    stop = min(total, options.max_steps) if options.max_steps else total
+
+    def stop_at(total: int) -> int:  # the last step this call takes: the schedule's end, or max_steps before it
+        return min(total, options.max_steps) if options.max_steps else total
+
+    stop = stop_at(total)
     warmup = int(math.ceil(options.warmup_ratio * total))
     pause = pause_fraction()  # edgellm._pause: stop part-way, checkpointed, to continue later
     pause_step = max(1, math.ceil(pause * total)) if pause is not None else None
@@ -333,7 +337,7 @@ def train_loop(
             state.update({k: saved[k] for k in state if k in saved})
             resumed_from = state["step"]
             total = state["total"]
-            stop = min(total, options.max_steps) if options.max_steps else total
+            stop = stop_at(total)
             log.info("%s: resuming from step %d of %d (%s)", desc, resumed_from, total, last)
 
         bar = _progress(progress and rank == 0, total, state["step"], desc)
@@ -379,7 +383,7 @@ def train_loop(
                 if options.time_budget_s is not None and timed and (
                         state["step"] == REPLAN_AFTER or state["step"] % options.eval_every == 0):
                     total = _replan(state, timed, options.time_budget_s, cap, world, device)
-                    stop = min(total, options.max_steps) if options.max_steps else total
+                    stop = stop_at(total)
                     if pause_step is not None and pause_step >= stop:
                         pause_step = None  # the run now ends before its pause point
                     if bar is not None:
