@@ -150,14 +150,19 @@ def zero_shot_sentiment(generator: Any, texts: Sequence[str], labels: Sequence[i
                   if (ids := generator.encode(v, add_special_tokens=False))}
         variants.append(sorted(firsts))
 
-    def scores(text: str) -> np.ndarray:
+    def prompt_ids(text: str) -> list[int]:
         prompt = SENTIMENT_PROMPT.format(text=text)
-        ids = generator.user_prompt_ids(prompt if generator.chat_template else prompt + "\nAnswer:")
-        logp = log_softmax(generator.next_token_logits(ids))
+        return generator.user_prompt_ids(prompt if generator.chat_template else prompt + "\nAnswer:")
+
+    def scores(logits: np.ndarray) -> np.ndarray:
+        logp = log_softmax(logits)
         return log_softmax(np.array([np.logaddexp.reduce(logp[v]) for v in variants]))
 
-    got = np.array([scores(t) for t in texts]).reshape(len(texts), len(label_names))
-    prior = np.mean([scores(t) for t in CONTENT_FREE], axis=0)
+    prompts = [prompt_ids(t) for t in (*texts, *CONTENT_FREE)]
+    each = getattr(generator, "next_token_logits_each", None)  # the prompts' shared template head computed once
+    logits = each(prompts) if each is not None else (generator.next_token_logits(p) for p in prompts)
+    scored = np.array([scores(x) for x in logits]).reshape(len(prompts), len(label_names))
+    got, prior = scored[: len(texts)], scored[len(texts):].mean(axis=0)
     out = classification_metrics(np.argmax(got - prior, axis=1), labels, len(label_names))
     plain = classification_metrics(np.argmax(got, axis=1), labels, len(label_names))
     out.update(accuracy_uncalibrated=plain["accuracy"], macro_f1_uncalibrated=plain["macro_f1"],

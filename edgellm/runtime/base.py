@@ -84,6 +84,15 @@ class DecodeSession(ABC):
     def feed(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
         """Append `ids`; return the logits of the last `keep` positions, (keep, V) float32."""
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on, so that the next `feed` continues after the first `length` (a
+        shared prompt prefix, computed once). Sessions that cannot raise GenerationError."""
+        raise GenerationError(f"{type(self).__name__} cannot truncate its cache")
+
+    def _check_truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise GenerationError(f"cannot truncate a cache of {self.length} positions to {length}")
+
 
 class BatchDecodeSession(ABC):
     """Several sequences' decoding state, advanced together: `feed` takes one list of new ids per row and returns
@@ -118,6 +127,12 @@ class ArrayDecodeSession(DecodeSession):
         self.past = out[1:]
         self.length += len(ids)
         return out[0][0]
+
+    def truncate(self, length: int) -> None:
+        self._check_truncate(length)
+        axis = 2  # (batch, kv_heads, positions, head_dim)
+        self.past = [np.ascontiguousarray(p[:, :, :length]) if p.shape[axis] > length else p for p in self.past]
+        self.length = length
 
 
 class Backend(ABC):

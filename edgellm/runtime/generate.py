@@ -491,6 +491,32 @@ class Generator(EdgeModel):
             raise GenerationError(f"{len(seq)} tokens: give 1 to {self.context_length} (the context)")
         return self._full(seq)
 
+    def next_token_logits_each(self, prompts: Sequence[Sequence[int]]) -> Iterator[np.ndarray]:
+        """`next_token_logits` of each prompt in turn, their longest common token prefix computed once (every prompt
+        of a fixed template shares its head): one session holds the prefix, each prompt's rest is fed after it and
+        then forgotten (`DecodeSession.truncate`). The same logits as one prompt at a time, up to float rounding;
+        sessions that cannot truncate score each prompt whole."""
+        seqs = [self._prompt_ids(list(p)) for p in prompts]
+        for seq in seqs:
+            if not seq or len(seq) > self.context_length:
+                raise GenerationError(f"{len(seq)} tokens: give 1 to {self.context_length} (the context)")
+        if not seqs:
+            return
+        shared = min(len(s) for s in seqs) - 1  # every prompt keeps at least its last token to feed
+        first = seqs[0]
+        for seq in seqs[1:]:
+            shared = next((i for i in range(shared) if seq[i] != first[i]), shared)
+        session = self._session(max(len(s) for s in seqs))
+        if shared:
+            session.feed(first[:shared])
+        for i, seq in enumerate(seqs):
+            yield session.feed(seq[shared:])[-1]
+            try:
+                session.truncate(shared)
+            except GenerationError:  # this backend's cache cannot be cut back: the other prompts whole
+                yield from (self._full(s) for s in seqs[i + 1:])
+                return
+
     def log_probs(self, ids: Sequence[int]) -> np.ndarray:
         """log P(ids[t] | ids[:t]) for t = 1 .. T-1, shape (T-1,), float64 (one forward over the sequence)."""
         seq = self._prompt_ids(list(ids))

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgellm.errors import BackendError, UnsupportedTargetError
+from edgellm.errors import BackendError, GenerationError, UnsupportedTargetError
 from edgellm.runtime.base import ArrayDecodeSession, Backend, DecodeSession, InputSpec, KVCacheLayout
 
 __all__ = ["OpenVINOBackend", "openvino_devices", "DEVICES"]
@@ -114,6 +114,19 @@ class _StatefulSession(DecodeSession):
             raise BackendError(f"OpenVINO failed running {self.backend.path.name}: {exc}") from exc
         self.length += len(ids)
         return np.array(logits[0], copy=True)
+
+    def truncate(self, length: int) -> None:
+        """Each cache variable (batch, kv_heads, positions, head_dim) cut to its first `length` positions."""
+        self._check_truncate(length)
+        import openvino as ov
+
+        for state in self.request.query_state():
+            value = state.state.data
+            if value.ndim != 4 or value.shape[2] != self.length:
+                raise GenerationError(f"cache variable {state.name} has shape {value.shape}, not (batch, heads, "
+                                      f"{self.length}, head_dim)")
+            state.state = ov.Tensor(np.ascontiguousarray(value[:, :, :length]))
+        self.length = length
 
 
 def _ov_shape(shape: Any) -> tuple[int | None, ...]:

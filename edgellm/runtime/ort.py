@@ -145,6 +145,11 @@ class _OrtValueSession(DecodeSession):
         self.length += len(ids)
         return out[0].numpy()[0]
 
+    def truncate(self, length: int) -> None:
+        self._check_truncate(length)
+        self.past = [self.value(np.ascontiguousarray(p.numpy()[:, :, :length])) for p in self.past]
+        self.length = length
+
 
 def _bind_kv_buffers(backend: OrtBackend, layout: KVCacheLayout, batch: int, capacity: int) -> tuple[Any, Any, Any]:
     """(numpy arrays, OrtValues, IO binding): one zeroed (batch, kv_heads, capacity, head_dim) buffer per cache
@@ -205,6 +210,12 @@ class _SharedBufferSession(DecodeSession):
             raise BackendError(f"ONNX Runtime failed running {self.backend.path.name}: {exc}") from exc
         self.length = total
         return self._row[0].copy() if own else io.get_outputs()[0].numpy()[0]
+
+    def truncate(self, length: int) -> None:
+        # GroupQueryAttention reads the first `length` positions of the buffer (the attention mask's length) and
+        # writes the next feed's keys / values from there on: the later positions need no clearing
+        self._check_truncate(length)
+        self.length = length
 
 
 def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:

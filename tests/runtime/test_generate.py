@@ -152,6 +152,68 @@ def test_log_probs_and_perplexity(gen: Any, tiny_llama_dir: Path) -> None:
     assert gen.perplexity(["The plot is thin and the jokes fall flat"]) == pytest.approx(float(np.exp(-lp.mean())))
 
 
+def _prompts_with_a_shared_head(gen: Any) -> list[list[int]]:
+    head = gen.encode("The plot is thin and the jokes fall flat")[:6]
+    tails = [gen.encode(t) for t in ("A gripping film.", "Two hours", "Not bad at all, I would watch it", "x")]
+    # the last prompt is shorter than the head, and one prompt repeats: the shared part is cut to what all share
+    return [head + t for t in tails] + [head[:4], head + tails[0]]
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8", "openvino-fp32"])
+def test_shared_prefix_scoring_equals_one_prompt_at_a_time(lm_artifact: Path, name: str) -> None:
+    """The fused graph's shared buffer, the plain graph's growing cache and OpenVINO's stateful cache each cut
+    back to the common head after every prompt, and score like fresh sessions."""
+    from edgellm.runtime import load
+
+    model = load(lm_artifact, model=name, threads=1)
+    prompts = _prompts_with_a_shared_head(model)
+    want = [model.next_token_logits(p) for p in prompts]
+    got = list(model.next_token_logits_each(prompts))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+    assert list(model.next_token_logits_each([])) == []
+
+
+def test_shared_prefix_scoring_without_truncation_scores_each_prompt_whole(gen: Any, monkeypatch: Any) -> None:
+    from edgellm.runtime.base import DecodeSession
+
+    class Uncut(DecodeSession):  # a backend's session that cannot truncate (DecodeSession's default)
+        def __init__(self, inner: DecodeSession) -> None:
+            self.inner = inner
+
+        def feed(self, ids: Any, keep: int = 1) -> np.ndarray:
+            return self.inner.feed(ids, keep)
+
+    prompts = _prompts_with_a_shared_head(gen)
+    want = [gen.next_token_logits(p) for p in prompts]
+    made = type(gen)._session
+    monkeypatch.setattr(type(gen), "_session", lambda self, capacity: Uncut(made(self, capacity)))
+    got = list(gen.next_token_logits_each(prompts))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="the prompt is empty"):
+        list(gen.next_token_logits_each([[1, 2], []]))
+    with pytest.raises(GenerationError, match="tokens: give 1 to"):
+        list(gen.next_token_logits_each([[1, 2], [5] * (gen.context_length + 1)]))
+
+
+def test_truncate_refuses_positions_the_cache_does_not_hold(gen: Any, lm_artifact: Path) -> None:
+    from edgellm.runtime import load
+    from edgellm.runtime.base import ArrayDecodeSession
+
+    plain = load(lm_artifact, model="onnx-int8", threads=1)  # past / present as arrays, through Backend.run
+    ids = gen.encode("The plot is thin and the jokes fall flat")
+    for session in (gen.backend.decode_session(gen.kv_layout, capacity=32),
+                    ArrayDecodeSession(plain.backend, plain.kv_layout)):
+        whole = session.feed(ids[:8])
+        with pytest.raises(GenerationError, match="cannot truncate a cache of 8 positions to 9"):
+            session.truncate(9)
+        session.truncate(5)
+        assert session.length == 5
+        np.testing.assert_allclose(session.feed(ids[5:8])[-1], whole[-1], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_token_log_probs_equals_the_full_log_softmax(dtype: Any) -> None:
     logits = (np.random.default_rng(0).standard_normal((7, 50)) * 8).astype(dtype)
