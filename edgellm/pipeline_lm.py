@@ -12,8 +12,9 @@ interrupted), one stage after another, each skipped when null in the recipe:
     quantize  8 / 4-bit block-quantized weights, plain-graph INT8, NNCF INT8 / INT4 weights
     evaluate  every model through the runtime, and the teacher's beside them: perplexity on the validation split,
               the test split (in-domain) and causal_lm.out_of_domain text (never trained on), KL and top-1
-              agreement with the FP32 teacher, zero-shot sentiment accuracy by prompting, decode tokens/s and
-              time to the first token; the default model is chosen on validation perplexity
+              agreement with the FP32 teacher, zero-shot sentiment accuracy by prompting; then decode tokens/s and
+              time to the first token, every model timed in turn in the same rounds (a drifting machine slows
+              them alike); the default model is chosen on validation perplexity
 
 Test numbers are measured once, after every choice.
 """
@@ -384,6 +385,7 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     default model is the fastest within causal_lm.default_tolerance of FP32 on validation perplexity."""
     from tokenizers import Tokenizer
 
+    from edgellm.bench.generation import measure_generation_interleaved
     from edgellm.quantize.decoder import choose_default
     from edgellm.runtime import load
     from edgellm.runtime.text import plain_tokenizer
@@ -399,27 +401,34 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     threads = recipe.evaluate.threads
     reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False)
 
-    def measure(model: Any) -> dict[str, Any]:
+    def measure(model: Any) -> dict[str, Any]:  # quality; speed below, every model in the same window
         return measure_lm(model, sets, prompt=prompt, lm=lm, reference=reference, agreement_set=agreement_set,
-                          sentiment=sentiment, latency=recipe.evaluate.latency)
+                          sentiment=sentiment, latency=False)
 
     results: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
     teacher_manifest = read_manifest(teacher_folder / "runtime")
     for entry in teacher_manifest.models:
         model = reference if entry.name == "onnx-fp32" else \
             load(teacher_folder / "runtime", model=entry.name, threads=threads, verify=False)
+        loaded[f"teacher {entry.name}"] = model
         results[f"teacher {entry.name}"] = {"teacher": True, "precision": entry.precision, **measure(model)}
     for entry in manifest.models:
-        model = load(artifact, model=entry.name, threads=threads, verify=False, device="auto")
+        model = loaded[entry.name] = load(artifact, model=entry.name, threads=threads, verify=False, device="auto")
         record = measure(model)
         record["device"] = model.describe().get("device")
         entry.metrics["test"] = {k: record[k] for k in ("perplexity_in_domain", "perplexity_out_of_domain",
                                                         "kl_from_teacher", "top1_agreement", "sentiment")
                                  if k in record}
         entry.metrics["validation"] = {"perplexity": record["perplexity_validation"]}
-        if "generation" in record:
-            entry.metrics["generation"] = record["generation"]
         results[entry.name] = record
+    if recipe.evaluate.latency:
+        timed = measure_generation_interleaved({name: lm_stream(m) for name, m in loaded.items()}, prompt,
+                                               max_new_tokens=lm.decode_tokens, warmup=1, repeat=lm.decode_repeat)
+        for name, record in timed.items():
+            results[name]["generation"] = record
+        for entry in manifest.models:
+            entry.metrics["generation"] = timed[entry.name]
     default, why = choose_default(manifest.models, lm.default_tolerance, what="validation ",
                                   perplexity=lambda e: (e.metrics.get("validation") or {}).get("perplexity"))
     manifest.default_model = default
@@ -478,10 +487,14 @@ def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, prompt: list[int
     if sentiment[0]:
         out["sentiment"] = zero_shot_sentiment(model, sentiment[0], sentiment[1], SENTIMENT_LABELS)
     if latency:
-        out["generation"] = measure_generation(
-            lambda ids, n: model.tokens(list(ids), n, ignore_eos=True), prompt, max_new_tokens=lm.decode_tokens,
-            warmup=1, repeat=lm.decode_repeat)
+        out["generation"] = measure_generation(lm_stream(model), prompt, max_new_tokens=lm.decode_tokens, warmup=1,
+                                               repeat=lm.decode_repeat)
     return out
+
+
+def lm_stream(model: Any) -> Any:
+    """A runtime model's greedy token stream for timing: (prompt ids, n) -> n new token ids, end-of-text ignored."""
+    return lambda ids, n: model.tokens(list(ids), n, ignore_eos=True)
 
 
 # --- summary --------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from edgellm.bench import (
     load_test_split,
     machine_info,
     measure_generation,
+    measure_generation_interleaved,
     parse_cpuinfo,
     parse_proc_stat,
     percentile,
@@ -484,6 +485,36 @@ def test_measure_generation_counts_an_early_stop_and_refuses_bad_input() -> None
         measure_generation(fake_stream(clock, per_prompt_token=0, per_token=0), [], max_new_tokens=4)
     with pytest.raises(BackendError, match="produced no token"):
         measure_generation(lambda p, n: iter(()), [1], max_new_tokens=4, warmup=0)
+
+
+def test_interleaved_generation_keeps_ratios_on_a_drifting_machine() -> None:
+    """A machine slowing down 10% per generation: B decodes 2x as fast as A. Measured one model after the other,
+    B (timed later, on a slower machine) looks only 1.24x as fast; timed in alternating rounds, the ratio of their
+    medians stays near 2x."""
+    clock = FakeClock()
+    order: list[str] = []
+
+    def drifting(name: str, per_token: float) -> Any:
+        def stream(prompt: Sequence[int], max_new_tokens: int) -> Iterator[int]:
+            order.append(name)
+            slow = 1.1 ** len(order)
+            for i in range(max_new_tokens):
+                if i:
+                    clock.now += per_token * slow
+                yield i
+        return stream
+
+    streams = {"a": drifting("a", 0.02), "b": drifting("b", 0.01)}
+    got = measure_generation_interleaved(streams, [1, 2, 3], max_new_tokens=9, warmup=1, repeat=4, clock=clock)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then every other round reversed
+    ratio = got["b"]["decode_tokens_per_s"] / got["a"]["decode_tokens_per_s"]
+    assert ratio == pytest.approx(2.0, rel=0.06) and got["a"]["repeat"] == 4
+    order.clear()
+    apart = {name: measure_generation(s, [1, 2, 3], max_new_tokens=9, warmup=1, repeat=4, clock=clock)
+             for name, s in streams.items()}
+    assert apart["b"]["decode_tokens_per_s"] / apart["a"]["decode_tokens_per_s"] < 1.5  # drift hid the 2x
+    with pytest.raises(ConfigError, match="max_new_tokens must be >= 2"):
+        measure_generation_interleaved(streams, [1], max_new_tokens=1)
 
 
 def test_perplexity_on_known_distributions() -> None:

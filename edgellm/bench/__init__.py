@@ -12,7 +12,8 @@ Optimum's export + `ORTQuantizer` avx512_vnni dynamic INT8), and writes NAME.jso
     result = run_benchmark("artifacts/sentiment-minilm", settings=BenchSettings(threads=2), name="reference")
 
 Generation: `measure_generation(stream, prompt_ids, ...)` times any token stream (time to first token, prompt and
-decode tokens/s); `perplexity(score, sequences)` takes any next-token log-probability function.
+decode tokens/s), `measure_generation_interleaved` several streams in alternating rounds (ratios that hold on a
+drifting machine); `perplexity(score, sequences)` takes any next-token log-probability function.
 
 Modules: stats (timers), machine (machine facts), subjects (engines and models), inputs (texts of exact token
 lengths, the test split, held-out text), process (cold start, peak memory), benchmark (the run), report
@@ -22,7 +23,8 @@ lengths, the test split, held-out text), process (cold start, peak memory), benc
 from __future__ import annotations
 
 from edgellm.bench.benchmark import RESULT_SCHEMA, UNITS, BenchSettings, measure_subject, run_benchmark
-from edgellm.bench.generation import TokenScorer, TokenStream, TorchGenerator, measure_generation, perplexity
+from edgellm.bench.generation import (TokenScorer, TokenStream, TorchGenerator, measure_generation,
+                                     measure_generation_interleaved, perplexity)
 from edgellm.bench.inputs import centroid_accuracy, load_heldout_texts, load_test_split, texts_of_length
 from edgellm.bench.machine import CpuMonitor, machine_info, parse_cpuinfo, parse_proc_stat
 from edgellm.bench.process import cold_start
@@ -58,6 +60,7 @@ __all__ = [
     "TokenStream",
     "TokenScorer",
     "measure_generation",
+    "measure_generation_interleaved",
     "perplexity",
     "TorchGenerator",
     "RESULT_SCHEMA",

@@ -6,57 +6,87 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edgellm.bench.stats import summarize_ms
 from edgellm.errors import BackendError, ConfigError, DataError
 
-__all__ = ["TokenStream", "TokenScorer", "measure_generation", "perplexity", "TorchGenerator"]
+__all__ = ["TokenStream", "TokenScorer", "measure_generation", "measure_generation_interleaved", "perplexity",
+           "TorchGenerator"]
 
 TokenStream = Callable[[Sequence[int], int], Iterable[int]]  # (prompt ids, max new tokens) -> token ids, streamed
 TokenScorer = Callable[[Sequence[int]], np.ndarray]  # ids (T,) -> log-probability of ids[1:] given prefixes, (T-1,)
+
+
+def _time_stream(stream: TokenStream, prompt_ids: Sequence[int], max_new_tokens: int,
+                 clock: Callable[[], float]) -> tuple[float, int, float | None]:
+    """One timed generation: (seconds to the first token, tokens produced, decode tokens/s after the first)."""
+    start = clock()
+    first = last = None
+    count = 0
+    for _token in stream(prompt_ids, max_new_tokens):
+        now = clock()
+        if first is None:
+            first = now
+        last = now
+        count += 1
+    if first is None or last is None:
+        raise BackendError("the generator produced no token")
+    return first - start, count, (count - 1) / max(last - first, 1e-12) if count > 1 else None
+
+
+def _generation_record(prompt_ids: Sequence[int], runs: Sequence[tuple[float, int, float | None]]) -> dict[str, Any]:
+    ttft = summarize_ms([r[0] for r in runs])
+    decode_tps = [r[2] for r in runs if r[2] is not None]
+    return {
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": int(np.median([r[1] for r in runs])),
+        "time_to_first_token_ms": ttft["p50_ms"],
+        "time_to_first_token": ttft,
+        "prompt_tokens_per_s": len(prompt_ids) / (ttft["p50_ms"] / 1e3) if ttft["p50_ms"] > 0 else None,
+        "decode_tokens_per_s": float(np.median(decode_tps)) if decode_tps else None,
+        "repeat": len(runs),
+    }
+
+
+def _check_timing(prompt_ids: Sequence[int], max_new_tokens: int) -> None:
+    if max_new_tokens < 2:
+        raise ConfigError(f"max_new_tokens must be >= 2 to time decoding, not {max_new_tokens!r}")
+    if not prompt_ids:
+        raise ConfigError("the prompt is empty")
 
 
 def measure_generation(stream: TokenStream, prompt_ids: Sequence[int], *, max_new_tokens: int, warmup: int = 1,
                        repeat: int = 3, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Time a token stream: time to first token (prompt processing + first token), prompt tokens/s, decode tokens/s
     over the tokens after the first. Medians over `repeat` runs after `warmup` untimed runs."""
-    if max_new_tokens < 2:
-        raise ConfigError(f"max_new_tokens must be >= 2 to time decoding, not {max_new_tokens!r}")
-    if not prompt_ids:
-        raise ConfigError("the prompt is empty")
+    _check_timing(prompt_ids, max_new_tokens)
     for _ in range(warmup):
         for _token in stream(prompt_ids, max_new_tokens):
             pass
-    first_s, decode_tps, produced = [], [], []
-    for _ in range(repeat):
-        start = clock()
-        first = last = None
-        count = 0
-        for _token in stream(prompt_ids, max_new_tokens):
-            now = clock()
-            if first is None:
-                first = now
-            last = now
-            count += 1
-        if first is None or last is None:
-            raise BackendError("the generator produced no token")
-        first_s.append(first - start)
-        produced.append(count)
-        if count > 1:
-            decode_tps.append((count - 1) / max(last - first, 1e-12))
-    ttft = summarize_ms(first_s)
-    return {
-        "prompt_tokens": len(prompt_ids),
-        "new_tokens": int(np.median(produced)),
-        "time_to_first_token_ms": ttft["p50_ms"],
-        "time_to_first_token": ttft,
-        "prompt_tokens_per_s": len(prompt_ids) / (ttft["p50_ms"] / 1e3) if ttft["p50_ms"] > 0 else None,
-        "decode_tokens_per_s": float(np.median(decode_tps)) if decode_tps else None,
-        "repeat": repeat,
-    }
+    return _generation_record(prompt_ids, [_time_stream(stream, prompt_ids, max_new_tokens, clock)
+                                           for _ in range(repeat)])
+
+
+def measure_generation_interleaved(streams: Mapping[str, TokenStream], prompt_ids: Sequence[int], *,
+                                   max_new_tokens: int, warmup: int = 1, repeat: int = 3,
+                                   clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, Any]]:
+    """`measure_generation` for several streams in the same window: each round times every stream once, in turn
+    (the order reversed every other round), so a machine whose speed drifts slows them alike and their ratios
+    hold. name -> the same record as `measure_generation`."""
+    _check_timing(prompt_ids, max_new_tokens)
+    names = list(streams)
+    for _ in range(warmup):
+        for name in names:
+            for _token in streams[name](prompt_ids, max_new_tokens):
+                pass
+    runs: dict[str, list[tuple[float, int, float | None]]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            runs[name].append(_time_stream(streams[name], prompt_ids, max_new_tokens, clock))
+    return {name: _generation_record(prompt_ids, runs[name]) for name in names}
 
 
 def perplexity(score: TokenScorer, sequences: Iterable[Sequence[int]]) -> dict[str, float]:
