@@ -1,7 +1,7 @@
 """The distilled LLM against its teacher, from one run of the text-generation recipe: quality where the user will use
 it (in-domain and out-of-domain perplexity, KL and top-1 agreement with the teacher, zero-shot sentiment) and decode
 speed, every number from the recipe's own evaluate stage (every model and the teacher's runtime models measured in
-that one stage, one after the other, on the same texts and prompt).
+that one stage on the same texts and prompt, their decode timed in alternating rounds).
 
     python -m bench.lm_student --build      # run export/lm-smollm2.yaml (about an hour here), then report
     python -m bench.lm_student              # report from the finished artifact
@@ -106,7 +106,7 @@ def markdown(result: dict[str, Any]) -> str:
         "### lm-student: the distilled SmolLM2 student against its teacher, one run of the recipe",
         "",
         f"{m['cpu_model']}, {d['threads']} threads, batch 1, greedy decode of {d['new_tokens']} new tokens after a "
-        f"{d['prompt_tokens']}-token held-out prompt (median of {d['repeat']}). Student: {s['layers']} of the teacher's {s['teacher_num_layers']} layers "
+        f"{d['prompt_tokens']}-token held-out prompt (median of {d['repeat']}, every model timed in turn in each round). Student: {s['layers']} of the teacher's {s['teacher_num_layers']} layers "
         f"({s['teacher_layers']}), {s['parameters'] / 1e6:.1f} M parameters, {s['steps']} steps / "
         f"{s['train_tokens']} training tokens"
         + (f", {corpus.get('texts')} teacher-written texts ({corpus.get('tokens')} tokens)" if corpus else "")
