@@ -6,8 +6,9 @@ distilled for the same short budget and measured in the edgellm runtime (8-bit w
 
 Reuses the teacher and its teacher-written corpus from a run of export/lm-smollm2.yaml (`--work`, the recipe's work
 folder), so run the recipe first. Every plan gets the same training budget, so the frontier ranks plans at equal
-cost (the recipe then trains the chosen one longer); the teacher's 8-bit model is timed before and after the plans
-(its median is the speed reference, both readings are recorded). Prints the table and the fastest plan whose
+cost (the recipe then trains the chosen one longer); after the last plan, the teacher's 8-bit model and every plan's
+are timed in alternating rounds (`measure_generation_interleaved`), so a machine whose speed drifts over the
+plans' training does not bias their ratios. Prints the table and the fastest plan whose
 out-of-domain perplexity is within `--budget` x the FP32 teacher's, or says that none is and which is closest.
 Writes bench/results/lm-frontier.json / .md.
 """
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgellm.data import Examples
     from edgellm.exporting.decoder import context_length_for
+    from edgellm.bench.generation import measure_generation_interleaved
     from edgellm.bench.machine import machine_info
-    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, load_out_of_domain, measure_lm, pack_sequences
+    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, load_out_of_domain, lm_stream, measure_lm, pack_sequences
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.runtime import load
@@ -85,16 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     new_tokens = min(lm.decode_tokens, context - len(prompt))
     threads = recipe.evaluate.threads
 
-    timed = dataclasses.replace(lm, decode_tokens=new_tokens)
+    def perplexity(generator: Any) -> float:  # the recipe's evaluate-stage measurement, on these passages
+        return measure_lm(generator, {"out_of_domain": passages}, prompt=prompt, lm=lm,
+                          latency=False)["perplexity_out_of_domain"]
 
-    def measure(generator: Any) -> dict[str, Any]:  # the recipe's evaluate-stage measurement, on these passages
-        got = measure_lm(generator, {"out_of_domain": passages}, prompt=prompt, lm=timed)
-        return {"perplexity_out_of_domain": got["perplexity_out_of_domain"],
-                "decode_tokens_per_s": got["generation"]["decode_tokens_per_s"]}
-
-    fp32 = measure(load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False))
-    int8 = load(teacher_folder / "runtime", model="onnx-int8", threads=threads, verify=False)
-    teacher_before = measure(int8)
+    fp32 = {"perplexity_out_of_domain": perplexity(load(teacher_folder / "runtime", model="onnx-fp32",
+                                                        threads=threads, verify=False))}
+    timed = {"teacher": load(teacher_folder / "runtime", model="onnx-int8", threads=threads, verify=False)}
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = []
     for layers, ratio in parse_plans(args.plans):
@@ -110,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         export_causal_lm(student.model, out / name / "artifact", tokenizer=teacher.tokenizer, formats=("onnx",),
                          weights=WeightFormats(bits=(8,), block_size=lm.block_size), context_length=lm.context_length,
                          texts=list(data.validation.texts[:4]), overwrite=True)
-        measured = measure(load(out / name / "artifact", model="onnx-int8", threads=threads, verify=False))
+        timed[name] = load(out / name / "artifact", model="onnx-int8", threads=threads, verify=False)
         rows.append({"plan": name, "layers": layers, "ffn": ffn or width,
                      "parameters": sum(p.numel() for p in student.model.parameters()),
                      "teacher_layers": student.metrics["teacher_layers"], "steps": student.metrics["steps"],
-                     "train_s": round(train_s), **measured})
-    teacher_after = measure(int8)
-    reference = (teacher_before["decode_tokens_per_s"] + teacher_after["decode_tokens_per_s"]) / 2
+                     "train_s": round(train_s), "perplexity_out_of_domain": perplexity(timed[name])})
+    speed = measure_generation_interleaved({k: lm_stream(m) for k, m in timed.items()}, prompt,
+                                           max_new_tokens=new_tokens, warmup=1, repeat=lm.decode_repeat)
+    teacher_int8 = {"decode_tokens_per_s": speed["teacher"]["decode_tokens_per_s"]}
+    reference = teacher_int8["decode_tokens_per_s"]
     for r in rows:
+        r["decode_tokens_per_s"] = speed[r["plan"]]["decode_tokens_per_s"]
         r["ood_ratio"] = r["perplexity_out_of_domain"] / fp32["perplexity_out_of_domain"]
         r["speedup"] = r["decode_tokens_per_s"] / reference
         r["within_budget"] = r["ood_ratio"] <= args.budget
@@ -131,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['cpu_model']}, {threads} threads; each plan distilled for {args.minutes:g} minutes (same budget), "
         f"8-bit weights in the fused ONNX Runtime graph; out-of-domain perplexity on {len(passages)} {passage}-token "
         f"passages of {', '.join(lm.out_of_domain)} (never trained on); decode: {new_tokens} new tokens after a "
-        f"{len(prompt)}-token prompt, median of {lm.decode_repeat}. Teacher: FP32 perplexity {fp32['perplexity_out_of_domain']:.2f}; 8-bit decode "
-        f"{teacher_before['decode_tokens_per_s']:.1f} tok/s before the plans, {teacher_after['decode_tokens_per_s']:.1f}"
-        f" after. {started}.",
+        f"{len(prompt)}-token prompt, median of {lm.decode_repeat}, the teacher and every plan timed in turn in each "
+        f"round. Teacher: FP32 perplexity {fp32['perplexity_out_of_domain']:.2f}; 8-bit decode "
+        f"{reference:.1f} tok/s. {started}.",
         "",
         "| plan | layers | FFN | parameters | steps | ppl out-of-domain | x teacher FP32 | decode tok/s | "
         "x teacher 8-bit | within budget |",
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
         return 0
     record("lm-frontier", {"created": started, "settings": vars(args), "machine": machine, "teacher_fp32": fp32,
-                           "teacher_int8": {"before": teacher_before, "after": teacher_after}, "plans": rows,
+                           "teacher_int8": teacher_int8, "plans": rows,
                            "chosen": chosen["plan"] if chosen else None,
                            "closest": closest["plan"] if closest else None}, "\n".join(lines))
     from bench.run import update_readme
