@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = recipe.evaluate.threads
 
     def perplexity(generator: Any) -> float:  # the recipe's evaluate-stage measurement, on these passages
-        return measure_lm(generator, {"out_of_domain": passages}, prompt=prompt, lm=lm,
-                          latency=False)["perplexity_out_of_domain"]
+        return measure_lm(generator, {"out_of_domain": passages})["perplexity_out_of_domain"]
 
     fp32 = {"perplexity_out_of_domain": perplexity(load(teacher_folder / "runtime", model="onnx-fp32",
                                                         threads=threads, verify=False))}

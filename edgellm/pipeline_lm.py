@@ -402,8 +402,7 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False)
 
     def measure(model: Any) -> dict[str, Any]:  # quality; speed below, every model in the same window
-        return measure_lm(model, sets, prompt=prompt, lm=lm, reference=reference, agreement_set=agreement_set,
-                          sentiment=sentiment, latency=False)
+        return measure_lm(model, sets, reference=reference, agreement_set=agreement_set, sentiment=sentiment)
 
     results: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
@@ -470,13 +469,13 @@ def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:
     return ids
 
 
-def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, prompt: list[int], lm: CausalLMConfig,
-               reference: Any = None, agreement_set: Sequence[Sequence[int]] = (),
-               sentiment: tuple[list[str], list[int]] = ([], []), latency: bool = True) -> dict[str, Any]:
-    """One runtime model's numbers: perplexity on each named set of token sequences, KL / top-1 against `reference`
-    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and with `latency` greedy decode of
-    causal_lm.decode_tokens after `prompt` (causal_lm.decode_repeat timed runs)."""
-    from edgellm.bench.generation import measure_generation, perplexity
+def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, reference: Any = None,
+               agreement_set: Sequence[Sequence[int]] = (),
+               sentiment: tuple[list[str], list[int]] = ([], [])) -> dict[str, Any]:
+    """One runtime model's quality: perplexity on each named set of token sequences, KL / top-1 against `reference`
+    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels). Speed is timed apart, every model in the
+    same rounds (`lm_stream`, `edgellm.bench.generation.measure_generation_interleaved`)."""
+    from edgellm.bench.generation import perplexity
     from edgellm.evaluate import lm_agreement, zero_shot_sentiment
 
     out: dict[str, Any] = {f"perplexity_{name}": perplexity(model.log_probs, seqs)["perplexity"]
@@ -486,9 +485,6 @@ def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, prompt: list[int
         out["kl_from_teacher"], out["top1_agreement"] = agree["kl"], agree["top1_agreement"]
     if sentiment[0]:
         out["sentiment"] = zero_shot_sentiment(model, sentiment[0], sentiment[1], SENTIMENT_LABELS)
-    if latency:
-        out["generation"] = measure_generation(lm_stream(model), prompt, max_new_tokens=lm.decode_tokens, warmup=1,
-                                               repeat=lm.decode_repeat)
     return out
 
 

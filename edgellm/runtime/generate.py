@@ -486,20 +486,21 @@ class Generator(EdgeModel):
 
     def next_token_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits of the token after `ids`, shape (V,), float32 (one forward, no cache)."""
+        return self._full(self._scored_prompt(ids))
+
+    def _scored_prompt(self, ids: Sequence[int]) -> list[int]:
+        """`ids` checked for next-token scoring: 1 to context_length tokens."""
         seq = self._prompt_ids(list(ids))
         if not seq or len(seq) > self.context_length:
             raise GenerationError(f"{len(seq)} tokens: give 1 to {self.context_length} (the context)")
-        return self._full(seq)
+        return seq
 
     def next_token_logits_each(self, prompts: Sequence[Sequence[int]]) -> Iterator[np.ndarray]:
         """`next_token_logits` of each prompt in turn, their longest common token prefix computed once (every prompt
         of a fixed template shares its head): one session holds the prefix, each prompt's rest is fed after it and
         then forgotten (`DecodeSession.truncate`). The same logits as one prompt at a time, up to float rounding;
         sessions that cannot truncate score each prompt whole."""
-        seqs = [self._prompt_ids(list(p)) for p in prompts]
-        for seq in seqs:
-            if not seq or len(seq) > self.context_length:
-                raise GenerationError(f"{len(seq)} tokens: give 1 to {self.context_length} (the context)")
+        seqs = [self._scored_prompt(p) for p in prompts]
         if not seqs:
             return
         shared = min(len(s) for s in seqs) - 1  # every prompt keeps at least its last token to feed
