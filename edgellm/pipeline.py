@@ -20,7 +20,7 @@ data split and the edgellm version. A finished stage leaves `stage.json` (with t
 a rerun with the same recipe skips finished stages whose files are unchanged and resumes an interrupted one from
 its checkpoints. The artifact itself is published atomically
 at the end (`edgellm.artifact.staging`). Causal-LM recipes (text-generation) run the same cache through their
-own stages (teacher, corpus, distill, prune, export, quantize, evaluate): `edgellm.pipeline_lm`.
+own stages (teacher, baseline, corpus, distill, prune, export, quantize, evaluate): `edgellm.pipeline_lm`.
 """
 
 from __future__ import annotations

@@ -5,16 +5,18 @@ interrupted), one stage after another, each skipped when null in the recipe:
 
     teacher   the teacher as a Hugging Face folder + its fused ONNX Runtime models (FP32, 8-bit weights): the
               reference every later number is compared with, in the same run
+    baseline  the teacher's runtime models measured as evaluate measures every model (quality; their speed is timed
+              in evaluate's rounds, beside the student's): once, so a new student re-scores none of them
     corpus    causal_lm.teacher_samples texts the teacher writes from diverse prompts (seeded), in that runtime
     distill   student from the teacher's layers, token-level KD on the training split (+ corpus, augment_with)
     prune     heads per KV group, FFN neurons, whole layers (edgellm.prune), with recovery KD
     export    fused ONNX Runtime graph and stateful OpenVINO IR in FP32, checked against torch; one per --target
     quantize  8 / 4-bit block-quantized weights, plain-graph INT8, NNCF INT8 / INT4 weights
-    evaluate  every model through the runtime, and the teacher's beside them: perplexity on the validation split,
-              the test split (in-domain) and causal_lm.out_of_domain text (never trained on), KL and top-1
+    evaluate  every model through the runtime (the teacher's scores from baseline): perplexity on the validation
+              split, the test split (in-domain) and causal_lm.out_of_domain text (never trained on), KL and top-1
               agreement with the FP32 teacher, zero-shot sentiment accuracy by prompting; then decode tokens/s and
-              time to the first token, every model timed in turn in the same rounds (a drifting machine slows
-              them alike); the default model is chosen on validation perplexity
+              time to the first token, every model and the teacher's timed in turn in the same rounds (a drifting
+              machine slows them alike); the default model is chosen on validation perplexity
 
 Test numbers are measured once, after every choice.
 """
@@ -154,6 +156,10 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         "teacher", {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
                     "export": export_fields, "eval_texts": lm.eval_texts},
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
+    scoring = {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")}
+    stages["baseline"] = baseline = cache.run(
+        "baseline", {**base, "input": teacher.key, "threads": recipe.evaluate.threads, "causal_lm": scoring},
+        lambda folder: _baseline_stage(recipe, lm, data, ood, teacher.folder))
     current = teacher
     corpus: list[dict[str, Any]] = []
     if lm.teacher_samples:
@@ -188,11 +194,11 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
     source = current.folder / "artifact"
     stages["evaluate"] = current = cache.run(
-        "evaluate", {**base, "input": current.key, "teacher": teacher.key, "evaluate": to_dict(recipe.evaluate),
-                     "causal_lm": {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples",
-                                                                "decode_tokens", "decode_repeat",
-                                                                "default_tolerance")}},
-        lambda folder: _evaluate_stage(recipe, lm, data, ood, source, teacher.folder, folder))
+        "evaluate", {**base, "input": current.key, "teacher": teacher.key, "baseline": baseline.key,
+                     "evaluate": to_dict(recipe.evaluate),
+                     "causal_lm": {**scoring, **{k: getattr(lm, k) for k in ("decode_tokens", "decode_repeat",
+                                                                              "default_tolerance")}}},
+        lambda folder: _evaluate_stage(recipe, lm, data, ood, source, teacher.folder, baseline.metrics, folder))
     summary = lm_summary_rows(stages, read_manifest(current.folder / "artifact"))
     manifest = _publish(recipe, data, current.folder / "artifact", out, stages, summary, overwrite=overwrite)
     say(f"wrote {out} (default model {manifest.default_model}); stage outputs kept in {work}")
@@ -379,49 +385,86 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     return dict(manifest.metrics["quantize"])
 
 
-def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
-                    teacher_folder: Path, folder: Path) -> dict[str, Any]:
-    """Every model of the artifact and the teacher's runtime models, measured alike (module docstring); the
-    default model is the fastest within causal_lm.default_tolerance of FP32 on validation perplexity."""
-    from tokenizers import Tokenizer
+class _Scoring:
+    """What every runtime model of a recipe is scored on, alike in the baseline and evaluate stages: the token sets
+    (`scoring_sets`), the KL / top-1 agreement set (half in-domain, half out-of-domain), the sentiment rows, and the
+    FP32 teacher's runtime model as the agreement reference."""
 
+    def __init__(self, recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], tokenizer_file: Path,
+                 max_length: int, teacher_folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        from edgellm.runtime import load
+        from edgellm.runtime.text import plain_tokenizer
+
+        self.tok = plain_tokenizer(Tokenizer.from_file(str(tokenizer_file)))
+        self.sets = scoring_sets(self.tok, data, ood, count=lm.eval_texts, context=max_length)
+        half = lm.agreement_texts // 2
+        self.agreement_set = [*self.sets["in_domain"][:half], *self.sets["out_of_domain"][: lm.agreement_texts - half]]
+        self.sentiment = _sentiment_rows(data, lm.sentiment_examples)
+        self.threads = recipe.evaluate.threads
+        self.teacher_folder = teacher_folder
+        self.reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=self.threads, verify=False)
+
+    def measure(self, model: Any) -> dict[str, Any]:
+        return measure_lm(model, self.sets, reference=self.reference, agreement_set=self.agreement_set,
+                          sentiment=self.sentiment)
+
+    def teacher_models(self) -> dict[str, Any]:
+        """The teacher's runtime models, loaded (the agreement reference is its FP32 one), by summary name."""
+        from edgellm.runtime import load
+
+        return {f"teacher {e.name}": self.reference if e.name == "onnx-fp32" else
+                load(self.teacher_folder / "runtime", model=e.name, threads=self.threads, verify=False)
+                for e in read_manifest(self.teacher_folder / "runtime").models}
+
+    def counts(self) -> dict[str, Any]:
+        return {"texts": {k: len(v) for k, v in self.sets.items()}, "sentiment_examples": len(self.sentiment[0])}
+
+
+def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
+                    teacher_folder: Path) -> dict[str, Any]:
+    """The teacher's runtime models scored as the evaluate stage scores every model (`_Scoring`), with the seconds
+    each took."""
+    runtime = teacher_folder / "runtime"
+    manifest = read_manifest(runtime)
+    scoring = _Scoring(recipe, lm, data, ood, runtime / manifest.tokenizer, manifest.max_length, teacher_folder)
+    precision = {f"teacher {e.name}": e.precision for e in manifest.models}
+    models = {name: {"teacher": True, "precision": precision[name], **scoring.measure(model)}
+              for name, model in scoring.teacher_models().items()}
+    return {"models": models, **scoring.counts()}
+
+
+def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
+                    teacher_folder: Path, baseline: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Every model of the artifact scored (module docstring), the teacher's scores taken from the baseline stage,
+    then every model and the teacher's timed in the same rounds; the default model is the fastest within
+    causal_lm.default_tolerance of FP32 on validation perplexity."""
     from edgellm.bench.generation import measure_generation_interleaved
     from edgellm.quantize.decoder import choose_default
     from edgellm.runtime import load
-    from edgellm.runtime.text import plain_tokenizer
 
     artifact = _copy_artifact(source, folder / "artifact")
     manifest = read_manifest(artifact)
-    tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
-    sets = scoring_sets(tok, data, ood, count=lm.eval_texts, context=manifest.max_length)
-    half = lm.agreement_texts // 2
-    agreement_set = [*sets["in_domain"][:half], *sets["out_of_domain"][: lm.agreement_texts - half]]
-    sentiment = _sentiment_rows(data, lm.sentiment_examples)
-    prompt = _decode_prompt(tok, data, recipe.evaluate.latency_length)
-    threads = recipe.evaluate.threads
-    reference = load(teacher_folder / "runtime", model="onnx-fp32", threads=threads, verify=False)
-
-    def measure(model: Any) -> dict[str, Any]:  # quality; speed below, every model in the same window
-        return measure_lm(model, sets, reference=reference, agreement_set=agreement_set, sentiment=sentiment)
-
-    results: dict[str, Any] = {}
+    scoring = _Scoring(recipe, lm, data, ood, artifact / manifest.tokenizer, manifest.max_length, teacher_folder)
+    if scoring.counts() != {k: baseline.get(k) for k in ("texts", "sentiment_examples")}:
+        raise DataError(f"the baseline stage scored the teacher on {baseline.get('texts')} texts, the student's "
+                        f"artifact gives {scoring.counts()['texts']}: their tokenizers or context lengths differ")
+    results: dict[str, Any] = {name: dict(record) for name, record in baseline["models"].items()}
     loaded: dict[str, Any] = {}
-    teacher_manifest = read_manifest(teacher_folder / "runtime")
-    for entry in teacher_manifest.models:
-        model = reference if entry.name == "onnx-fp32" else \
-            load(teacher_folder / "runtime", model=entry.name, threads=threads, verify=False)
-        loaded[f"teacher {entry.name}"] = model
-        results[f"teacher {entry.name}"] = {"teacher": True, "precision": entry.precision, **measure(model)}
     for entry in manifest.models:
-        model = loaded[entry.name] = load(artifact, model=entry.name, threads=threads, verify=False, device="auto")
-        record = measure(model)
+        model = loaded[entry.name] = load(artifact, model=entry.name, threads=scoring.threads, verify=False,
+                                          device="auto")
+        record = scoring.measure(model)
         record["device"] = model.describe().get("device")
         entry.metrics["test"] = {k: record[k] for k in ("perplexity_in_domain", "perplexity_out_of_domain",
                                                         "kl_from_teacher", "top1_agreement", "sentiment")
                                  if k in record}
         entry.metrics["validation"] = {"perplexity": record["perplexity_validation"]}
         results[entry.name] = record
+    prompt = _decode_prompt(scoring.tok, data, recipe.evaluate.latency_length)
     if recipe.evaluate.latency:
+        loaded = {**scoring.teacher_models(), **loaded}  # the teacher's first, as in the summary
         timed = measure_generation_interleaved({name: lm_stream(m) for name, m in loaded.items()}, prompt,
                                                max_new_tokens=lm.decode_tokens, warmup=1, repeat=lm.decode_repeat)
         for name, record in timed.items():
@@ -433,8 +476,7 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     manifest.default_model = default
     manifest.metrics["default_model"] = {"name": default, "reason": why}
     write_manifest(artifact, manifest)
-    return {"models": results, "default_model": {"name": default, "reason": why},
-            "texts": {k: len(v) for k, v in sets.items()}, "sentiment_examples": len(sentiment[0]),
+    return {"models": results, "default_model": {"name": default, "reason": why}, **scoring.counts(),
             "decode_prompt_tokens": len(prompt)}
 
 
@@ -473,18 +515,29 @@ def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, reference: Any =
                agreement_set: Sequence[Sequence[int]] = (),
                sentiment: tuple[list[str], list[int]] = ([], [])) -> dict[str, Any]:
     """One runtime model's quality: perplexity on each named set of token sequences, KL / top-1 against `reference`
-    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels). Speed is timed apart, every model in the
+    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and the wall seconds of each part
+    (`seconds`; the agreement's include the reference's forward passes). Speed is timed apart, every model in the
     same rounds (`lm_stream`, `edgellm.bench.generation.measure_generation_interleaved`)."""
+    import time
+
     from edgellm.bench.generation import perplexity
     from edgellm.evaluate import lm_agreement, zero_shot_sentiment
 
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     out: dict[str, Any] = {f"perplexity_{name}": perplexity(model.log_probs, seqs)["perplexity"]
                            for name, seqs in sets.items()}
+    seconds["perplexity"] = time.perf_counter() - started
     if agreement_set:
+        started = time.perf_counter()
         agree = lm_agreement(reference, model, agreement_set)
         out["kl_from_teacher"], out["top1_agreement"] = agree["kl"], agree["top1_agreement"]
+        seconds["agreement"] = time.perf_counter() - started
     if sentiment[0]:
+        started = time.perf_counter()
         out["sentiment"] = zero_shot_sentiment(model, sentiment[0], sentiment[1], SENTIMENT_LABELS)
+        seconds["sentiment"] = time.perf_counter() - started
+    out["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return out
 
 

@@ -71,7 +71,7 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     teacher = tiny_llama_factory(layers=6)
     recipe = _recipe(teacher, lm_texts, prune={"ffn": 0.5, "importance": "magnitude", "recovery_epochs": 0})
     result = _compress(recipe, tmp_path / "art", targets=["cpu-x86-avx2"])
-    assert list(result.stages) == ["teacher", "distill", "prune", "export", "quantize", "evaluate"]
+    assert list(result.stages) == ["teacher", "baseline", "distill", "prune", "export", "quantize", "evaluate"]
     manifest = result.manifest
     verify_artifact(tmp_path / "art")
     # prune honoured: the FFN of the 3-layer student is half the teacher's, in torch and in the exported model
@@ -107,6 +107,18 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     again = _compress(recipe, tmp_path / "art", targets=["cpu-x86-avx2"], overwrite=True)
     assert all(r.cached for r in again.stages.values())
     assert {k: v["sha256"] for k, v in again.manifest.files.items()} == before
+
+    # the teacher's runtime models are scored once (baseline): a new student re-scores only its own models
+    baseline = result.stages["baseline"].metrics["models"]
+    assert set(baseline) == {"teacher onnx-fp32", "teacher onnx-int8"}
+    for name, record in baseline.items():
+        assert {k: v for k, v in evaluated[name].items() if k != "generation"} == record
+        assert set(record["seconds"]) == {"perplexity", "agreement"} and min(record["seconds"].values()) >= 0
+    changed = _compress({**recipe, "distill": {**recipe["distill"], "learning_rate": 5e-4}}, tmp_path / "art2",
+                        targets=["cpu-x86-avx2"], work_dir=again.work_dir)
+    assert [n for n, r in changed.stages.items() if r.cached] == ["teacher", "baseline"]
+    assert changed.stages["evaluate"].metrics["models"]["teacher onnx-int8"]["perplexity_out_of_domain"] == \
+        baseline["teacher onnx-int8"]["perplexity_out_of_domain"]
 
 
 def test_fields_that_do_not_apply_are_refused(tiny_llama_dir: Path, lm_texts: dict[str, Path]) -> None:
