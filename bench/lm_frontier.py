@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         ffn = None if ratio >= 1.0 else int(round(width * ratio / 64)) * 64
         name = f"{layers}L" + (f"-ffn{ffn}" if ffn else "")
         config = dataclasses.replace(recipe.distill, num_layers=layers, layers=None, ffn_size=ffn)
-        plan_lm = dataclasses.replace(lm, budget_minutes=args.minutes, eval_rows=100)
+        plan_lm = dataclasses.replace(lm, budget_minutes=args.minutes, recipe_minutes=None, eval_rows=100)
         t0 = time.perf_counter()
         student = distill_causal_lm(teacher, data, config, plan_lm, out / name / "work", extra_texts=corpus,
                                     progress=False)

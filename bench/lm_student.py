@@ -93,7 +93,20 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
             "out_of_domain": {"sources": (manifest.recipe or {}).get("causal_lm", {}).get("out_of_domain"),
                               "tokens": (stages["teacher"].get("texts") or {}).get("out_of_domain_tokens")},
             "sentiment_examples": stages["evaluate"].get("sentiment_examples"),
-            "default_model": manifest.default_model}
+            "default_model": manifest.default_model, "time_plan": time_plan(stages)}
+
+
+def time_plan(stages: dict[str, Any]) -> dict[str, Any] | None:
+    """causal_lm.recipe_minutes' plan (the distill stage's record) beside what the stages it predicted took."""
+    distill = stages.get("distill") or {}
+    plan = distill.get("recipe_time")
+    if plan is None:
+        return None
+    loop = float((distill.get("training") or {}).get("train_wall_s") or 0)
+    actual = {"distill_besides_training": float(distill.get("seconds") or 0) - loop,
+              "export_quantize": sum(float((stages.get(k) or {}).get("seconds") or 0) for k in ("export", "quantize")),
+              "evaluate": float(stages["evaluate"].get("seconds") or 0)}
+    return {**plan, "training_s": loop, "actual_s": {k: round(v, 1) for k, v in actual.items()}}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -142,6 +155,13 @@ def markdown(result: dict[str, Any]) -> str:
         verdict = "not measured" if c["passed"] is None else ("met" if c["passed"] else "not met")
         value = "-" if c["value"] is None else f"{c['value']:.2f}"
         lines.append(f"- {names[key]}: {value}: **{verdict}**")
+    plan = result.get("time_plan")
+    if plan:
+        parts = ", ".join(f"{k.replace('_', ' ')} {plan['predicted_s'][k]:.0f} s predicted / {v:.0f} s taken"
+                          for k, v in plan["actual_s"].items())
+        lines += ["", f"Time plan (`causal_lm.recipe_minutes: {plan['recipe_minutes']:g}`): the stages before "
+                  f"distillation took {sum(plan['before_s'].values()):.0f} s; {parts}; so "
+                  f"{plan['train_minutes']:.1f} minutes to train (the loop ran {plan['training_s']:.0f} s)."]
     lines += ["", f"Stage seconds: {', '.join(f'{k} {v:.0f}' for k, v in result['stage_seconds'].items() if v)}.",
               "", "Reproduce: `python -m bench.lm_student --build`", ""]
     return "\n".join(lines)

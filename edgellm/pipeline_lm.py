@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,15 +46,15 @@ from edgellm.pipeline import (
 from edgellm.recipe import CausalLMConfig, Recipe
 
 __all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "scoring_sets",
-           "check_lm_targets", "measure_lm"]
+           "check_lm_targets", "measure_lm", "plan_recipe_time", "decode_share"]
 
 log = logging.getLogger(__name__)
 
 # causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
 # changing them reuses the distilled student)
 TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "freeze_embeddings", "teacher_precision",
-                   "eval_rows", "max_steps", "budget_minutes", "token_budget", "sample_tokens", "pack_tokens",
-                   "corpus_chat")
+                   "eval_rows", "max_steps", "budget_minutes", "recipe_minutes", "token_budget", "sample_tokens",
+                   "pack_tokens", "corpus_chat")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")
@@ -138,6 +139,11 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
 
     lm = recipe.causal_lm or CausalLMConfig()
     profiles = check_lm_targets(targets)
+    if lm.recipe_minutes is not None and (recipe.distill is None or recipe.prune is not None):
+        raise ConfigError(f"causal_lm.recipe_minutes = {lm.recipe_minutes} sets distillation's training time from "
+                          "what the other stages take; " + ("the recipe has no distill stage" if recipe.distill is None
+                                                            else "a prune stage's recovery training is not predicted")
+                          + ": use causal_lm.budget_minutes")
     data = load_lm_data(recipe.data, corpora=lm.corpora)
     ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
     described = data.describe()
@@ -158,7 +164,8 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
     scoring = {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")}
     stages["baseline"] = baseline = cache.run(
-        "baseline", {**base, "input": teacher.key, "threads": recipe.evaluate.threads, "causal_lm": scoring},
+        "baseline", {**base, "input": teacher.key, "threads": recipe.evaluate.threads, "causal_lm": scoring,
+                     "decode": [recipe.evaluate.latency_length, lm.decode_tokens]},
         lambda folder: _baseline_stage(recipe, lm, data, ood, teacher.folder))
     current = teacher
     corpus: list[dict[str, Any]] = []
@@ -172,7 +179,9 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         stages["distill"] = current = cache.run(
             "distill", {**base, "input": teacher.key, "corpus": stages["corpus"].key if "corpus" in stages else None,
                         "distill": to_dict(recipe.distill), "causal_lm": training},
-            lambda folder: _distill_stage(recipe, lm, data, ood, corpus, teacher.folder, folder, progress))
+            lambda folder: _distill_stage(recipe, lm, data, ood, corpus, teacher.folder, folder, progress,
+                                          time_plan=None if lm.recipe_minutes is None else
+                                          plan_recipe_time(recipe, lm, stages, profiles)))
     if recipe.prune is not None:
         source = current.folder / "model"
         stages["prune"] = current = cache.run(
@@ -242,17 +251,20 @@ def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[
 
     tm = load_teacher_lm(recipe.teacher)
     tm.save(folder / "model", overwrite=True)
+    started = time.perf_counter()
     export_causal_lm(tm.model, folder / "runtime", tokenizer=tm.tokenizer, formats=("onnx",), graph=lm.graph,
                      weights=dataclasses.replace(WeightFormats.from_config(lm), bits=(8,)),
                      context_length=lm.context_length, atol=lm.logits_atol, texts=list(data.validation.texts[:8]),
                      source=recipe.teacher, overwrite=True, default_tolerance=lm.default_tolerance)
-    return _torch_lm_metrics(folder / "model", data, ood, lm)
+    exported = time.perf_counter()
+    metrics = _torch_lm_metrics(folder / "model", data, ood, lm)
+    # what recipe_minutes predicts the later stages from (plan_recipe_time)
+    metrics["phase_seconds"] = {"export": round(exported - started, 1), "scoring": round(time.perf_counter() - exported, 1)}
+    return metrics
 
 
 def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dict[str, Any]:
     """causal_lm.teacher_samples replies of the teacher's 8-bit runtime model to seeded prompts, as JSON lines."""
-    import time
-
     from edgellm.artifact import atomic_write_text
     from edgellm.runtime import load
     from edgellm.train.corpus import SAMPLING, generate_corpus, teacher_prompts
@@ -271,18 +283,23 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
 
 def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
                    corpus: Sequence[dict[str, Any]], teacher_folder: Path, folder: Path,
-                   progress: bool) -> dict[str, Any]:
+                   progress: bool, time_plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The distilled student (`model/`) and its PyTorch numbers; under causal_lm.recipe_minutes it trains for
+    `time_plan`'s minutes (`plan_recipe_time`), and the plan is recorded."""
     from edgellm.train.causal import distill_causal_lm, load_teacher_lm
     from edgellm.train.corpus import corpus_texts
     from edgellm.train.stages import augment_texts
 
+    if time_plan is not None:
+        lm = dataclasses.replace(lm, budget_minutes=time_plan["train_minutes"])
     teacher = load_teacher_lm(teacher_folder / "model")
     extra = [*corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat),
              *augment_texts(recipe.distill.augment_with, data, exclude=ood)]  # type: ignore[union-attr]
     student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
                                 extra_texts=extra, progress=progress)
     student.save(folder / "model", overwrite=True)
-    return {"training": student.metrics, **_torch_lm_metrics(folder / "model", data, ood, lm, teacher=teacher)}
+    out = {"training": student.metrics, **_torch_lm_metrics(folder / "model", data, ood, lm, teacher=teacher)}
+    return out if time_plan is None else {**out, "recipe_time": time_plan}
 
 
 def _prune_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
@@ -430,8 +447,13 @@ def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     manifest = read_manifest(runtime)
     scoring = _Scoring(recipe, lm, data, ood, runtime / manifest.tokenizer, manifest.max_length, teacher_folder)
     precision = {f"teacher {e.name}": e.precision for e in manifest.models}
-    models = {name: {"teacher": True, "precision": precision[name], **scoring.measure(model)}
-              for name, model in scoring.teacher_models().items()}
+    prompt = _decode_prompt(scoring.tok, data, recipe.evaluate.latency_length)
+    models = {}
+    for name, model in scoring.teacher_models().items():
+        models[name] = record = {"teacher": True, "precision": precision[name], **scoring.measure(model)}
+        started = time.perf_counter()  # one generation as evaluate times them (recipe_minutes predicts from it)
+        list(lm_stream(model)(prompt, lm.decode_tokens))
+        record["seconds"]["generation"] = round(time.perf_counter() - started, 4)
     return {"models": models, **scoring.counts()}
 
 
@@ -518,8 +540,6 @@ def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, reference: Any =
     on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and the wall seconds of each part
     (`seconds`; the agreement's include the reference's forward passes). Speed is timed apart, every model in the
     same rounds (`lm_stream`, `edgellm.bench.generation.measure_generation_interleaved`)."""
-    import time
-
     from edgellm.bench.generation import perplexity
     from edgellm.evaluate import lm_agreement, zero_shot_sentiment
 
@@ -544,6 +564,102 @@ def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, reference: Any =
 def lm_stream(model: Any) -> Any:
     """A runtime model's greedy token stream for timing: (prompt ids, n) -> n new token ids, end-of-text ignored."""
     return lambda ids, n: model.tokens(list(ids), n, ignore_eos=True)
+
+
+# --- recipe_minutes -------------------------------------------------------------------------------------------------
+
+# What the teacher's measurements miss in plan_recipe_time's prediction, measured on a 2-core AMD EPYC with
+# export/lm-smollm2.yaml (docs/text-generation.md): the student's export + quantize seconds over the teacher stage's
+# export seconds x the student's share (177 s over 52.7 x 0.684: the teacher stage writes two of the formats; GPTQ,
+# OpenVINO and their checks cost more), and the distill stage's seconds outside its training loop over the teacher
+# stage's PyTorch scoring seconds (360 s over 153: layer choice, scoring before and after training with the teacher
+# beside the student, the planner's trial steps). Both rounded up.
+EXPORT_FACTOR = 5.0
+DISTILL_FACTOR = 2.5
+MIN_TRAIN_MINUTES = 1.0
+
+
+def decode_share(config: dict[str, Any], layers: int, ffn_size: int | None = None) -> float:
+    """A student's per-token work over its teacher's: multiply-adds of `layers` decoder layers with FFN width
+    `ffn_size` (the teacher's when None) and the LM head, over the teacher's (a Llama-family `config.json`)."""
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    head = hidden * int(config["vocab_size"])
+    ffn = int(config["intermediate_size"])
+
+    def work(n: int, width: int) -> int:
+        return n * (attention + 3 * hidden * width) + head
+
+    return work(layers, ffn if ffn_size is None else ffn_size) / work(int(config["num_hidden_layers"]), ffn)
+
+
+def _planned_precisions(recipe: Recipe, lm: CausalLMConfig, profiles: Sequence[Any]) -> list[str]:
+    """The precision of each runtime model the export and quantize stages will write (`_export_stage`,
+    `edgellm.quantize.decoder.decoder_quantize_modes`), for the prediction only."""
+    from edgellm.quantize.decoder import decoder_quantize_modes
+
+    formats = list(recipe.export.formats)
+    out = ["fp32"] * len(formats)
+    modes, openvino = decoder_quantize_modes(recipe.quantize)
+    quantized = recipe.quantize is not None and recipe.quantize.mode != "none"
+    if quantized and "onnx" in formats and "onnxruntime" in recipe.quantize.backends:  # type: ignore[union-attr]
+        out += [f"int{bits}" for bits in lm.weight_bits] + ["int8"] * len(modes)
+    if openvino and "openvino" in formats:
+        out += ["int8", "int4"]
+    out += ["int8" if quantized and profile.quantization else "fp32" for profile in profiles]
+    return out
+
+
+def plan_recipe_time(recipe: Recipe, lm: CausalLMConfig, stages: dict[str, StageRecord],
+                     profiles: Sequence[Any]) -> dict[str, Any]:
+    """The distill stage's training minutes under causal_lm.recipe_minutes: the recipe's seconds less what the stages
+    before distillation took (as recorded, also when reused from the cache, so a rerun or a resumed run plans the
+    same) less a prediction of what comes after training. With s the student's share of the teacher's per-token work
+    (`decode_share`):
+
+    - evaluate: each model the recipe makes scored as the baseline stage scored the teacher's model of its kind (FP32
+      as the FP32 one, the others as the 8-bit one), its own passes x s and the FP32 teacher's passes for KL at full
+      cost; then (1 + decode_repeat) generations of every model (x s) and of the teacher's;
+    - export + quantize: the teacher stage's export seconds x s x EXPORT_FACTOR;
+    - distillation's own work besides training: the teacher stage's scoring seconds x DISTILL_FACTOR.
+
+    Returns the plan with each part, for the record. ConfigError when the teacher stage was recorded without its
+    seconds (an earlier edgellm) or less than MIN_TRAIN_MINUTES are left."""
+    distill = recipe.distill
+    assert distill is not None and lm.recipe_minutes is not None
+    teacher = stages["teacher"]
+    measured = teacher.metrics.get("phase_seconds") or {}
+    if not {"export", "scoring"} <= set(measured):
+        raise ConfigError(f"causal_lm.recipe_minutes: the teacher stage in {teacher.folder} was recorded without "
+                          "the seconds its export and scoring took (an earlier edgellm); delete that folder to run "
+                          "it again, or use causal_lm.budget_minutes")
+    config = json.loads((teacher.folder / "model" / "config.json").read_text(encoding="utf-8"))
+    layers = len(distill.layers) if distill.layers is not None else int(distill.num_layers or
+                                                                          config["num_hidden_layers"])
+    share = decode_share(config, layers, distill.ffn_size)
+    teachers = stages["baseline"].metrics["models"]
+    like = {"fp32": teachers["teacher onnx-fp32"]["seconds"], "int8": teachers["teacher onnx-int8"]["seconds"]}
+    evaluate = 0.0
+    generations = sum(t["seconds"]["generation"] for t in teachers.values())
+    for precision in _planned_precisions(recipe, lm, profiles):
+        t = like["fp32" if precision == "fp32" else "int8"]
+        own = t["perplexity"] + t.get("sentiment", 0.0) + t.get("agreement", 0.0) / 2
+        evaluate += own * share + t.get("agreement", 0.0) / 2
+        generations += t["generation"] * share
+    evaluate += (1 + lm.decode_repeat) * generations
+    before = {name: round(float(stages[name].seconds or 0.0), 1) for name in ("teacher", "baseline", "corpus")
+              if name in stages}
+    after = {"distill_besides_training": DISTILL_FACTOR * measured["scoring"],
+             "export_quantize": EXPORT_FACTOR * measured["export"] * share, "evaluate": evaluate}
+    left = lm.recipe_minutes * 60 - sum(before.values()) - sum(after.values())
+    if left < MIN_TRAIN_MINUTES * 60:
+        raise ConfigError(f"causal_lm.recipe_minutes = {lm.recipe_minutes:g} leaves {left / 60:.1f} minutes to train "
+                          f"(at least {MIN_TRAIN_MINUTES:g}): the stages before took {sum(before.values()) / 60:.1f} "
+                          f"and the rest is predicted at {sum(after.values()) / 60:.1f} minutes; raise recipe_minutes")
+    return {"recipe_minutes": lm.recipe_minutes, "train_minutes": round(left / 60, 2), "student_share": round(share, 4),
+            "before_s": before, "predicted_s": {k: round(v, 1) for k, v in after.items()}}
 
 
 # --- summary --------------------------------------------------------------------------------------------------------

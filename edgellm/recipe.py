@@ -285,6 +285,7 @@ class CausalLMConfig:
     decode_repeat: int = 3  # evaluate stage: timed generations per model (median; after one warm-up)
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)
     budget_minutes: float | None = None  # train about this long: the schedule's length is planned from timed trial steps and re-planned from the run's own step time, within distill.epochs
+    recipe_minutes: float | None = None  # the whole recipe in about this long, instead of budget_minutes: distillation trains for what the stages before it took (as recorded, also when reused) and a prediction of the stages after it leave; the prediction scales this run's measurements of the teacher (edgellm.pipeline_lm.plan_recipe_time) and is recorded beside what they took
     context_length: int | None = 2048  # export: prompt + output tokens; None -> the model's max_position_embeddings
     stateful: bool = True  # export: OpenVINO IR with the KV cache as internal state (batch 1); false: past/present I/O
     logits_atol: float = 1e-3  # export: FP32 decoder logits vs torch, max abs difference on real text
@@ -315,6 +316,11 @@ class CausalLMConfig:
         check_range(f"{where}.eval_rows", self.eval_rows, low=1)
         check_range(f"{where}.max_steps", self.max_steps, low=1)
         check_range(f"{where}.budget_minutes", self.budget_minutes, low=0.0, low_open=True)
+        check_range(f"{where}.recipe_minutes", self.recipe_minutes, low=0.0, low_open=True)
+        if self.recipe_minutes is not None and self.budget_minutes is not None:
+            raise ConfigError(f"{where}: budget_minutes = {self.budget_minutes} and recipe_minutes = "
+                              f"{self.recipe_minutes} both bound distillation; set one (recipe_minutes: the whole "
+                              "recipe, budget_minutes: training alone)")
         check_range(f"{where}.context_length", self.context_length, low=2)
         check_range(f"{where}.logits_atol", self.logits_atol, low=0.0)
         bad = [b for b in self.weight_bits if b not in (4, 8)]

@@ -113,7 +113,7 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     assert set(baseline) == {"teacher onnx-fp32", "teacher onnx-int8"}
     for name, record in baseline.items():
         assert {k: v for k, v in evaluated[name].items() if k != "generation"} == record
-        assert set(record["seconds"]) == {"perplexity", "agreement"} and min(record["seconds"].values()) >= 0
+        assert set(record["seconds"]) == {"perplexity", "agreement", "generation"} and min(record["seconds"].values()) >= 0
     changed = _compress({**recipe, "distill": {**recipe["distill"], "learning_rate": 5e-4}}, tmp_path / "art2",
                         targets=["cpu-x86-avx2"], work_dir=again.work_dir)
     assert [n for n, r in changed.stages.items() if r.cached] == ["teacher", "baseline"]
@@ -339,3 +339,111 @@ def test_an_openvino_decoder_target_runs_in_its_profiles_precision(lm_artifact: 
     gen = load(art, model="cpu-x86-amx", threads=1, verify=False)
     assert gen.backend._config["INFERENCE_PRECISION_HINT"] == "bf16"
     assert len(list(gen.tokens("the film", 3, ignore_eos=True))) == 3
+
+
+def test_decode_share_is_the_students_share_of_the_teachers_multiply_adds(tiny_llama_dir: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgellm.pipeline_lm import decode_share
+
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+
+    def linear_weights(layers: int, ffn: int) -> int:  # every matmul of a token's forward pass, the LM head once
+        model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers, "intermediate_size": ffn}))
+        return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    teacher = linear_weights(config["num_hidden_layers"], config["intermediate_size"])
+    for layers, ffn in [(config["num_hidden_layers"], None), (3, None), (2, 32)]:
+        want = linear_weights(layers, ffn or config["intermediate_size"]) / teacher
+        assert decode_share(config, layers, ffn) == pytest.approx(want, rel=1e-9)
+
+
+def _time_stages(tmp_path: Path, config: dict[str, Any], *, timed: bool = True) -> dict[str, Any]:
+    from edgellm.pipeline import StageRecord
+
+    (tmp_path / "teacher" / "model").mkdir(parents=True)
+    (tmp_path / "teacher" / "model" / "config.json").write_text(json.dumps(config))
+    seconds = {"export": 10.0, "scoring": 20.0} if timed else {}
+    fp32 = {"perplexity": 30.0, "agreement": 8.0, "sentiment": 12.0, "generation": 2.0}
+    int8 = {"perplexity": 20.0, "agreement": 6.0, "sentiment": 6.0, "generation": 1.0}
+    return {"teacher": StageRecord("teacher", "t", tmp_path / "teacher", {"phase_seconds": seconds}, cached=True,
+                                   seconds=100.0),
+            "baseline": StageRecord("baseline", "b", tmp_path / "baseline",
+                                    {"models": {"teacher onnx-fp32": {"seconds": fp32},
+                                                "teacher onnx-int8": {"seconds": int8}}}, cached=False, seconds=50.0),
+            "corpus": StageRecord("corpus", "c", tmp_path / "corpus", {}, cached=True, seconds=200.0)}
+
+
+def test_recipe_minutes_trains_for_what_the_other_stages_leave(tiny_llama_dir: Path, lm_texts: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.pipeline_lm import DISTILL_FACTOR, EXPORT_FACTOR, decode_share, plan_recipe_time
+    from edgellm.recipe import recipe_from_dict
+
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    stages = _time_stages(tmp_path, config)
+    recipe = recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 30,
+                                                                   "causal_lm.decode_repeat": 3}))
+    plan = plan_recipe_time(recipe, recipe.causal_lm, stages, [])  # type: ignore[arg-type]
+    s = decode_share(config, 3)
+    assert plan["student_share"] == pytest.approx(s, abs=1e-4)
+    assert plan["before_s"] == {"teacher": 100.0, "baseline": 50.0, "corpus": 200.0}  # as recorded, cached or not
+    # the recipe makes onnx-fp32 and onnx-int8 (weight_bits [8]): each scored like the teacher's model of its kind,
+    # its own passes scaled, the FP32 teacher's KL passes not; 1 + 3 generations of each and of the teacher's two
+    evaluate = (30 + 12 + 4) * s + 4 + (20 + 6 + 3) * s + 3 + 4 * (2 + 1 + 2 * s + 1 * s)
+    assert plan["predicted_s"] == pytest.approx({"distill_besides_training": DISTILL_FACTOR * 20,
+                                                 "export_quantize": EXPORT_FACTOR * 10 * s, "evaluate": evaluate},
+                                                abs=0.1)
+    assert plan["train_minutes"] == pytest.approx((30 * 60 - 350 - sum(plan["predicted_s"].values())) / 60, abs=0.02)
+    with pytest.raises(ConfigError, match="recipe_minutes = 5 leaves -[0-9.]+ minutes to train .at least 1.: the stages before took 5.8.*raise"):
+        short = recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 5}))
+        plan_recipe_time(short, short.causal_lm, stages, [])  # type: ignore[arg-type]
+    untimed = _time_stages(tmp_path / "old", config, timed=False)
+    with pytest.raises(ConfigError, match="recorded without the seconds its export and scoring took"):
+        plan_recipe_time(recipe, recipe.causal_lm, untimed, [])  # type: ignore[arg-type]
+
+
+def test_recipe_minutes_is_refused_where_it_cannot_plan(tiny_llama_dir: Path, lm_texts: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import recipe_from_dict
+
+    with pytest.raises(ConfigError, match="budget_minutes = 5.0 and recipe_minutes = 30.0 both bound distillation"):
+        recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 30,
+                                                              "causal_lm.budget_minutes": 5}))
+    for changes, why in [({"prune": {"ffn": 0.5}}, "a prune stage's recovery training is not predicted"),
+                         ({"distill": None}, "the recipe has no distill stage")]:
+        recipe = _recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 30})
+        with pytest.raises(ConfigError, match=f"recipe_minutes = 30.*{why}: use causal_lm.budget_minutes"):
+            _compress({**recipe, **changes}, tmp_path / "art")
+        assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.slow
+def test_a_recipe_minutes_run_records_its_plan(tiny_llama_factory: Any, lm_texts: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    from edgellm.pipeline_lm import _planned_precisions, check_lm_targets
+    from edgellm.recipe import recipe_from_dict
+
+    recipe = _recipe(tiny_llama_factory(layers=6), lm_texts, **{"causal_lm.recipe_minutes": 10})
+    result = _compress(recipe, tmp_path / "art", targets=["cpu-x86-avx2"])
+    assert set(result.stages["teacher"].metrics["phase_seconds"]) == {"export", "scoring"}
+    teachers = result.stages["baseline"].metrics["models"]
+    assert all(m["seconds"]["generation"] > 0 for m in teachers.values())
+    plan = result.stages["distill"].metrics["recipe_time"]
+    assert 1 < plan["train_minutes"] < 10 and set(plan["before_s"]) == {"teacher", "baseline"}
+    assert result.stages["distill"].metrics["training"]["budget"]["budget_minutes"] == plan["train_minutes"]
+    # the prediction counts the models the stages wrote, each of its kind
+    parsed = recipe_from_dict(recipe)
+    planned = _planned_precisions(parsed, parsed.causal_lm, check_lm_targets(["cpu-x86-avx2"]))  # type: ignore[arg-type]
+    assert sorted(planned) == sorted("fp32" if m.precision == "fp32" else "int8" for m in result.manifest.models)
+    # the benchmark's report sets the plan beside what the stages took
+    from bench.lm_student import markdown, report
+
+    reported = report(tmp_path / "art", "recipe.yaml")["time_plan"]
+    stage_s = {name: r.seconds for name, r in result.stages.items()}
+    assert reported["actual_s"]["export_quantize"] == pytest.approx(stage_s["export"] + stage_s["quantize"], abs=0.1)
+    assert reported["actual_s"]["evaluate"] == pytest.approx(stage_s["evaluate"], abs=0.1)
+    assert 0 < reported["actual_s"]["distill_besides_training"] < stage_s["distill"]
+    assert "Time plan (`causal_lm.recipe_minutes: 10`)" in markdown(report(tmp_path / "art", "recipe.yaml"))
