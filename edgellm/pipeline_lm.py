@@ -259,7 +259,8 @@ def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[
     exported = time.perf_counter()
     metrics = _torch_lm_metrics(folder / "model", data, ood, lm)
     # what recipe_minutes predicts the later stages from (plan_recipe_time)
-    metrics["phase_seconds"] = {"export": round(exported - started, 1), "scoring": round(time.perf_counter() - exported, 1)}
+    metrics["phase_seconds"] = {"export": round(exported - started, 1),
+                                "scoring": round(time.perf_counter() - exported, 1)}
     return metrics
 
 

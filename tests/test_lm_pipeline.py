@@ -113,7 +113,8 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     assert set(baseline) == {"teacher onnx-fp32", "teacher onnx-int8"}
     for name, record in baseline.items():
         assert {k: v for k, v in evaluated[name].items() if k != "generation"} == record
-        assert set(record["seconds"]) == {"perplexity", "agreement", "generation"} and min(record["seconds"].values()) >= 0
+        assert set(record["seconds"]) == {"perplexity", "agreement", "generation"}
+        assert min(record["seconds"].values()) >= 0
     changed = _compress({**recipe, "distill": {**recipe["distill"], "learning_rate": 5e-4}}, tmp_path / "art2",
                         targets=["cpu-x86-avx2"], work_dir=again.work_dir)
     assert [n for n, r in changed.stages.items() if r.cached] == ["teacher", "baseline"]
@@ -396,7 +397,8 @@ def test_recipe_minutes_trains_for_what_the_other_stages_leave(tiny_llama_dir: P
                                                  "export_quantize": EXPORT_FACTOR * 10 * s, "evaluate": evaluate},
                                                 abs=0.1)
     assert plan["train_minutes"] == pytest.approx((30 * 60 - 350 - sum(plan["predicted_s"].values())) / 60, abs=0.02)
-    with pytest.raises(ConfigError, match="recipe_minutes = 5 leaves -[0-9.]+ minutes to train .at least 1.: the stages before took 5.8.*raise"):
+    with pytest.raises(ConfigError, match="recipe_minutes = 5 leaves -[0-9.]+ minutes to train .at least 1.: "
+                                          "the stages before took 5.8.*raise"):
         short = recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 5}))
         plan_recipe_time(short, short.causal_lm, stages, [])  # type: ignore[arg-type]
     untimed = _time_stages(tmp_path / "old", config, timed=False)
@@ -436,7 +438,8 @@ def test_a_recipe_minutes_run_records_its_plan(tiny_llama_factory: Any, lm_texts
     assert result.stages["distill"].metrics["training"]["budget"]["budget_minutes"] == plan["train_minutes"]
     # the prediction counts the models the stages wrote, each of its kind
     parsed = recipe_from_dict(recipe)
-    planned = _planned_precisions(parsed, parsed.causal_lm, check_lm_targets(["cpu-x86-avx2"]))  # type: ignore[arg-type]
+    profiles = check_lm_targets(["cpu-x86-avx2"])
+    planned = _planned_precisions(parsed, parsed.causal_lm, profiles)  # type: ignore[arg-type]
     assert sorted(planned) == sorted("fp32" if m.precision == "fp32" else "int8" for m in result.manifest.models)
     # the benchmark's report sets the plan beside what the stages took
     from bench.lm_student import markdown, report
