@@ -580,20 +580,25 @@ DISTILL_FACTOR = 3.4
 MIN_TRAIN_MINUTES = 1.0
 
 
-def decode_share(config: dict[str, Any], layers: int, ffn_size: int | None = None) -> float:
-    """A student's per-token work over its teacher's: multiply-adds of `layers` decoder layers with FFN width
-    `ffn_size` (the teacher's when None) and the LM head, over the teacher's (a Llama-family `config.json`)."""
-    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    head = hidden * int(config["vocab_size"])
-    ffn = int(config["intermediate_size"])
+def decode_share(config: Any, layers: int, ffn_size: int | None = None) -> float:
+    """A student's per-token work over its teacher's: `edgellm.prune.arch`'s flops_per_token (its decoder layers and
+    LM head) of the teacher's shape with `layers` layers and FFN width `ffn_size` (the teacher's when None), over the
+    teacher's. `config`: the teacher's transformers config; both shapes are built on the meta device (no weights)."""
+    import copy
 
-    def work(n: int, width: int) -> int:
-        return n * (attention + 3 * hidden * width) + head
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    return work(layers, ffn if ffn_size is None else ffn_size) / work(int(config["num_hidden_layers"]), ffn)
+    from edgellm.prune.arch import arch_for
+
+    def flops(n: int, width: int) -> int:
+        shaped = copy.deepcopy(config)
+        shaped.num_hidden_layers, shaped.intermediate_size = n, width
+        with torch.device("meta"):
+            return arch_for(AutoModelForCausalLM.from_config(shaped)).flops_per_token(0)
+
+    ffn = int(config.intermediate_size)
+    return flops(layers, ffn if ffn_size is None else ffn_size) / flops(int(config.num_hidden_layers), ffn)
 
 
 def _planned_precisions(recipe: Recipe, lm: CausalLMConfig, profiles: Sequence[Any]) -> list[str]:
@@ -636,9 +641,11 @@ def plan_recipe_time(recipe: Recipe, lm: CausalLMConfig, stages: dict[str, Stage
         raise ConfigError(f"causal_lm.recipe_minutes: the teacher stage in {teacher.folder} was recorded without "
                           "the seconds its export and scoring took (an earlier edgellm); delete that folder to run "
                           "it again, or use causal_lm.budget_minutes")
-    config = json.loads((teacher.folder / "model" / "config.json").read_text(encoding="utf-8"))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(teacher.folder / "model")
     layers = len(distill.layers) if distill.layers is not None else int(distill.num_layers or
-                                                                          config["num_hidden_layers"])
+                                                                          config.num_hidden_layers)
     share = decode_share(config, layers, distill.ffn_size)
     teachers = stages["baseline"].metrics["models"]
     like = {"fp32": teachers["teacher onnx-fp32"]["seconds"], "int8": teachers["teacher onnx-int8"]["seconds"]}

@@ -346,9 +346,12 @@ def test_decode_share_is_the_students_share_of_the_teachers_multiply_adds(tiny_l
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from transformers import AutoConfig
+
     from edgellm.pipeline_lm import decode_share
 
     config = json.loads((tiny_llama_dir / "config.json").read_text())
+    loaded = AutoConfig.from_pretrained(tiny_llama_dir)
 
     def linear_weights(layers: int, ffn: int) -> int:  # every matmul of a token's forward pass, the LM head once
         model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers, "intermediate_size": ffn}))
@@ -357,7 +360,7 @@ def test_decode_share_is_the_students_share_of_the_teachers_multiply_adds(tiny_l
     teacher = linear_weights(config["num_hidden_layers"], config["intermediate_size"])
     for layers, ffn in [(config["num_hidden_layers"], None), (3, None), (2, 32)]:
         want = linear_weights(layers, ffn or config["intermediate_size"]) / teacher
-        assert decode_share(config, layers, ffn) == pytest.approx(want, rel=1e-9)
+        assert decode_share(loaded, layers, ffn) == pytest.approx(want, rel=1e-9)
 
 
 def _time_stages(tmp_path: Path, config: dict[str, Any], *, timed: bool = True) -> dict[str, Any]:
@@ -382,12 +385,14 @@ def test_recipe_minutes_trains_for_what_the_other_stages_leave(tiny_llama_dir: P
     from edgellm.pipeline_lm import DISTILL_FACTOR, EXPORT_FACTOR, decode_share, plan_recipe_time
     from edgellm.recipe import recipe_from_dict
 
+    from transformers import AutoConfig
+
     config = json.loads((tiny_llama_dir / "config.json").read_text())
     stages = _time_stages(tmp_path, config)
     recipe = recipe_from_dict(_recipe(tiny_llama_dir, lm_texts, **{"causal_lm.recipe_minutes": 30,
                                                                    "causal_lm.decode_repeat": 3}))
     plan = plan_recipe_time(recipe, recipe.causal_lm, stages, [])  # type: ignore[arg-type]
-    s = decode_share(config, 3)
+    s = decode_share(AutoConfig.from_pretrained(tiny_llama_dir), 3)
     assert plan["student_share"] == pytest.approx(s, abs=1e-4)
     assert plan["before_s"] == {"teacher": 100.0, "baseline": 50.0, "corpus": 200.0}  # as recorded, cached or not
     # the recipe makes onnx-fp32 and onnx-int8 (weight_bits [8]): each scored like the teacher's model of its kind,
