@@ -160,7 +160,10 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
     teacher_path = resolve_model(recipe.teacher)
     stages["teacher"] = teacher = cache.run(
         "teacher", {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
-                    "export": export_fields, "eval_texts": lm.eval_texts},
+                    "export": export_fields, "eval_texts": lm.eval_texts,
+                    # its 8-bit runtime model (baseline's reference, corpus's writer) is made with these
+                    "weights_8bit": {k: getattr(lm, k) for k in ("block_size_8bit", "block_size_8bit_by_name",
+                                                                  "lm_head_bits")}},
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
     scoring = {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")}
     stages["baseline"] = baseline = cache.run(

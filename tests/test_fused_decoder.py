@@ -195,8 +195,10 @@ def test_weight_formats_round_trip(lm_artifact: Path) -> None:
         by_node = {n.name: dict((a.name, a.i) for a in n.attribute) for n in graph.node if n.op_type == "MatMulNBits"}
         down = [f["block_size"] for n, f in by_node.items() if f["bits"] == 8 and n.endswith("down_proj")]
         assert down == ([32] * 4 if bits == 8 else down) and set(down) <= {32}  # block_size_8bit_by_name, 4 layers
-        assert {f["block_size"] for n, f in by_node.items() if f["bits"] == 8 and not n.endswith("down_proj")} == \
-            {64}  # CausalLMConfig.block_size_8bit
+        assert by_node["lm_head"]["block_size"] == 32  # block_size_8bit_by_name
+        others = {f["block_size"] for n, f in by_node.items() if f["bits"] == 8 and not n.endswith(("down_proj",
+                                                                                                   "lm_head"))}
+        assert others == ({64} if bits == 8 else others) and others <= {64}  # CausalLMConfig.block_size_8bit
         assert {f["block_size"] for f in found if f["bits"] == 4} <= {32}  # CausalLMConfig.block_size
         eight = 17 if bits == 8 else 1 + len(entry.quantization["fallback_8bit"])  # lm_head_bits 8, the fallback
         assert sum(f["bits"] == 8 for f in found) == eight and sum(f["bits"] == bits for f in found) == \

@@ -121,6 +121,21 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     assert changed.stages["evaluate"].metrics["models"]["teacher onnx-int8"]["perplexity_out_of_domain"] == \
         baseline["teacher onnx-int8"]["perplexity_out_of_domain"]
 
+    # the teacher's 8-bit model follows the recipe's 8-bit weight settings: changing one makes it (and all after) again
+    import onnx
+
+    from edgellm.artifact import read_manifest
+
+    rebuilt = _compress({**recipe, "prune": None, "quantize": None,
+                         "causal_lm": {**recipe["causal_lm"], "block_size_8bit_by_name": {"down_proj": 16}}},
+                        tmp_path / "art3", work_dir=again.work_dir)
+    assert not any(r.cached for r in rebuilt.stages.values())
+    runtime = rebuilt.stages["teacher"].folder / "runtime"
+    graph = onnx.load(str(runtime / read_manifest(runtime).model("onnx-int8").path), load_external_data=False).graph
+    blocks = {n.name: dict((a.name, a.i) for a in n.attribute)["block_size"] for n in graph.node
+              if n.op_type == "MatMulNBits"}
+    assert {b for n, b in blocks.items() if n.endswith("down_proj")} == {16} and blocks["lm_head"] == 64
+
 
 def test_fields_that_do_not_apply_are_refused(tiny_llama_dir: Path, lm_texts: dict[str, Path]) -> None:
     from edgellm.errors import ConfigError
