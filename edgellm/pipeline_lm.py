@@ -162,8 +162,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
         "teacher", {**base, "teacher": recipe.teacher, "files": fingerprint_path(teacher_path),
                     "export": export_fields, "eval_texts": lm.eval_texts,
                     # its 8-bit runtime model (baseline's reference, corpus's writer) is made with these
-                    "weights_8bit": {k: getattr(lm, k) for k in ("block_size_8bit", "block_size_8bit_by_name",
-                                                                  "lm_head_bits")}},
+                    "weights_8bit": _teacher_weights(lm).eight_bit_settings()},
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
     scoring = {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")}
     stages["baseline"] = baseline = cache.run(
@@ -246,17 +245,24 @@ def _torch_lm_metrics(folder: Path, data: Any, ood: Sequence[str], lm: CausalLMC
     return out
 
 
+def _teacher_weights(lm: CausalLMConfig) -> Any:
+    """The weight formats of the teacher stage's runtime models: the recipe's, 8-bit only."""
+    from edgellm.quantize.decoder import WeightFormats
+
+    return dataclasses.replace(WeightFormats.from_config(lm), bits=(8,))
+
+
 def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], folder: Path) -> dict[str, Any]:
     """The teacher as a Hugging Face folder (`model/`) and as a fused ONNX Runtime artifact (`runtime/`: onnx-fp32
     checked against torch, onnx-int8), measured the way every later stage is."""
-    from edgellm.quantize.decoder import WeightFormats, export_causal_lm
+    from edgellm.quantize.decoder import export_causal_lm
     from edgellm.train.causal import load_teacher_lm
 
     tm = load_teacher_lm(recipe.teacher)
     tm.save(folder / "model", overwrite=True)
     started = time.perf_counter()
     export_causal_lm(tm.model, folder / "runtime", tokenizer=tm.tokenizer, formats=("onnx",), graph=lm.graph,
-                     weights=dataclasses.replace(WeightFormats.from_config(lm), bits=(8,)),
+                     weights=_teacher_weights(lm),
                      context_length=lm.context_length, atol=lm.logits_atol, texts=list(data.validation.texts[:8]),
                      source=recipe.teacher, overwrite=True, default_tolerance=lm.default_tolerance)
     exported = time.perf_counter()

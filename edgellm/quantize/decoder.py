@@ -129,6 +129,15 @@ class WeightFormats:
         return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, dict(lm.block_size_8bit_by_name),
                    lm.int4_method, lm.int4_fallback, lm.lm_head_bits, lm.lm_head_rows)
 
+    def eight_bit_settings(self) -> dict[str, Any]:
+        """The settings `quantize_decoder_nbits(bits=8)` reads (a cache key's part): the 8-bit block sizes and the
+        head's bits, and for a 4-bit head also the 4-bit block size and the rows `lm_head_rows` gives it (8-bit
+        rounding is round-to-nearest without fallback, so the 4-bit method and fallback play no part)."""
+        names = ["block_size_8bit", "block_size_8bit_by_name", "lm_head_bits"]
+        if self.lm_head_bits == 4:
+            names += ["block_size", "lm_head_rows"]
+        return {name: getattr(self, name) for name in names}
+
 
 def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
                    perplexity: Callable[[ModelEntry], float | None] | None = None, what: str = "") -> tuple[str, str]:
