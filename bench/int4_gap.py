@@ -46,13 +46,10 @@ def _texts(recipe: Any, artifact: Path, texts: int) -> tuple[dict[str, list[list
     from tokenizers import Tokenizer
 
     from edgellm.artifact import read_manifest
-    from edgellm.pipeline_lm import load_out_of_domain, scoring_sets
+    from edgellm.pipeline_lm import lm_texts, scoring_sets
     from edgellm.runtime.text import plain_tokenizer
-    from edgellm.train.causal import load_lm_data
 
-    lm = recipe.causal_lm
-    data = load_lm_data(recipe.data, corpora=lm.corpora)
-    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    data, ood = lm_texts(recipe)
     manifest = read_manifest(artifact)
     tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
     sets = scoring_sets(tok, data, ood, count=texts, context=manifest.max_length)

@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from edgellm.exporting.decoder import context_length_for
     from edgellm.bench.generation import measure_generation_interleaved
     from edgellm.bench.machine import machine_info
-    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, load_out_of_domain, lm_stream, measure_lm, pack_sequences
+    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, lm_stream, lm_texts, measure_lm, pack_sequences
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.runtime import load
-    from edgellm.train.causal import distill_causal_lm, load_lm_data, load_teacher_lm
+    from edgellm.train.causal import distill_causal_lm, load_teacher_lm
     from edgellm.train.corpus import corpus_texts, read_corpus
 
     recipe = load_recipe(args.recipe)
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_folder = finished(work, "teacher")
     corpus_folder = finished(work, "corpus") if lm.teacher_samples else None
     corpus_rows = read_corpus(corpus_folder / CORPUS_FILE) if corpus_folder else []
-    data = load_lm_data(recipe.data, corpora=lm.corpora)
-    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    data, ood = lm_texts(recipe)
     # the plans are compared out of domain; distillation's own in-domain test scoring is cut to 100 rows
     data = dataclasses.replace(data, test=Examples(data.test.texts[:100], None, data.test.ids[:100]))
     teacher = load_teacher_lm(teacher_folder / "model")

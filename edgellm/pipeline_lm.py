@@ -45,19 +45,29 @@ from edgellm.pipeline import (
 )
 from edgellm.recipe import CausalLMConfig, Recipe
 
-__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "load_out_of_domain", "pack_sequences", "scoring_sets",
+__all__ = ["compress_causal_lm", "TRAINING_FIELDS", "lm_texts", "load_out_of_domain", "pack_sequences", "scoring_sets",
            "check_lm_targets", "measure_lm", "plan_recipe_time", "decode_share"]
 
 log = logging.getLogger(__name__)
 
 # causal_lm fields the distillation depends on (the others change export / quantize / evaluate only, so that
 # changing them reuses the distilled student)
-TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "freeze_embeddings", "teacher_precision",
-                   "eval_rows", "max_steps", "budget_minutes", "recipe_minutes", "token_budget", "sample_tokens",
-                   "pack_tokens", "corpus_chat")
+TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "corpus_rows", "freeze_embeddings",
+                   "teacher_precision", "eval_rows", "max_steps", "budget_minutes", "recipe_minutes", "token_budget",
+                   "sample_tokens", "pack_tokens", "corpus_chat")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")
+
+
+def lm_texts(recipe: Recipe) -> tuple[Any, list[str]]:
+    """A text-generation recipe's text: its data and causal_lm.corpora merged and split (`load_lm_data`), and its
+    out-of-domain texts (`load_out_of_domain`: refused if they touch the others)."""
+    from edgellm.train.causal import load_lm_data
+
+    lm = recipe.causal_lm or CausalLMConfig()
+    data = load_lm_data(recipe.data, corpora=lm.corpora, corpus_rows=lm.corpus_rows)
+    return data, load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
 
 
 def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> list[str]:
@@ -134,7 +144,6 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
     """Run a text-generation recipe through the stage cache (see the module docstring) and publish the artifact."""
     from edgellm import __version__
     from edgellm.models import resolve_model
-    from edgellm.train.causal import load_lm_data
     from edgellm.train.corpus import read_corpus
 
     lm = recipe.causal_lm or CausalLMConfig()
@@ -144,8 +153,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                           "what the other stages take; " + ("the recipe has no distill stage" if recipe.distill is None
                                                             else "a prune stage's recovery training is not predicted")
                           + ": use causal_lm.budget_minutes")
-    data = load_lm_data(recipe.data, corpora=lm.corpora)
-    ood = load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
+    data, ood = lm_texts(recipe)
     described = data.describe()
     say(f"[data] {', '.join(lm.corpora) or 'data'}: {described['split']['sizes']} rows (seed {data.split.seed}); "
         f"out of domain: {', '.join(lm.out_of_domain)} ({len(ood)} texts)")

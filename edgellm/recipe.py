@@ -267,7 +267,8 @@ class CausalLMConfig:
 
     layer_selection: Literal["block-influence", "uniform"] = "block-influence"  # how distill.num_layers teacher layers are picked when distill.layers is null
     width_selection: Literal["activation", "magnitude"] = "activation"  # which FFN neurons distill.ffn_size keeps: largest mean activation on validation text (Minitron) or largest weights
-    corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way (train / validation / test)
+    corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way (train / validation / test): VADER sentences, prose passages (sotu, moby-dick)
+    corpus_rows: dict[str, int] = field(default_factory=dict)  # at most this many rows of a corpus (a seeded sample, before the split): how much of a large corpus joins the mix
     out_of_domain: list[str] = field(default_factory=lambda: ["nyt-editorials"])  # text never trained on (built-in names, files, hf:NAME): out-of-domain perplexity; must not overlap the training text
     teacher_samples: int = 0  # texts the teacher writes from diverse prompts (seeded, cached) added to training: general-domain data
     sample_tokens: int = 256  # new tokens at most per teacher text (<= 512)
@@ -303,6 +304,11 @@ class CausalLMConfig:
     default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:
+        unknown = sorted(set(self.corpus_rows) - set(self.corpora))
+        if unknown:
+            raise ConfigError(f"{where}.corpus_rows names {unknown}, which {where}.corpora = {self.corpora} lacks")
+        for name, rows in self.corpus_rows.items():
+            check_range(f"{where}.corpus_rows.{name}", rows, low=1)
         check_range(f"{where}.teacher_samples", self.teacher_samples, low=0)
         check_range(f"{where}.sample_tokens", self.sample_tokens, low=1, high=512)
         check_range(f"{where}.sample_seed", self.sample_seed, low=0)

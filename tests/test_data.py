@@ -216,3 +216,83 @@ def test_hugging_face_splits_are_kept_and_missing_ones_carved(monkeypatch: pytes
     assert data.dropped == {"missing_label": 6}
     assert data.describe()["source"] == {"kind": "hf", "name": "glue:sst2", "splits": ["test", "train", "validation"],
                                          "text_column": "sentence", "label_column": "label"}
+
+
+# -- prose corpora (npm registry) -------------------------------------------------------------------------------
+
+
+def test_sotu_and_moby_dick_are_prose_passages_from_the_npm_registry() -> None:
+    from edgellm.data import PASSAGE_WORDS, PROSE_CORPORA
+
+    sotu = load_texts("sotu")
+    assert len(sotu) > 15000  # 233 addresses in passages of whole sentences
+    assert sotu[0].startswith("Fellow-Citizens of the Senate and House of Representatives")  # 1790, Washington
+    lengths = sorted(len(t.split()) for t in sotu)
+    assert lengths[len(lengths) // 2] >= PASSAGE_WORDS  # a passage ends at the first sentence end past the mark
+    moby = load_texts("moby-dick")
+    assert moby[0].startswith("CHAPTER 1. Loomings. Call me Ishmael.")
+    data = load_task_data(DataConfig(name="sotu", max_rows=1000), task="text-generation")
+    assert data.labels is None and data.describe()["split"]["sizes"] == {"train": 800, "validation": 100, "test": 100}
+    assert data.source["package"] == f"npm:{PROSE_CORPORA['sotu'].package}@0.2.3"
+    with pytest.raises(DataError, match="unlabelled prose"):
+        load_task_data(DataConfig(name="moby-dick"))
+
+
+def test_passages_end_at_a_sentence_once_long_enough() -> None:
+    from edgellm.data import passages
+
+    text = "One two three.  Four five\nsix? Seven! Eight nine ten eleven. Twelve"
+    assert passages(text, words=4) == ["One two three. Four five six?", "Seven! Eight nine ten eleven.", "Twelve"]
+    assert passages("   ", words=4) == [] and passages("No end", words=4) == ["No end"]
+
+
+def _fake_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> Path:
+    """A file:// npm registry holding a tarball for a 'fake-prose' corpus; returns the tarball."""
+    import hashlib
+    import io
+    import tarfile
+
+    from edgellm import data as data_module
+
+    tarball = tmp_path / "registry" / "@stdlib" / "datasets-fake" / "-" / "datasets-fake-0.1.0.tgz"
+    tarball.parent.mkdir(parents=True)
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, body in files.items():
+            raw = body.encode()
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    corpus = data_module.NpmText("@stdlib/datasets-fake", "0.1.0", hashlib.sha256(tarball.read_bytes()).hexdigest(),
+                                 r"data/doc_\d+\.txt", "a fake corpus")
+    monkeypatch.setitem(data_module.PROSE_CORPORA, "fake-prose", corpus)
+    monkeypatch.setenv("EDGELLM_NPM_REGISTRY", (tmp_path / "registry").as_uri())
+    monkeypatch.setenv("EDGELLM_CACHE", str(tmp_path / "cache"))
+    return tarball
+
+
+def test_a_prose_corpus_is_fetched_checked_and_cached_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sentence = "This sentence has exactly seven words here. "
+    tarball = _fake_registry(tmp_path, monkeypatch, {"data/doc_10.txt": sentence * 3, "data/doc_2.txt": "Short one.",
+                                                     "data/notes.txt": "not a document", "README.md": "readme"})
+    texts = load_texts("fake-prose")
+    assert texts == ["Short one.", (sentence * 3).strip()]  # doc_2 before doc_10; only files matching the pattern
+    assert sorted(p.name for p in (tmp_path / "cache" / "fake-prose").iterdir()) == ["doc_10.txt", "doc_2.txt"]
+    tarball.unlink()  # the cache serves later reads
+    assert load_texts("fake-prose") == texts
+
+
+def test_a_changed_or_unreachable_prose_package_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from edgellm import data as data_module
+
+    tarball = _fake_registry(tmp_path, monkeypatch, {"data/doc_1.txt": "Some text."})
+    corpus = data_module.PROSE_CORPORA["fake-prose"]
+    monkeypatch.setitem(data_module.PROSE_CORPORA, "fake-prose", dataclasses.replace(corpus, sha256="0" * 64))
+    with pytest.raises(DataError, match="not the pinned"):
+        load_texts("fake-prose")
+    assert not (tmp_path / "cache" / "fake-prose").exists()  # nothing half-written is left as the cache
+    tarball.unlink()
+    with pytest.raises(DataError, match="EDGELLM_NPM_REGISTRY"):
+        load_texts("fake-prose")
+    assert not (tmp_path / "cache" / "fake-prose").exists()

@@ -173,6 +173,27 @@ def test_lm_data_merges_corpora_split_by_split(text_file: Path, tmp_path: Path) 
     assert len(one.test) + len(two.test) == len(one.test) + 20
 
 
+def test_corpus_rows_caps_one_corpus_of_the_mix() -> None:
+    from edgellm.errors import ConfigError
+    from edgellm.recipe import DataConfig, SplitConfig, recipe_from_dict
+    from edgellm.train.causal import load_lm_data
+
+    split = SplitConfig(validation=0.1, test=0.1, seed=13)
+    data = load_lm_data(DataConfig(split=split), corpora=["tweets", "sotu"], corpus_rows={"sotu": 300})
+    sizes = {p["name"]: p for p in data.source["parts"]}
+    assert set(sizes) == {"tweets", "sotu"}
+    counts = {name: sum(1 for e in data.splits().values() for i in e.ids if i.startswith(name + ":"))
+              for name in sizes}
+    assert counts == {"tweets": 4200, "sotu": 300}  # tweets whole, sotu a seeded sample of 300 passages
+    again = load_lm_data(DataConfig(split=split), corpora=["tweets", "sotu"], corpus_rows={"sotu": 300})
+    assert again.train.sha256() == data.train.sha256()
+    base = {"teacher": "t", "task": "text-generation", "causal_lm": {"corpora": ["tweets", "sotu"]}}
+    for rows, message in (({"moby-dick": 10}, r"corpus_rows names \['moby-dick'\]"),
+                          ({"sotu": 0}, r"corpus_rows.sotu")):
+        with pytest.raises(ConfigError, match=message):
+            recipe_from_dict({**base, "causal_lm": {**base["causal_lm"], "corpus_rows": rows}})
+
+
 def test_short_distillation_moves_the_student_to_the_teacher(teacher: Any, text_file: Path, tmp_path: Path) -> None:
     from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig, SplitConfig
     from edgellm.train.causal import distill_causal_lm, load_lm_data

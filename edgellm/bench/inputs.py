@@ -132,11 +132,12 @@ def load_heldout_texts(manifest: Any = None, *, max_texts: int | None = None) ->
     from edgellm.data import load_task_data
 
     config, origin = _recorded_data(manifest, labelled=False)
-    corpora = ((getattr(manifest, "recipe", None) or {}).get("causal_lm") or {}).get("corpora") or []
+    lm = (getattr(manifest, "recipe", None) or {}).get("causal_lm") or {}
+    corpora = lm.get("corpora") or []
     if corpora and origin == "the artifact's recipe":  # a causal-LM recipe: its corpora merged, split by split
         from edgellm.train.causal import load_lm_data
 
-        data = load_lm_data(config, corpora=corpora)
+        data = load_lm_data(config, corpora=corpora, corpus_rows=lm.get("corpus_rows"))
     else:
         data = load_task_data(config, task="text-generation")
     test = data.test

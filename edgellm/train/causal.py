@@ -27,13 +27,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgellm.data import VADER_CORPORA, Examples, TaskData, load_task_data
+from edgellm.data import PROSE_CORPORA, VADER_CORPORA, Examples, TaskData, load_task_data
 from edgellm.errors import ConfigError, DataError
 from edgellm.recipe import CausalLMConfig, DataConfig, DistillConfig
 from edgellm.train.data import TokenBatches, encode_texts, eval_batches
@@ -67,18 +67,22 @@ CHAT_ROOM = 96  # tokens kept, besides causal_lm.sample_tokens, for a teacher te
 # -- data --------------------------------------------------------------------------------------------------------
 
 
-def load_lm_data(data: DataConfig | None, *, corpora: Sequence[str] = ()) -> TaskData:
-    """Unlabelled text for LM distillation: `data` (any source; may be empty) plus built-in `corpora`, each split
-    with `data.split` (seeded), merged split by split, so every corpus has held-out rows."""
+def load_lm_data(data: DataConfig | None, *, corpora: Sequence[str] = (),
+                 corpus_rows: Mapping[str, int] | None = None) -> TaskData:
+    """Unlabelled text for LM distillation: `data` (any source; may be empty) plus built-in `corpora` (VADER
+    sentences, prose passages), each split with `data.split` (seeded), merged split by split, so every corpus has
+    held-out rows; `corpus_rows` caps a corpus at that many rows (a seeded sample, before its split)."""
     config = data or DataConfig()
     sources: list[DataConfig] = []
     if not config.empty:
         sources.append(config)
+    known = (*VADER_CORPORA, *PROSE_CORPORA)
     for name in corpora:
-        if name not in VADER_CORPORA:
-            raise DataError(f"causal_lm.corpora: {name!r} is not a built-in corpus; built-in: {sorted(VADER_CORPORA)}")
+        if name not in known:
+            raise DataError(f"causal_lm.corpora: {name!r} is not a built-in corpus; built-in: {sorted(known)}")
         if name != config.name:
-            sources.append(dataclasses.replace(config, name=name, path=None, hf_dataset=None))
+            rows = (corpus_rows or {}).get(name, config.max_rows)
+            sources.append(dataclasses.replace(config, name=name, path=None, hf_dataset=None, max_rows=rows))
     if not sources:
         raise DataError("no text for the causal LM: set data (name / path / hf_dataset) or causal_lm.corpora")
     parts = [load_task_data(src, task="text-generation") for src in sources]
