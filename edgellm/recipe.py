@@ -58,7 +58,7 @@ class SplitConfig:
 class DataConfig:
     """Where the task's text comes from: a built-in set, a file, or a Hugging Face dataset."""
 
-    name: str | None = None  # built-in: movie-reviews, tweets, nyt-editorials, amazon-reviews (VADER), chinese-reviews
+    name: str | None = None  # built-in: movie-reviews, tweets, nyt-editorials, amazon-reviews (VADER), chinese-reviews; unlabelled prose: sotu, moby-dick
     path: str | None = None  # CSV / TSV / JSONL / text file, or a `datasets` save_to_disk folder
     hf_dataset: str | None = None  # Hugging Face `datasets` name, "name" or "name:config" (needs `datasets`)
     text_column: str = "text"  # column holding the text (files and Hugging Face datasets)
