@@ -77,6 +77,8 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
               for k, v in values.items()}
     distill = stages.get("distill", {})
     training = distill.get("training", {})
+    recipe = manifest.recipe or {}
+    lm = recipe.get("causal_lm", {})
     return {"artifact": str(artifact), "recipe": recipe_path, "machine": machine_info(), "rows": rows,
             "checks": {k: {"value": v, "passed": ok, "target": TARGETS[k]} for k, (v, ok) in checks.items()},
             "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
@@ -85,14 +87,14 @@ def report(artifact: Path, recipe_path: str) -> dict[str, Any]:
                         "teacher_layers": training.get("teacher_layers"), "steps": training.get("steps"),
                         "teacher_num_layers": training.get("teacher_num_layers"),
                         "train_tokens": training.get("train_tokens"), "extra_texts": training.get("extra_texts")},
-            "corpora": {"names": (manifest.recipe or {}).get("causal_lm", {}).get("corpora"),
-                        "rows": (manifest.recipe or {}).get("causal_lm", {}).get("corpus_rows")},
+            "corpora": {"names": lm.get("corpora"),
+                        "rows": lm.get("corpus_rows")},
             "corpus": stages.get("corpus"), "texts": stages["evaluate"].get("texts"),
             "decode": {"prompt_tokens": stages["evaluate"].get("decode_prompt_tokens"),
-                       "new_tokens": (manifest.recipe or {}).get("causal_lm", {}).get("decode_tokens"),
-                       "repeat": (manifest.recipe or {}).get("causal_lm", {}).get("decode_repeat"),
-                       "threads": (manifest.recipe or {}).get("evaluate", {}).get("threads")},
-            "out_of_domain": {"sources": (manifest.recipe or {}).get("causal_lm", {}).get("out_of_domain"),
+                       "new_tokens": lm.get("decode_tokens"),
+                       "repeat": lm.get("decode_repeat"),
+                       "threads": recipe.get("evaluate", {}).get("threads")},
+            "out_of_domain": {"sources": lm.get("out_of_domain"),
                               "tokens": (stages["teacher"].get("texts") or {}).get("out_of_domain_tokens")},
             "sentiment_examples": stages["evaluate"].get("sentiment_examples"),
             "default_model": manifest.default_model, "time_plan": time_plan(stages)}

