@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgellm.exporting.decoder import context_length_for
     from edgellm.bench.generation import measure_generation_interleaved
     from edgellm.bench.machine import machine_info
-    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, lm_stream, lm_texts, measure_lm, pack_sequences
+    from edgellm.pipeline_lm import CORPUS_FILE, OOD_LENGTH, lm_stream, lm_texts, measure_lm, ood_passages
     from edgellm.quantize.decoder import WeightFormats, export_causal_lm
     from edgellm.recipe import load_recipe
     from edgellm.runtime import load
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = corpus_texts(corpus_rows, teacher.tokenizer, chat=lm.corpus_chat)
     context = context_length_for(teacher.model, lm.context_length)
     passage = min(OOD_LENGTH, context)
-    passages = pack_sequences(teacher.tokenizer, ood, length=passage, count=args.passages)
+    passages = [p for part in ood_passages(teacher.tokenizer, ood, length=passage, count=args.passages).values()
+                for p in part]  # (pooled: the frontier ranks plans on every out-of-domain source together)
     prompt = [i for p in passages for i in p][: min(recipe.evaluate.latency_length, context // 2)]
     new_tokens = min(lm.decode_tokens, context - len(prompt))
     threads = recipe.evaluate.threads

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,7 +47,7 @@ from edgellm.pipeline import (
 from edgellm.recipe import CausalLMConfig, Recipe
 
 __all__ = ["compress_causal_lm", "TRAINING_FIELDS", "lm_texts", "load_out_of_domain", "pack_sequences", "scoring_sets",
-           "check_lm_targets", "measure_lm", "plan_recipe_time", "decode_share"]
+           "ood_passages", "pooled_perplexity", "check_lm_targets", "measure_lm", "plan_recipe_time", "decode_share"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,12 @@ TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "corpus_rows
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
 SENTIMENT_LABELS = ("negative", "positive")
+OOD_SET = "out_of_domain"  # scoring_sets names one set per out-of-domain source "out_of_domain:SOURCE"
 
 
-def lm_texts(recipe: Recipe) -> tuple[Any, list[str]]:
+def lm_texts(recipe: Recipe) -> tuple[Any, dict[str, list[str]]]:
     """A text-generation recipe's text: its data and causal_lm.corpora merged and split (`load_lm_data`), and its
-    out-of-domain texts (`load_out_of_domain`: refused if they touch the others)."""
+    out-of-domain texts by source (`load_out_of_domain`: refused if they touch the others)."""
     from edgellm.train.causal import load_lm_data
 
     lm = recipe.causal_lm or CausalLMConfig()
@@ -70,27 +72,56 @@ def lm_texts(recipe: Recipe) -> tuple[Any, list[str]]:
     return data, load_out_of_domain(lm.out_of_domain, [*data.train.texts, *data.validation.texts, *data.test.texts])
 
 
-def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> list[str]:
-    """The out-of-domain texts of `sources` (built-in names, files, hf:NAME); a source sharing a text with the
-    training text is refused: it would not be out of domain."""
+def load_out_of_domain(sources: Sequence[str], train_texts: Sequence[str]) -> dict[str, list[str]]:
+    """The out-of-domain texts of each of `sources` (built-in names, files, hf:NAME), by source; a source sharing a
+    text with the training text is refused: it would not be out of domain."""
     from edgellm.data import load_texts
 
     seen = set(train_texts)
-    texts: list[str] = []
+    texts: dict[str, list[str]] = {}
     for source in sources:
         rows = load_texts(source)
         shared = sum(1 for t in rows if t in seen)
         if shared:
             raise DataError(f"causal_lm.out_of_domain {source!r} shares {shared} texts with the training text; "
                             "out-of-domain text must never touch training (drop it from corpora / data)")
-        texts += rows
+        texts[source] = rows
     return texts
 
 
-def scoring_sets(tokenizer: Any, data: Any, ood: Sequence[str], *, count: int,
+def ood_passages(tokenizer: Any, ood: dict[str, list[str]], *, length: int, count: int) -> dict[str, list[list[int]]]:
+    """`count` passages of `length` tokens (`pack_sequences`) split evenly among the out-of-domain sources (the
+    first sources take the remainder), by source: each source is scored on its own and pooled
+    (`pooled_perplexity`), so a second source costs no extra scoring."""
+    share, extra = divmod(count, max(len(ood), 1))
+    parts = {name: pack_sequences(tokenizer, texts, length=length, count=share + (i < extra))
+             for i, (name, texts) in enumerate(ood.items())}
+    short = [name for name, passages in parts.items() if not passages]
+    if short:
+        raise DataError(f"causal_lm.out_of_domain {short}: too little text for one {length}-token passage")
+    return parts
+
+
+def interleaved(parts: dict[str, list[list[int]]]) -> list[list[int]]:
+    """The passages of every source, taking one of each in turn (a prefix samples every source)."""
+    lists = list(parts.values())
+    return [p[i] for i in range(max((len(p) for p in lists), default=0)) for p in lists if i < len(p)]
+
+
+def pooled_perplexity(parts: dict[str, dict[str, float]]) -> float:
+    """exp(mean NLL per token) over every source's tokens, from each source's `perplexity` result
+    ({"nll_per_token", "tokens"}): the perplexity of all the passages scored together."""
+    tokens = sum(p["tokens"] for p in parts.values())
+    if not tokens:
+        raise DataError("no out-of-domain token to score")
+    return math.exp(sum(p["nll_per_token"] * p["tokens"] for p in parts.values()) / tokens)
+
+
+def scoring_sets(tokenizer: Any, data: Any, ood: dict[str, list[str]], *, count: int,
                  context: int) -> dict[str, list[list[int]]]:
     """The token sequences the evaluate stage scores: up to `count` validation and test (in-domain) texts, each cut
-    to the data's max_length, and `count` out-of-domain passages of OOD_LENGTH tokens (at most `context`).
+    to the data's max_length, and `count` out-of-domain passages of OOD_LENGTH tokens (at most `context`), split
+    among the sources, one set "out_of_domain:SOURCE" each (`ood_passages`; `measure_lm` pools them).
     `tokenizer`: a `tokenizers.Tokenizer` whose encoding adds the model's special tokens."""
     length = int(data.max_length or 128)
 
@@ -100,7 +131,8 @@ def scoring_sets(tokenizer: Any, data: Any, ood: Sequence[str], *, count: int,
     return {
         "validation": encode(data.validation.texts[:count]),
         "in_domain": encode(data.test.texts[:count]),
-        "out_of_domain": pack_sequences(tokenizer, ood, length=min(OOD_LENGTH, context), count=count),
+        **{f"{OOD_SET}:{name}": passages for name, passages in
+           ood_passages(tokenizer, ood, length=min(OOD_LENGTH, context), count=count).items()},
     }
 
 
@@ -156,7 +188,7 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
     data, ood = lm_texts(recipe)
     described = data.describe()
     say(f"[data] {', '.join(lm.corpora) or 'data'}: {described['split']['sizes']} rows (seed {data.split.seed}); "
-        f"out of domain: {', '.join(lm.out_of_domain)} ({len(ood)} texts)")
+        f"out of domain: {', '.join(f'{name} ({len(texts)} texts)' for name, texts in ood.items())}")
     cache = StageCache(work, say)
     base = {"edgellm": __version__, "task": recipe.task, "data": described["split"]["sha256"],
             "max_length": data.max_length, "out_of_domain": list(lm.out_of_domain)}
@@ -226,10 +258,10 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
 
 # --- stages ---------------------------------------------------------------------------------------------------------
 
-def _torch_lm_metrics(folder: Path, data: Any, ood: Sequence[str], lm: CausalLMConfig, *,
+def _torch_lm_metrics(folder: Path, data: Any, ood: dict[str, list[str]], lm: CausalLMConfig, *,
                       teacher: Any = None) -> dict[str, Any]:
-    """Parameters, size, and PyTorch FP32 perplexity on the test split and the out-of-domain passages (and KL from
-    the teacher) of the model saved in `folder`."""
+    """Parameters, size, and PyTorch FP32 perplexity on the test split and the out-of-domain passages (pooled, and
+    by source), and KL from the teacher, of the model saved in `folder`."""
     from edgellm.exporting.decoder import context_length_for
     from edgellm.models import count_parameters
     from edgellm.train.causal import _pad_id, encode_lm, lm_kl, lm_perplexity, load_teacher_lm
@@ -238,17 +270,21 @@ def _torch_lm_metrics(folder: Path, data: Any, ood: Sequence[str], lm: CausalLMC
     pad = _pad_id(tm.tokenizer, tm.model)
     test = encode_lm(tm.tokenizer, data.test.texts[: lm.eval_texts], int(data.max_length or 128))
     passage = min(OOD_LENGTH, context_length_for(tm.model, lm.context_length))
-    passages = pack_sequences(tm.tokenizer, ood, length=passage, count=lm.eval_texts)
+    parts = ood_passages(tm.tokenizer, ood, length=passage, count=lm.eval_texts)
+    scored = {name: lm_perplexity(tm.model, p, pad_id=pad, batch_size=4) for name, p in parts.items()}
     out: dict[str, Any] = {
         "parameters": count_parameters(tm.model), "layers": int(tm.model.config.num_hidden_layers),
         "size_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
         "perplexity_in_domain": lm_perplexity(tm.model, test, pad_id=pad)["perplexity"],
-        "perplexity_out_of_domain": lm_perplexity(tm.model, passages, pad_id=pad, batch_size=4)["perplexity"],
-        "texts": {"in_domain": len(test), "out_of_domain": len(passages), "out_of_domain_tokens": passage},
+        "perplexity_out_of_domain": pooled_perplexity(scored),
+        "perplexity_out_of_domain_by_source": {name: r["perplexity"] for name, r in scored.items()},
+        "texts": {"in_domain": len(test), "out_of_domain": sum(len(p) for p in parts.values()),
+                  "out_of_domain_by_source": {name: len(p) for name, p in parts.items()},
+                  "out_of_domain_tokens": passage},
     }
     if teacher is not None and lm.agreement_texts:  # the evaluate stage's set: half in-domain, half out-of-domain
         half = lm.agreement_texts // 2
-        agreement = [*test[:half], *passages[: lm.agreement_texts - half]]
+        agreement = [*test[:half], *interleaved(parts)[: lm.agreement_texts - half]]
         out["kl_from_teacher"] = lm_kl(teacher.model, tm.model, agreement, pad_id=pad, batch_size=4)
     return out
 
@@ -260,7 +296,7 @@ def _teacher_weights(lm: CausalLMConfig) -> Any:
     return dataclasses.replace(WeightFormats.from_config(lm), bits=(8,))
 
 
-def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], folder: Path) -> dict[str, Any]:
+def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]], folder: Path) -> dict[str, Any]:
     """The teacher as a Hugging Face folder (`model/`) and as a fused ONNX Runtime artifact (`runtime/`: onnx-fp32
     checked against torch, onnx-int8), measured the way every later stage is."""
     from edgellm.quantize.decoder import export_causal_lm
@@ -299,7 +335,7 @@ def _corpus_stage(lm: CausalLMConfig, teacher_folder: Path, folder: Path) -> dic
             "sampling": {**SAMPLING, "seed": lm.sample_seed, "max_new_tokens": lm.sample_tokens}}
 
 
-def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
+def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]],
                    corpus: Sequence[dict[str, Any]], teacher_folder: Path, folder: Path,
                    progress: bool, time_plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The distilled student (`model/`) and its PyTorch numbers; under causal_lm.recipe_minutes it trains for
@@ -312,7 +348,7 @@ def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[
         lm = dataclasses.replace(lm, budget_minutes=time_plan["train_minutes"])
     teacher = load_teacher_lm(teacher_folder / "model")
     extra = [*corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat),
-             *augment_texts(recipe.distill.augment_with, data, exclude=ood)]  # type: ignore[union-attr]
+             *augment_texts(recipe.distill.augment_with, data, exclude=[t for ts in ood.values() for t in ts])]  # type: ignore[union-attr]
     student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
                                 extra_texts=extra, progress=progress)
     student.save(folder / "model", overwrite=True)
@@ -320,7 +356,7 @@ def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[
     return out if time_plan is None else {**out, "recipe_time": time_plan}
 
 
-def _prune_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
+def _prune_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]], source: Path,
                  teacher_folder: Path, folder: Path, progress: bool) -> dict[str, Any]:
     from edgellm.prune import prune
     from edgellm.recipe import DistillConfig
@@ -425,7 +461,7 @@ class _Scoring:
     (`scoring_sets`), the KL / top-1 agreement set (half in-domain, half out-of-domain), the sentiment rows, and the
     FP32 teacher's runtime model as the agreement reference."""
 
-    def __init__(self, recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], tokenizer_file: Path,
+    def __init__(self, recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]], tokenizer_file: Path,
                  max_length: int, teacher_folder: Path) -> None:
         from tokenizers import Tokenizer
 
@@ -435,7 +471,8 @@ class _Scoring:
         self.tok = plain_tokenizer(Tokenizer.from_file(str(tokenizer_file)))
         self.sets = scoring_sets(self.tok, data, ood, count=lm.eval_texts, context=max_length)
         half = lm.agreement_texts // 2
-        self.agreement_set = [*self.sets["in_domain"][:half], *self.sets["out_of_domain"][: lm.agreement_texts - half]]
+        ood_sets = {name: seqs for name, seqs in self.sets.items() if name.startswith(f"{OOD_SET}:")}
+        self.agreement_set = [*self.sets["in_domain"][:half], *interleaved(ood_sets)[: lm.agreement_texts - half]]
         self.sentiment = _sentiment_rows(data, lm.sentiment_examples)
         self.threads = recipe.evaluate.threads
         self.teacher_folder = teacher_folder
@@ -454,10 +491,13 @@ class _Scoring:
                 for e in read_manifest(self.teacher_folder / "runtime").models}
 
     def counts(self) -> dict[str, Any]:
-        return {"texts": {k: len(v) for k, v in self.sets.items()}, "sentiment_examples": len(self.sentiment[0])}
+        texts: dict[str, Any] = {k: len(v) for k, v in self.sets.items() if not k.startswith(f"{OOD_SET}:")}
+        by_source = {k.partition(":")[2]: len(v) for k, v in self.sets.items() if k.startswith(f"{OOD_SET}:")}
+        texts.update({OOD_SET: sum(by_source.values()), f"{OOD_SET}_by_source": by_source})
+        return {"texts": texts, "sentiment_examples": len(self.sentiment[0])}
 
 
-def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str],
+def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]],
                     teacher_folder: Path) -> dict[str, Any]:
     """The teacher's runtime models scored as the evaluate stage scores every model (`_Scoring`), with the seconds
     each took."""
@@ -475,7 +515,7 @@ def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
     return {"models": models, **scoring.counts()}
 
 
-def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence[str], source: Path,
+def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]], source: Path,
                     teacher_folder: Path, baseline: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Every model of the artifact scored (module docstring), the teacher's scores taken from the baseline stage,
     then every model and the teacher's timed in the same rounds; the default model is the fastest within
@@ -498,7 +538,8 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: Sequence
         record = scoring.measure(model)
         record["device"] = model.describe().get("device")
         entry.metrics["test"] = {k: record[k] for k in ("perplexity_in_domain", "perplexity_out_of_domain",
-                                                        "kl_from_teacher", "top1_agreement", "sentiment")
+                                                        "perplexity_out_of_domain_by_source", "kl_from_teacher",
+                                                        "top1_agreement", "sentiment")
                                  if k in record}
         entry.metrics["validation"] = {"perplexity": record["perplexity_validation"]}
         results[entry.name] = record
@@ -554,17 +595,28 @@ def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:
 def measure_lm(model: Any, sets: dict[str, list[list[int]]], *, reference: Any = None,
                agreement_set: Sequence[Sequence[int]] = (),
                sentiment: tuple[list[str], list[int]] = ([], [])) -> dict[str, Any]:
-    """One runtime model's quality: perplexity on each named set of token sequences, KL / top-1 against `reference`
-    on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and the wall seconds of each part
-    (`seconds`; the agreement's include the reference's forward passes). Speed is timed apart, every model in the
-    same rounds (`lm_stream`, `edgellm.bench.generation.measure_generation_interleaved`)."""
+    """One runtime model's quality: perplexity on each named set of token sequences ("perplexity_NAME"; sets named
+    "NAME:SOURCE" are pooled into "perplexity_NAME", with "perplexity_NAME_by_source"), KL / top-1 against
+    `reference` on `agreement_set`, zero-shot sentiment on `sentiment` (texts, labels), and the wall seconds of each
+    part (`seconds`; the agreement's include the reference's forward passes). Speed is timed apart, every model in
+    the same rounds (`lm_stream`, `edgellm.bench.generation.measure_generation_interleaved`)."""
     from edgellm.bench.generation import perplexity
     from edgellm.evaluate import lm_agreement, zero_shot_sentiment
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    out: dict[str, Any] = {f"perplexity_{name}": perplexity(model.log_probs, seqs)["perplexity"]
-                           for name, seqs in sets.items()}
+    out: dict[str, Any] = {}
+    groups: dict[str, dict[str, dict[str, float]]] = {}
+    for name, seqs in sets.items():
+        scored = perplexity(model.log_probs, seqs)
+        group, _, source = name.partition(":")
+        if source:
+            groups.setdefault(group, {})[source] = scored
+        else:
+            out[f"perplexity_{name}"] = scored["perplexity"]
+    for group, parts in groups.items():
+        out[f"perplexity_{group}"] = pooled_perplexity(parts)
+        out[f"perplexity_{group}_by_source"] = {source: r["perplexity"] for source, r in parts.items()}
     seconds["perplexity"] = time.perf_counter() - started
     if agreement_set:
         started = time.perf_counter()

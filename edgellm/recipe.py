@@ -269,7 +269,7 @@ class CausalLMConfig:
     width_selection: Literal["activation", "magnitude"] = "activation"  # which FFN neurons distill.ffn_size keeps: largest mean activation on validation text (Minitron) or largest weights
     corpora: list[str] = field(default_factory=lambda: ["movie-reviews", "tweets", "amazon-reviews"])  # built-in text merged with `data`, each split the seeded way (train / validation / test): VADER sentences, prose passages (sotu, moby-dick)
     corpus_rows: dict[str, int] = field(default_factory=dict)  # at most this many rows of a corpus (a seeded sample, before the split): how much of a large corpus joins the mix
-    out_of_domain: list[str] = field(default_factory=lambda: ["nyt-editorials"])  # text never trained on (built-in names, files, hf:NAME): out-of-domain perplexity; must not overlap the training text
+    out_of_domain: list[str] = field(default_factory=lambda: ["nyt-editorials"])  # text never trained on (built-in names, files, hf:NAME): out-of-domain perplexity, by source and pooled (causal_lm.eval_texts passages split among the sources); must not overlap the training text
     teacher_samples: int = 0  # texts the teacher writes from diverse prompts (seeded, cached) added to training: general-domain data
     sample_tokens: int = 256  # new tokens at most per teacher text (<= 512)
     sample_seed: int = 0  # seed of the teacher prompts' order and of sampling (text i uses sample_seed + i)
@@ -279,7 +279,7 @@ class CausalLMConfig:
     freeze_embeddings: bool = True  # keep the teacher's (tied) embedding / LM head matrix fixed
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # the frozen teacher's weights during distillation (bf16: faster where the CPU has AMX, targets rounded)
     eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation during distillation
-    eval_texts: int = 200  # evaluate stage: held-out texts scored per model, in-domain (test split) and out-of-domain each
+    eval_texts: int = 200  # evaluate stage: held-out texts scored per model, in-domain (test split) and out-of-domain each (the out-of-domain passages split among its sources)
     agreement_texts: int = 40  # evaluate stage: texts (half in-domain, half out-of-domain) for KL and top-1 agreement with the FP32 teacher
     sentiment_examples: int = 200  # evaluate stage: movie-reviews test rows for zero-shot sentiment accuracy by prompting (0 = skip)
     decode_tokens: int = 128  # evaluate stage: new tokens per timed generation (prompt: evaluate.latency_length tokens)
@@ -304,6 +304,11 @@ class CausalLMConfig:
     default_tolerance: float = 0.01  # evaluate: the artifact's default model is the fastest whose validation perplexity is within this fraction of FP32's
 
     def validate(self, where: str) -> None:
+        if not self.out_of_domain or len(set(self.out_of_domain)) != len(self.out_of_domain):
+            raise ConfigError(f"{where}.out_of_domain = {self.out_of_domain}: list one or more sources, each once")
+        if self.eval_texts < len(self.out_of_domain):
+            raise ConfigError(f"{where}.eval_texts = {self.eval_texts} is split among {len(self.out_of_domain)} "
+                              f"out-of-domain sources: at least one passage each")
         unknown = sorted(set(self.corpus_rows) - set(self.corpora))
         if unknown:
             raise ConfigError(f"{where}.corpus_rows names {unknown}, which {where}.corpora = {self.corpora} lacks")

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 OTHER_DOMAIN = [f"in the year {1900 + i} the council met in the stone hall to settle the question of taxes"
                 for i in range(60)]
+LETTERS = [f"dear friend, the rain kept us indoors for {i + 2} days and the river rose over the old mill road"
+           for i in range(60)]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,9 @@ def lm_texts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train.write_text("\n".join(lines + [t for t in SAMPLE_TEXTS if t.strip()]), encoding="utf-8")
     ood = folder / "history.txt"
     ood.write_text("\n".join(OTHER_DOMAIN), encoding="utf-8")
-    return {"train": train, "ood": ood}
+    letters = folder / "letters.txt"
+    letters.write_text("\n".join(LETTERS), encoding="utf-8")
+    return {"train": train, "ood": ood, "letters": letters}
 
 
 def _recipe(teacher: Path, texts: dict[str, Path], **changes: Any) -> dict[str, Any]:
@@ -41,7 +45,8 @@ def _recipe(teacher: Path, texts: dict[str, Path], **changes: Any) -> dict[str, 
         "quantize": {"mode": "weight-only", "backends": ["onnxruntime"]},
         "export": {"formats": ["onnx"]},
         "evaluate": {"threads": 1, "latency_length": 16},
-        "causal_lm": {"corpora": [], "out_of_domain": [str(texts["ood"])], "eval_rows": 20, "eval_texts": 20,
+        "causal_lm": {"corpora": [], "out_of_domain": [str(texts["ood"]), str(texts["letters"])],
+                      "eval_rows": 20, "eval_texts": 20,
                       "agreement_texts": 4, "sentiment_examples": 0, "decode_tokens": 4, "decode_repeat": 1,
                       "layer_selection": "uniform", "context_length": 64, "weight_bits": [8],
                       "block_size": 16},
@@ -87,9 +92,17 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     # every model and the teacher's runtime models measured alike, in-domain and out-of-domain apart
     evaluated = result.stages["evaluate"].metrics["models"]
     assert set(evaluated) == {"teacher onnx-fp32", "teacher onnx-int8", "onnx-fp32", "onnx-int8", "cpu-x86-avx2"}
+    sources = [str(lm_texts["ood"]), str(lm_texts["letters"])]
     for name, m in evaluated.items():
         assert m["perplexity_in_domain"] > 1 and m["perplexity_out_of_domain"] > 1, name
         assert m["generation"]["new_tokens"] == 4
+        # each out-of-domain source scored on its own (10 of the 20 passages each) and pooled over their tokens
+        by_source = m["perplexity_out_of_domain_by_source"]
+        assert list(by_source) == sources, name
+        assert min(by_source.values()) <= m["perplexity_out_of_domain"] <= max(by_source.values()), name
+    assert result.stages["evaluate"].metrics["texts"]["out_of_domain_by_source"] == {s: 10 for s in sources}
+    assert manifest.model("onnx-int8").metrics["test"]["perplexity_out_of_domain_by_source"] == \
+        evaluated["onnx-int8"]["perplexity_out_of_domain_by_source"]
     assert evaluated["teacher onnx-fp32"]["kl_from_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert evaluated["teacher onnx-fp32"]["top1_agreement"] == 1.0
     assert evaluated["onnx-fp32"]["kl_from_teacher"] > 0
@@ -97,6 +110,8 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     assert evaluated["onnx-fp32"]["perplexity_in_domain"] == pytest.approx(pruned["perplexity_in_domain"], rel=1e-3)
     assert evaluated["onnx-fp32"]["perplexity_out_of_domain"] == pytest.approx(pruned["perplexity_out_of_domain"],
                                                                                rel=1e-3)
+    for source, ppl in pruned["perplexity_out_of_domain_by_source"].items():
+        assert evaluated["onnx-fp32"]["perplexity_out_of_domain_by_source"][source] == pytest.approx(ppl, rel=1e-3)
     assert manifest.metrics["evaluate"]["default_model"]["name"] == manifest.default_model
     assert "validation perplexity" in manifest.metrics["evaluate"]["default_model"]["reason"]
     assert "perplexity out-of-domain" in result.summary_markdown
@@ -161,9 +176,43 @@ def test_out_of_domain_text_must_not_touch_training(lm_texts: dict[str, Path]) -
     from edgellm.errors import DataError
     from edgellm.pipeline_lm import load_out_of_domain
 
-    assert load_out_of_domain([str(lm_texts["ood"])], ["a film"]) == OTHER_DOMAIN
-    with pytest.raises(DataError, match="shares 1 texts with the training text"):
-        load_out_of_domain([str(lm_texts["ood"])], [OTHER_DOMAIN[3]])
+    ood, letters = str(lm_texts["ood"]), str(lm_texts["letters"])
+    assert load_out_of_domain([ood, letters], ["a film"]) == {ood: OTHER_DOMAIN, letters: LETTERS}
+    with pytest.raises(DataError, match="letters.txt' shares 1 texts with the training text"):
+        load_out_of_domain([ood, letters], [LETTERS[3]])
+
+
+def test_out_of_domain_sources_are_scored_apart_and_pooled_over_their_tokens(tiny_llama_factory: Any) -> None:
+    from edgellm.errors import ConfigError, DataError
+    from edgellm.models import load_tokenizer
+    from edgellm.pipeline_lm import measure_lm, ood_passages
+    from edgellm.recipe import CausalLMConfig
+
+    tok = load_tokenizer(tiny_llama_factory(layers=1))
+    parts = ood_passages(tok, {"history": OTHER_DOMAIN, "letters": LETTERS}, length=16, count=5)
+    assert [len(p) for p in parts.values()] == [3, 2]  # the count split evenly, the first source takes the rest
+    assert all(len(p) == 16 for ps in parts.values() for p in ps)
+    with pytest.raises(DataError, match=r"\['short'\]: too little text for one 16-token passage"):
+        ood_passages(tok, {"history": OTHER_DOMAIN, "short": ["a b"]}, length=16, count=4)
+
+    class Scorer:  # log-probability -(token id % 7) / 10 for every predicted token
+        def log_probs(self, ids: list[int]) -> list[float]:
+            return [-(i % 7) / 10 for i in ids[1:]]
+
+    sets = {"validation": parts["letters"], **{f"out_of_domain:{k}": v for k, v in parts.items()}}
+    m = measure_lm(Scorer(), sets)
+    together = measure_lm(Scorer(), {"all": [p for ps in parts.values() for p in ps]})
+    assert m["perplexity_out_of_domain"] == pytest.approx(together["perplexity_all"], rel=1e-12)
+    assert m["perplexity_out_of_domain_by_source"] == {
+        k: pytest.approx(measure_lm(Scorer(), {"x": v})["perplexity_x"], rel=1e-12) for k, v in parts.items()}
+    assert m["perplexity_validation"] == m["perplexity_out_of_domain_by_source"]["letters"]
+    assert m["perplexity_out_of_domain_by_source"]["history"] != m["perplexity_out_of_domain_by_source"]["letters"]
+
+    for bad, match in [({"out_of_domain": []}, "list one or more sources"),
+                       ({"out_of_domain": ["a", "a"]}, "each once"),
+                       ({"out_of_domain": ["a", "b", "c"], "eval_texts": 2}, "split among 3 out-of-domain sources")]:
+        with pytest.raises(ConfigError, match=match):
+            CausalLMConfig(**bad).validate("causal_lm")
 
 
 def test_sentiment_rows_are_labelled_reviews_of_the_held_out_test_split() -> None:
