@@ -204,8 +204,10 @@ def stage_headline(metrics: dict[str, Any]) -> str:
         if "spearman" in test:
             return f"test Spearman vs teacher {test['spearman']:.4f}"
         if "perplexity_out_of_domain" in m:
+            sources = m.get("perplexity_out_of_domain_by_source") or {}
             return (f"perplexity in-domain {m['perplexity_in_domain']:.2f}, out-of-domain "
-                    f"{m['perplexity_out_of_domain']:.2f}")
+                    f"{m['perplexity_out_of_domain']:.2f}" + (" (" + ", ".join(
+                        f"{name} {ppl:.2f}" for name, ppl in sources.items()) + ")" if len(sources) > 1 else ""))
         if "tokens" in m and "texts" in m:
             return f"{m['texts']} texts, {m['tokens']} tokens"
         return ""

@@ -112,6 +112,9 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
                                                                                rel=1e-3)
     for source, ppl in pruned["perplexity_out_of_domain_by_source"].items():
         assert evaluated["onnx-fp32"]["perplexity_out_of_domain_by_source"][source] == pytest.approx(ppl, rel=1e-3)
+    from edgellm.pipeline import stage_headline
+
+    assert "history.txt" in stage_headline(pruned) and "letters.txt" in stage_headline(pruned)
     assert manifest.metrics["evaluate"]["default_model"]["name"] == manifest.default_model
     assert "validation perplexity" in manifest.metrics["evaluate"]["default_model"]["reason"]
     assert "perplexity out-of-domain" in result.summary_markdown
