@@ -296,7 +296,8 @@ def _teacher_weights(lm: CausalLMConfig) -> Any:
     return dataclasses.replace(WeightFormats.from_config(lm), bits=(8,))
 
 
-def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]], folder: Path) -> dict[str, Any]:
+def _teacher_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]],
+                   folder: Path) -> dict[str, Any]:
     """The teacher as a Hugging Face folder (`model/`) and as a fused ONNX Runtime artifact (`runtime/`: onnx-fp32
     checked against torch, onnx-int8), measured the way every later stage is."""
     from edgellm.quantize.decoder import export_causal_lm
@@ -348,7 +349,8 @@ def _distill_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str,
         lm = dataclasses.replace(lm, budget_minutes=time_plan["train_minutes"])
     teacher = load_teacher_lm(teacher_folder / "model")
     extra = [*corpus_texts(corpus, teacher.tokenizer, chat=lm.corpus_chat),
-             *augment_texts(recipe.distill.augment_with, data, exclude=[t for ts in ood.values() for t in ts])]  # type: ignore[union-attr]
+             *augment_texts(recipe.distill.augment_with, data,  # type: ignore[union-attr]
+                            exclude=[t for texts in ood.values() for t in texts])]
     student = distill_causal_lm(teacher, data, recipe.distill, lm, folder / "work",  # type: ignore[arg-type]
                                 extra_texts=extra, progress=progress)
     student.save(folder / "model", overwrite=True)
