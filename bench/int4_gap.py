@@ -46,14 +46,14 @@ def _texts(recipe: Any, artifact: Path, texts: int) -> tuple[dict[str, list[list
     from tokenizers import Tokenizer
 
     from edgellm.artifact import read_manifest
-    from edgellm.pipeline_lm import OOD_SET, lm_texts, scoring_sets
+    from edgellm.pipeline_lm import lm_texts, ood_sets, scoring_sets
     from edgellm.runtime.text import plain_tokenizer
 
     data, ood = lm_texts(recipe)
     manifest = read_manifest(artifact)
     tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
     sets = scoring_sets(tok, data, ood, count=texts, context=manifest.max_length)
-    pooled = [seq for name, seqs in sets.items() if name.startswith(f"{OOD_SET}:") for seq in seqs]
+    pooled = [seq for seqs in ood_sets(sets).values() for seq in seqs]
     return {"validation": sets["validation"], "out_of_domain": pooled}, list(data.train.texts)
 
 

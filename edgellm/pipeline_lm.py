@@ -47,7 +47,8 @@ from edgellm.pipeline import (
 from edgellm.recipe import CausalLMConfig, Recipe
 
 __all__ = ["compress_causal_lm", "TRAINING_FIELDS", "lm_texts", "load_out_of_domain", "pack_sequences", "scoring_sets",
-           "ood_passages", "pooled_perplexity", "check_lm_targets", "measure_lm", "plan_recipe_time", "decode_share"]
+           "ood_passages", "ood_sets", "pooled_perplexity", "check_lm_targets", "measure_lm", "plan_recipe_time",
+           "decode_share"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,12 @@ def pooled_perplexity(parts: dict[str, dict[str, float]]) -> float:
     if not tokens:
         raise DataError("no out-of-domain token to score")
     return math.exp(sum(p["nll_per_token"] * p["tokens"] for p in parts.values()) / tokens)
+
+
+def ood_sets(sets: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+    """The out-of-domain sets of `scoring_sets`, by source ("out_of_domain:SOURCE" -> SOURCE)."""
+    prefix = f"{OOD_SET}:"
+    return {name[len(prefix):]: seqs for name, seqs in sets.items() if name.startswith(prefix)}
 
 
 def scoring_sets(tokenizer: Any, data: Any, ood: dict[str, list[str]], *, count: int,
@@ -473,8 +480,8 @@ class _Scoring:
         self.tok = plain_tokenizer(Tokenizer.from_file(str(tokenizer_file)))
         self.sets = scoring_sets(self.tok, data, ood, count=lm.eval_texts, context=max_length)
         half = lm.agreement_texts // 2
-        ood_sets = {name: seqs for name, seqs in self.sets.items() if name.startswith(f"{OOD_SET}:")}
-        self.agreement_set = [*self.sets["in_domain"][:half], *interleaved(ood_sets)[: lm.agreement_texts - half]]
+        self.agreement_set = [*self.sets["in_domain"][:half],
+                              *interleaved(ood_sets(self.sets))[: lm.agreement_texts - half]]
         self.sentiment = _sentiment_rows(data, lm.sentiment_examples)
         self.threads = recipe.evaluate.threads
         self.teacher_folder = teacher_folder
@@ -493,10 +500,10 @@ class _Scoring:
                 for e in read_manifest(self.teacher_folder / "runtime").models}
 
     def counts(self) -> dict[str, Any]:
-        texts: dict[str, Any] = {k: len(v) for k, v in self.sets.items() if not k.startswith(f"{OOD_SET}:")}
-        by_source = {k.partition(":")[2]: len(v) for k, v in self.sets.items() if k.startswith(f"{OOD_SET}:")}
-        texts.update({OOD_SET: sum(by_source.values()), f"{OOD_SET}_by_source": by_source})
-        return {"texts": texts, "sentiment_examples": len(self.sentiment[0])}
+        by_source = {name: len(seqs) for name, seqs in ood_sets(self.sets).items()}
+        texts = {name: len(self.sets[name]) for name in ("validation", "in_domain")}
+        return {"texts": {**texts, OOD_SET: sum(by_source.values()), f"{OOD_SET}_by_source": by_source},
+                "sentiment_examples": len(self.sentiment[0])}
 
 
 def _baseline_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str, list[str]],
