@@ -495,6 +495,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--model", "models", multiple=True, help="Only this model entry of ARTIFACT (repeatable; default: all).")
 @click.option("--teacher", default=None, help="Teacher folder for the baselines (default: the manifest's source model).")
 @click.option("--no-baselines", is_flag=True, help="Leave out the teacher FP32 PyTorch and Optimum INT8 baselines.")
+@click.option("--no-interleave", is_flag=True,
+              help="Time one model after another, one loaded at a time (default: the ratios' timings in alternating "
+                   "rounds with every model loaded).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for every engine (default: physical cores).")
 @click.option("--lengths", callback=_int_list, default=None, help="Padded input lengths in tokens, e.g. 32,128.")
 @click.option("--batch-sizes", callback=_int_list, default=None, help="Throughput batch sizes, e.g. 8,32.")
@@ -510,7 +513,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
               help="Where NAME.json, NAME.md and NAME.png go.")
 def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], teacher: str | None,
-              no_baselines: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
+              no_baselines: bool, no_interleave: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
               repeat: int | None, cold_runs: int | None, max_examples: int | None, prompt_tokens: int | None,
               new_tokens: int | None, peers: tuple[str, ...], name: str | None, output_dir: str) -> None:
     """Measure every model of ARTIFACT side by side with the teacher (and Optimum INT8): latency, throughput, cold
@@ -527,6 +530,8 @@ def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], 
     settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if no_baselines:
         settings["baselines"] = False
+    if no_interleave:
+        settings["interleave"] = False
     if peers:
         settings["peers"] = list(peers)
     command = "edgellm " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]) == "edgellm" else None

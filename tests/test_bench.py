@@ -31,6 +31,7 @@ from edgellm.bench import (
     summarize_ms,
     texts_of_length,
     time_calls,
+    time_interleaved,
 )
 from edgellm.config import from_dict
 from edgellm.errors import BackendError, ConfigError, DataError, ModelError
@@ -84,6 +85,37 @@ def test_time_calls_runs_warmup_untimed_then_repeat_timed() -> None:
     assert len(calls) == 10
     assert stats["repeat"] == 7
     assert 0 <= stats["min_ms"] <= stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+
+
+def test_time_interleaved_alternates_reverses_and_settles() -> None:
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
+    stats = time_interleaved(calls, warmup=1, repeat=4, rounds=2, settle=1)
+    # warm-up, then per round each name's turn: 1 untimed settle call + 2 timed; every other round reversed
+    assert order == ["a", "b", "a", "a", "a", "b", "b", "b", "b", "b", "b", "a", "a", "a"]
+    assert stats["a"]["repeat"] == stats["b"]["repeat"] == 4
+
+
+def test_time_interleaved_keeps_ratios_on_a_drifting_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine slowing down 2% per call; b is twice as slow as a. Timed one after the other, b (timed later, on a
+    slower machine) looks far slower than 2x; in alternating rounds the ratio of the medians stays near 2x."""
+    import edgellm.bench.stats as stats_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(stats_module.time, "perf_counter", clock)
+    done = [0]
+
+    def call(cost: float) -> Any:
+        def run() -> None:
+            done[0] += 1
+            clock.now += cost * 1.02 ** done[0]
+        return run
+
+    fns = {"a": call(0.001), "b": call(0.002)}
+    rounds = time_interleaved(fns, warmup=0, repeat=40, rounds=10)
+    assert rounds["b"]["p50_ms"] / rounds["a"]["p50_ms"] == pytest.approx(2.0, rel=0.05)
+    apart = {name: time_calls(fn, warmup=0, repeat=40) for name, fn in fns.items()}
+    assert apart["b"]["p50_ms"] / apart["a"]["p50_ms"] > 4  # drift more than doubled the ratio
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,6 +293,7 @@ def test_heldout_text_of_a_causal_lm_recipe_is_its_merged_corpora() -> None:
         ({"repeat": 0}, r"settings.repeat = 0 is outside \[1, inf\]"),
         ({"threads": 0}, r"settings.threads = 0 is outside \[1, inf\]"),
         ({"cold_runs": -1}, r"settings.cold_runs = -1 is outside"),
+        ({"rounds": 0}, r"settings.rounds = 0 is outside \[1, inf\]"),
         ({"repeats": 5}, "unknown key 'repeats'; did you mean 'repeat'"),  # a typo gets a suggestion
         ({"lengths": "32,128"}, "settings.lengths must be list of int"),
     ],
@@ -301,6 +334,10 @@ def test_result_json_fields_and_units(classifier_result: dict[str, Any], classif
         assert row["peak_rss_at_first_result_mb"] <= row["peak_rss_mb"]
         assert "vs_teacher" not in row  # no baselines in this run
         assert row["contention"]["other_cores"] >= 0 and row["contention"]["wall_s"] > 0
+    # the fixed-length latencies (the ratios' source) of both models were timed in the same alternating rounds
+    timing = saved["timing"]
+    assert (timing["mode"], timing["models"], timing["rounds"], timing["settle_calls"]) == ("interleaved", 2, 3, 2)
+    assert timing["contention"]["wall_s"] > 0
 
 
 def test_accuracy_is_the_runtime_accuracy_on_the_split(classifier_result: dict[str, Any], classifier_artifact: Path,
@@ -325,7 +362,21 @@ def test_markdown_report(classifier_result: dict[str, Any]) -> None:
     assert f"| {row['cold_start_s']:.2f} |" in onnx
     assert "| model | 16 tokens | 32 tokens | real |" in lines and "| model | 4 × 16 | 4 × 32 |" in lines
     assert "Reproduce: `edgellm bench tiny`" in md
-    assert "Other processes used on average" in md
+    assert "Other processes used on average" in md and "and during the alternating rounds" in md
+    assert "fixed length (the × columns' source) of all 2 models timed in the same 3 alternating rounds" in md
+
+
+def test_interleave_off_times_one_model_after_another(classifier_artifact: Path, split: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    result = run_benchmark(classifier_artifact, settings={**QUICK, "interleave": False, "real_sample": 0,
+                                                          "batch_sizes": []},
+                           name="apart", output_dir=tmp_path, data=split)
+    assert result["timing"] == {"mode": "sequential"}
+    for row in result["subjects"]:
+        assert set(row["latency"]) == {"16", "32"} and row["latency"]["32"]["repeat"] == 3
+    md = Path(result["paths"]["md"]).read_text()
+    assert "timed one model after another (interleave off, or a single model)" in md
+    assert "alternating rounds" not in md
 
 
 def _png_chunks(data: bytes) -> dict[bytes, bytes]:
@@ -538,7 +589,7 @@ def test_cli_bench_writes_reports(classifier_artifact: Path, tmp_path: Path) -> 
 
     res = CliRunner().invoke(cli, ["bench", str(classifier_artifact), "--no-baselines", "--threads", "1",
                                    "--lengths", "16", "--batch-sizes", "2", "--repeat", "2", "--cold-runs", "0",
-                                   "--max-examples", "12", "--model", "onnx-fp32", "--name", "cli",
+                                   "--max-examples", "12", "--name", "cli", "--no-interleave",
                                    "--output-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "| export | onnx-fp32 |" in res.output
@@ -546,6 +597,7 @@ def test_cli_bench_writes_reports(classifier_artifact: Path, tmp_path: Path) -> 
     saved = json.loads((tmp_path / "cli.json").read_text())
     assert saved["settings"]["lengths"] == [16] and saved["settings"]["batch_sizes"] == [2]
     assert saved["settings"]["repeat"] == 2 and saved["data"]["examples"] == 12
+    assert saved["settings"]["interleave"] is False and saved["timing"] == {"mode": "sequential"}
 
 
 @pytest.mark.parametrize(
@@ -683,6 +735,7 @@ def test_generation_benchmark_teacher_and_artifact(llama_artifact: Path, tiny_ll
     manifest = json.loads((llama_artifact / "edgellm.json").read_text())
     rows = {r["name"]: r for r in result["subjects"]}
     assert list(rows) == ["teacher-pytorch-fp32", *(m["name"] for m in manifest["models"])]
+    assert result["timing"]["mode"] == "interleaved" and result["timing"]["rounds"] == 2  # generation_repeat
     assert result["task"] == "text-generation" and result["data"]["corpus"] == "movie-reviews"
     teacher = rows["teacher-pytorch-fp32"]
     held_out = load_heldout_texts(None, max_texts=12)["texts"]

@@ -12,11 +12,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgellm.bench.generation import measure_generation, perplexity
+from edgellm.bench.generation import measure_generation, measure_generation_interleaved, perplexity
 from edgellm.bench.inputs import (
     centroid_accuracy,
     label_ids,
@@ -29,7 +29,7 @@ from edgellm.bench.inputs import (
 from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
-from edgellm.bench.stats import time_calls
+from edgellm.bench.stats import time_calls, time_interleaved
 from edgellm.bench.subjects import (
     PIPELINE_STAGES,
     Subject,
@@ -42,7 +42,7 @@ from edgellm.bench.subjects import (
 from edgellm.config import check_range, from_dict, to_dict
 from edgellm.errors import ConfigError, ModelError
 
-__all__ = ["BenchSettings", "measure_subject", "run_benchmark", "RESULT_SCHEMA", "UNITS"]
+__all__ = ["BenchSettings", "interleaved_speed", "measure_subject", "run_benchmark", "RESULT_SCHEMA", "UNITS"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ UNITS = {
     "tokens_per_s": "tokens per second",
     "*_pct": "percent (0-100)",
 }
-
+SETTLE_CALLS = 2  # interleaved timing: untimed calls at the start of each model's turn in a round
 
 
 @dataclass
@@ -72,6 +72,8 @@ class BenchSettings:
     real_sample: int = 300  # test sentences timed one by one at batch 1, real lengths (0: skip)
     cold_runs: int = 3  # fresh processes per engine for cold start and peak memory (0: skip)
     max_examples: int | None = None  # cap on test examples for accuracy (None: the whole test split)
+    interleave: bool = True  # time batch-1 latency per length (generators: first token and decode) of every model in alternating rounds, all loaded at once, so a machine whose speed drifts cannot bias their ratios; false: one model after another (less memory)
+    rounds: int = 5  # interleave: rounds the timed calls are split into (generators: generation_repeat rounds)
     baselines: bool = True  # also measure the teacher in FP32 PyTorch (and, for encoders, Optimum INT8)
     stages: bool = True  # also measure the pipeline's student / pruned / trimmed models (its work folder), PyTorch
     timeout_s: float = 600.0  # per cold-start process
@@ -96,6 +98,7 @@ class BenchSettings:
         check_range(f"{where}.real_sample", self.real_sample, low=0)
         check_range(f"{where}.cold_runs", self.cold_runs, low=0)
         check_range(f"{where}.max_examples", self.max_examples, low=2)
+        check_range(f"{where}.rounds", self.rounds, low=1)
         check_range(f"{where}.timeout_s", self.timeout_s, low=1.0)
         check_range(f"{where}.prompt_tokens", self.prompt_tokens, low=1)
         check_range(f"{where}.new_tokens", self.new_tokens, low=2)
@@ -120,42 +123,81 @@ def _open(subject: Subject, settings: BenchSettings) -> tuple[Any, float]:
     return runner, time.perf_counter() - start
 
 
-def measure_subject(subject: Subject, settings: BenchSettings, data: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def measure_subject(subject: Subject, settings: BenchSettings, data: dict[str, Any], *,
+                    opened: tuple[Any, float] | None = None,
+                    speed: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """Warm measurements of one subject in this process. Encoders: batch-1 latency per length and on the real test
     sentences, throughput per batch size and length, accuracy on the test split. Generators: time to first token,
     prompt and decode tokens/s, perplexity on held-out text.
 
+    `opened` is (runner, load seconds) of a subject the caller loaded (and closes); `speed` the timings it already
+    took in alternating rounds (`interleaved_speed`: encoders' latency per length, a generator's record), which
+    are then not timed again.
+
     Returns (fields, outputs): fields hold "cold_work" for `cold_start`; outputs are the encoder's predictions on
     the test split (None for generators).
     """
-    runner, load_s = _open(subject, settings)
+    runner, load_s = opened or _open(subject, settings)
     try:
         if subject.task == "text-generation":
-            fields: dict[str, Any] = _measure_generator(runner, subject, settings, data)
+            fields: dict[str, Any] = _measure_generator(runner, subject, settings, data, speed)
             outputs = None
         else:
-            fields, outputs = _measure_encoder(runner, subject, settings, data)
+            fields, outputs = _measure_encoder(runner, subject, settings, data, speed)
         return {"load_s": load_s, "threads": settings.resolved_threads(), "runtime": runner.info, **fields}, outputs
     finally:
-        runner.close()
-        del runner
-        gc.collect()
+        if opened is None:
+            runner.close()
+            del runner
+            gc.collect()
 
 
-def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings,
-                     data: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
-    texts = data["texts"]
+def _padded(runner: Any, settings: BenchSettings, data: dict[str, Any]) -> dict[int, list[str]]:
+    """Per length, real test texts cut or extended to exactly that many of the runner's tokens."""
     count = max([*settings.batch_sizes, 8])
-    padded = {n: texts_of_length(runner.tokenizer, texts, n, count) for n in settings.lengths}
-    latency: dict[str, Any] = {}
+    return {n: texts_of_length(runner.tokenizer, data["texts"], n, count) for n in settings.lengths}
+
+
+def _one_at_a_time(runner: Any, texts: Sequence[str]) -> Callable[[], Any]:
+    """A batch-1 call that takes the next of `texts` each time (cycling)."""
+    cycle = itertools.cycle(texts)
+    return lambda: runner.predict([next(cycle)])
+
+
+def interleaved_speed(subjects: Sequence[Subject], runners: dict[str, Any], settings: BenchSettings,
+                      data: dict[str, Any]) -> dict[str, Any]:
+    """The timings whose ratios the report quotes, taken for every subject in the same alternating rounds
+    (`time_interleaved`, `measure_generation_interleaved`; the order reversed every other round): encoders'
+    batch-1 latency per length (name -> {"32": stats, ...}), generators' first-token and decode record
+    (name -> record). `runners` holds every subject loaded (name -> runner)."""
+    if subjects[0].task == "text-generation":  # a run's subjects share one task
+        prompts = {s.name: generation_inputs(runners[s.name].tokenizer, settings, data, s.max_length)[0]
+                   for s in subjects}
+        streams = {name: (lambda _ids, n, r=runners[name], p=prompt: r.stream(p, n)) for name, prompt in prompts.items()}
+        return measure_generation_interleaved(streams, next(iter(prompts.values())), max_new_tokens=settings.new_tokens,
+                                              warmup=settings.generation_warmup, repeat=settings.generation_repeat)
+    padded = {s.name: _padded(runners[s.name], settings, data) for s in subjects}
+    latency: dict[str, Any] = {s.name: {} for s in subjects}
     for n in settings.lengths:
-        cycle = itertools.cycle(padded[n])
-        latency[str(n)] = time_calls(lambda: runner.predict([next(cycle)]), warmup=settings.warmup,
-                                     repeat=settings.repeat)
+        calls = {s.name: _one_at_a_time(runners[s.name], padded[s.name][n]) for s in subjects}
+        for name, stats in time_interleaved(calls, warmup=settings.warmup, repeat=settings.repeat,
+                                            rounds=settings.rounds, settle=SETTLE_CALLS).items():
+            latency[name][str(n)] = stats
+    return latency
+
+
+def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings, data: dict[str, Any],
+                     timed: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    texts = data["texts"]
+    padded = _padded(runner, settings, data)
+    latency: dict[str, Any] = dict(timed or {})
+    for n in settings.lengths:
+        if str(n) not in latency:
+            latency[str(n)] = time_calls(_one_at_a_time(runner, padded[n]), warmup=settings.warmup,
+                                         repeat=settings.repeat)
     if settings.real_sample:
         sample = texts[: settings.real_sample]
-        cycle = itertools.cycle(sample)
-        stats = time_calls(lambda: runner.predict([next(cycle)]), warmup=min(settings.warmup, len(sample)),
+        stats = time_calls(_one_at_a_time(runner, sample), warmup=min(settings.warmup, len(sample)),
                            repeat=len(sample))
         latency["real"] = {**stats, **token_stats(runner.tokenizer, sample, subject.max_length)}
     throughput: dict[str, Any] = {}
@@ -188,10 +230,11 @@ def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings,
     return fields, predictions
 
 
-def _measure_generator(runner: Any, subject: Subject, settings: BenchSettings, data: dict[str, Any]) -> dict[str, Any]:
+def _measure_generator(runner: Any, subject: Subject, settings: BenchSettings, data: dict[str, Any],
+                       timed: dict[str, Any] | None = None) -> dict[str, Any]:
     prompt_ids, held_out = generation_inputs(runner.tokenizer, settings, data, subject.max_length)
-    stats = measure_generation(runner.stream, prompt_ids, max_new_tokens=settings.new_tokens,
-                               warmup=settings.generation_warmup, repeat=settings.generation_repeat)
+    stats = timed or measure_generation(runner.stream, prompt_ids, max_new_tokens=settings.new_tokens,
+                                        warmup=settings.generation_warmup, repeat=settings.generation_repeat)
     start = time.perf_counter()
     ppl = perplexity(runner.score, held_out)
     return {
@@ -307,15 +350,36 @@ def run_benchmark(
             subjects = [base, *subjects] if generating else [base, *subjects, optimum_subject(base, Path(work) / "optimum")]
         rows = []
         outputs: dict[str, Any] = {}
-        for subject in subjects:
-            log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
-            with CpuMonitor() as monitor:
-                fields, outputs[subject.name] = measure_subject(subject, settings, data)
-                work_spec = fields.pop("cold_work")
-                runs = [cold_start(subject, threads=threads, work=work_spec, timeout_s=settings.timeout_s)
-                        for _ in range(settings.cold_runs)]
-            rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
-                         **cold_fields(runs), "contention": monitor.result})
+        opened: dict[str, tuple[Any, float]] = {}
+        try:
+            speed: dict[str, Any] = {}
+            timing: dict[str, Any] = {"mode": "sequential"}
+            if settings.interleave and len(subjects) > 1:
+                for subject in subjects:
+                    log.info("loading %s (%s, %s)", subject.name, subject.engine, subject.precision)
+                    opened[subject.name] = _open(subject, settings)
+                log.info("timing %d models in alternating rounds", len(subjects))
+                with CpuMonitor() as monitor:
+                    speed = interleaved_speed(subjects, {k: r for k, (r, _) in opened.items()}, settings, data)
+                timing = {"mode": "interleaved", "models": len(subjects), "contention": monitor.result,
+                          "rounds": settings.generation_repeat if generating else min(settings.rounds, settings.repeat),
+                          "settle_calls": 0 if generating else SETTLE_CALLS}
+            for subject in subjects:
+                log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
+                with CpuMonitor() as monitor:
+                    fields, outputs[subject.name] = measure_subject(subject, settings, data,
+                                                                    opened=opened.get(subject.name),
+                                                                    speed=speed.get(subject.name))
+                    work_spec = fields.pop("cold_work")
+                    runs = [cold_start(subject, threads=threads, work=work_spec, timeout_s=settings.timeout_s)
+                            for _ in range(settings.cold_runs)]
+                rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
+                             **cold_fields(runs), "contention": monitor.result})
+        finally:
+            for runner, _load_s in reversed(list(opened.values())):  # reversed: torch's thread count restored last-in first-out
+                runner.close()
+            opened.clear()
+            gc.collect()
     if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
         rows.extend(_measure_peers(folder, manifest, teacher or _given_teacher(manifest)
                                    or _default_teacher(manifest, stage_models), settings, data))
@@ -334,6 +398,7 @@ def run_benchmark(
         "artifacts": [str(f) for f in folders],
         "machine": machine_info(),
         "settings": {**to_dict(settings), "threads": threads},
+        "timing": timing,
         "data": data["info"],
         "units": UNITS,
         "subjects": rows,

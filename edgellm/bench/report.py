@@ -56,14 +56,29 @@ def _footer(result: dict[str, Any]) -> list[str]:
     rows = result["subjects"]
     lines: list[str] = []
     busy = [r["contention"]["other_cores"] for r in rows if (r.get("contention") or {}).get("other_cores") is not None]
+    rounds = (result.get("timing") or {}).get("contention") or {}
+    if rounds.get("other_cores") is not None:
+        busy.append(rounds["other_cores"])
     if busy:
         worst = max(busy)
         verdict = "quiet machine" if worst < 0.1 else "NOISY: other work competed for the cores; compare with care"
         lines += ["", f"Other processes used on average {min(busy):.2f}–{worst:.2f} of "
-                  f"{result['machine'].get('cpu_count')} cores while each engine was measured ({verdict})."]
+                  f"{result['machine'].get('cpu_count')} cores while each engine was measured"
+                  f"{' and during the alternating rounds' if rounds else ''} ({verdict})."]
     if result.get("command"):
         lines += ["", f"Reproduce: `{result['command']}`"]
     return lines
+
+
+def _timing_line(result: dict[str, Any], what: str) -> str:
+    """How the numbers the ratios use were timed: in alternating rounds over every model, or one after another."""
+    timing = result.get("timing") or {}
+    if timing.get("mode") == "interleaved":
+        return (f"{what} of all {timing['models']} models timed in the same {timing['rounds']} alternating rounds "
+                "(each round every model in turn, the order reversed every other round), so the ratios hold on a "
+                "machine whose speed drifts; the other columns are timed one model after another.")
+    return (f"{what} timed one model after another (interleave off, or a single model): a machine whose speed "
+            "drifts during the run moves the ratios.")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -122,6 +137,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{s['warmup']} warm-up + {s['repeat']} timed calls, text in → result out (tokenization included). "
         f"Cold start: a fresh process, start to first result (median of {s['cold_runs']}); peak RSS of that process "
         "after one batch at the longest length. Size: model files (tokenizer excluded).",
+        "",
+        _timing_line(result, "Batch-1 latency at each fixed length (the × columns' source)"),
     ]
     return "\n".join(lines + _footer(result)) + "\n"
 
@@ -161,6 +178,8 @@ def _render_generation(result: dict[str, Any]) -> str:
         f"exp(mean NLL per predicted token) over {rows[0].get('perplexity_texts')} held-out texts, each scored on its "
         f"own. Cold start: a fresh process, start to first token (median of {s['cold_runs']}); peak RSS of that "
         "process after all new tokens. Size: model files (tokenizer excluded).",
+        "",
+        _timing_line(result, "First token and decode speed"),
     ]
     if any(r.get("stage") == "peer" for r in rows):
         lines += ["", "Peers (stage `peer`) run the same teacher in the same run, on the same prompt token ids, "

@@ -43,20 +43,24 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
     return summarize_ms(durations)
 
 
-
-
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50,
-                     rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Time several callables in alternating rounds (a, b, a, b, ...), `repeat` timed calls each in all, so that a
-    machine getting busier or quieter during the run touches them alike; ms statistics per name."""
+                     rounds: int = 5, settle: int = 0) -> dict[str, dict[str, float]]:
+    """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
+    `repeat` timed calls each in all, so that a machine getting busier or quieter during the run touches them alike;
+    ms statistics per name. `settle` untimed calls start each callable's turn, after the others have filled the
+    caches and woken their own threads."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     rounds = max(1, min(rounds, repeat))
-    durations: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    durations: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         count = repeat // rounds + (1 if r < repeat % rounds else 0)
-        for name, fn in fns.items():
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            for _ in range(settle):
+                fn()
             for _ in range(count):
                 start = time.perf_counter()
                 fn()
