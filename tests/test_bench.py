@@ -90,7 +90,7 @@ def test_time_calls_runs_warmup_untimed_then_repeat_timed() -> None:
 def test_time_interleaved_alternates_reverses_and_settles() -> None:
     order: list[str] = []
     calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
-    stats = time_interleaved(calls, warmup=1, repeat=4, rounds=2, settle=1)
+    stats = time_interleaved(calls, warmup=1, repeat=4, rounds=2, settle=1, pause_s=0)
     # warm-up, then per round each name's turn: 1 untimed settle call + 2 timed; every other round reversed
     assert order == ["a", "b", "a", "a", "a", "b", "b", "b", "b", "b", "b", "a", "a", "a"]
     assert stats["a"]["repeat"] == stats["b"]["repeat"] == 4
@@ -112,7 +112,7 @@ def test_time_interleaved_keeps_ratios_on_a_drifting_machine(monkeypatch: pytest
         return run
 
     fns = {"a": call(0.001), "b": call(0.002)}
-    rounds = time_interleaved(fns, warmup=0, repeat=40, rounds=10)
+    rounds = time_interleaved(fns, warmup=0, repeat=40, rounds=10, pause_s=0)
     assert rounds["b"]["p50_ms"] / rounds["a"]["p50_ms"] == pytest.approx(2.0, rel=0.05)
     apart = {name: time_calls(fn, warmup=0, repeat=40) for name, fn in fns.items()}
     assert apart["b"]["p50_ms"] / apart["a"]["p50_ms"] > 4  # drift more than doubled the ratio
@@ -337,6 +337,7 @@ def test_result_json_fields_and_units(classifier_result: dict[str, Any], classif
     # the fixed-length latencies (the ratios' source) of both models were timed in the same alternating rounds
     timing = saved["timing"]
     assert (timing["mode"], timing["models"], timing["rounds"], timing["settle_calls"]) == ("interleaved", 2, 3, 2)
+    assert timing["pause_s"] == 0.1
     assert timing["contention"]["wall_s"] > 0
 
 
@@ -364,6 +365,7 @@ def test_markdown_report(classifier_result: dict[str, Any]) -> None:
     assert "Reproduce: `edgellm bench tiny`" in md
     assert "Other processes used on average" in md and "and during the alternating rounds" in md
     assert "fixed length (the × columns' source) of all 2 models timed in the same 3 alternating rounds" in md
+    assert "each turn opened by a 0.1 s pause and 2 untimed calls" in md
 
 
 def test_interleave_off_times_one_model_after_another(classifier_artifact: Path, split: dict[str, Any],
@@ -556,7 +558,8 @@ def test_interleaved_generation_keeps_ratios_on_a_drifting_machine() -> None:
         return stream
 
     streams = {"a": drifting("a", 0.02), "b": drifting("b", 0.01)}
-    got = measure_generation_interleaved(streams, [1, 2, 3], max_new_tokens=9, warmup=1, repeat=4, clock=clock)
+    got = measure_generation_interleaved(streams, [1, 2, 3], max_new_tokens=9, warmup=1, repeat=4, clock=clock,
+                                         pause_s=0)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then every other round reversed
     ratio = got["b"]["decode_tokens_per_s"] / got["a"]["decode_tokens_per_s"]
     assert ratio == pytest.approx(2.0, rel=0.06) and got["a"]["repeat"] == 4

@@ -29,7 +29,7 @@ from edgellm.bench.inputs import (
 from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
-from edgellm.bench.stats import time_calls, time_interleaved
+from edgellm.bench.stats import SWITCH_PAUSE_S, time_calls, time_interleaved
 from edgellm.bench.subjects import (
     PIPELINE_STAGES,
     Subject,
@@ -363,7 +363,7 @@ def run_benchmark(
                     speed = interleaved_speed(subjects, {k: r for k, (r, _) in opened.items()}, settings, data)
                 timing = {"mode": "interleaved", "models": len(subjects), "contention": monitor.result,
                           "rounds": settings.generation_repeat if generating else min(settings.rounds, settings.repeat),
-                          "settle_calls": 0 if generating else SETTLE_CALLS}
+                          "pause_s": SWITCH_PAUSE_S, "settle_calls": 0 if generating else SETTLE_CALLS}
             for subject in subjects:
                 log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
                 with CpuMonitor() as monitor:

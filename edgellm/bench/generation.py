@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edgellm.bench.stats import summarize_ms
+from edgellm.bench.stats import SWITCH_PAUSE_S, summarize_ms
 from edgellm.errors import BackendError, ConfigError, DataError
 
 __all__ = ["TokenStream", "TokenScorer", "measure_generation", "measure_generation_interleaved", "perplexity",
@@ -72,10 +72,12 @@ def measure_generation(stream: TokenStream, prompt_ids: Sequence[int], *, max_ne
 
 def measure_generation_interleaved(streams: Mapping[str, TokenStream], prompt_ids: Sequence[int], *,
                                    max_new_tokens: int, warmup: int = 1, repeat: int = 3,
-                                   clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, Any]]:
+                                   clock: Callable[[], float] = time.perf_counter,
+                                   pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, Any]]:
     """`measure_generation` for several streams in the same window: each round times every stream once, in turn
     (the order reversed every other round), so a machine whose speed drifts slows them alike and their ratios
-    hold. name -> the same record as `measure_generation`."""
+    hold; each timed run starts after a `pause_s` sleep (the previous stream's threads stop spinning). name -> the
+    same record as `measure_generation`."""
     _check_timing(prompt_ids, max_new_tokens)
     names = list(streams)
     for _ in range(warmup):
@@ -85,6 +87,7 @@ def measure_generation_interleaved(streams: Mapping[str, TokenStream], prompt_id
     runs: dict[str, list[tuple[float, int, float | None]]] = {name: [] for name in names}
     for round_ in range(repeat):
         for name in (names if round_ % 2 == 0 else names[::-1]):
+            time.sleep(pause_s)
             runs[name].append(_time_stream(streams[name], prompt_ids, max_new_tokens, clock))
     return {name: _generation_record(prompt_ids, runs[name]) for name in names}
 

@@ -74,9 +74,11 @@ def _timing_line(result: dict[str, Any], what: str) -> str:
     """How the numbers the ratios use were timed: in alternating rounds over every model, or one after another."""
     timing = result.get("timing") or {}
     if timing.get("mode") == "interleaved":
+        settle = f" and {timing['settle_calls']} untimed calls" if timing.get("settle_calls") else ""
         return (f"{what} of all {timing['models']} models timed in the same {timing['rounds']} alternating rounds "
-                "(each round every model in turn, the order reversed every other round), so the ratios hold on a "
-                "machine whose speed drifts; the other columns are timed one model after another.")
+                "(each round every model in turn, the order reversed every other round, each turn opened by a "
+                f"{timing.get('pause_s', 0):g} s pause{settle}), so the ratios hold on a machine whose speed drifts; "
+                "the other columns are timed one model after another.")
     return (f"{what} timed one model after another (interleave off, or a single model): a machine whose speed "
             "drifts during the run moves the ratios.")
 

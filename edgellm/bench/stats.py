@@ -7,7 +7,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved"]
+__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "SWITCH_PAUSE_S"]
+
+# Alternating between models: the pause before each model's turn. ONNX Runtime's idle worker threads keep spinning
+# for tens of milliseconds after a call; on a 2-core machine the previous model's spinning threads held the next
+# one's first calls to 2-3x their latency, and after 2, 5, 10 or 20 ms of pause still 1.5-2.5x; after 50 ms they
+# ran at their steady speed (ONNX Runtime 1.32, AMD EPYC, two MiniLM graphs, 32 tokens).
+SWITCH_PAUSE_S = 0.1
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -44,11 +50,11 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50,
-                     rounds: int = 5, settle: int = 0) -> dict[str, dict[str, float]]:
+                     rounds: int = 5, settle: int = 0, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
     """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
     `repeat` timed calls each in all, so that a machine getting busier or quieter during the run touches them alike;
-    ms statistics per name. `settle` untimed calls start each callable's turn, after the others have filled the
-    caches and woken their own threads."""
+    ms statistics per name. Each callable's turn starts with a `pause_s` sleep (the previous one's threads stop
+    spinning) and `settle` untimed calls (its own threads woken, its weights back in the caches)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -59,6 +65,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, rep
         count = repeat // rounds + (1 if r < repeat % rounds else 0)
         for name in (names if r % 2 == 0 else names[::-1]):
             fn = fns[name]
+            time.sleep(pause_s)
             for _ in range(settle):
                 fn()
             for _ in range(count):
