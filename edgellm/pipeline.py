@@ -101,8 +101,9 @@ def fingerprint_path(path: str | os.PathLike[str]) -> str:
 
 # Bumped when a stage's code changes what it writes for the same inputs, so that reruns do not reuse stale output
 # (1 adds nothing to the key, which keeps work folders made before revisions existed valid).
-# export 2: a BERT classifier's last layer at [CLS] only; quantize 2: bias folded into the INT8 MatMuls.
-STAGE_REVISIONS = {"export": 2, "quantize": 2}
+# export 2: a BERT classifier's last layer at [CLS] only; quantize 2: bias folded into the INT8 MatMuls;
+# evaluate 2: the artifact's models timed in alternating rounds, a pause before each turn.
+STAGE_REVISIONS = {"export": 2, "quantize": 2, "evaluate": 2}
 
 
 def stage_key(material: dict[str, Any]) -> str:
@@ -611,7 +612,8 @@ def _quantize_stage(recipe: Recipe, data: Any, source: Path, folder: Path) -> di
 
 
 def _evaluate_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teacher_folder: Path) -> dict[str, Any]:
-    """Test-split metric, size and latency of every model in the artifact, through the runtime.
+    """Test-split metric, size and latency of every model in the artifact, through the runtime; the latencies of
+    all of them timed in the same alternating rounds (`_runtime_latency`).
 
     Classifiers: accuracy and macro-F1 on the test split. Embedders: Spearman of their test-pair similarities
     against the teacher's (PyTorch) embeddings.
@@ -623,9 +625,10 @@ def _evaluate_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teach
     results: dict[str, Any] = {}
     reference = _teacher_vectors(teacher_folder, data.test.texts, recipe) if recipe.task == "feature-extraction" \
         else None
+    loaded: dict[str, Any] = {}
     for entry in manifest.models:
-        model = load(artifact, model=entry.name, threads=recipe.evaluate.threads, verify=False,
-                     device="auto")
+        model = loaded[entry.name] = load(artifact, model=entry.name, threads=recipe.evaluate.threads, verify=False,
+                                          device="auto")
         size = sum((artifact / f).stat().st_size for f in entry.files)
         record: dict[str, Any] = {"size_bytes": size, "device": model.describe().get("device")}
         if recipe.task == "text-classification":
@@ -634,12 +637,11 @@ def _evaluate_stage(recipe: Recipe, data: Any, source: Path, folder: Path, teach
             record["test"] = evaluate_classifier(model, data.test.texts, data.test.labels)
         else:
             record["test"] = _embedding_test(model.embed(data.test.texts), reference, data)
-        if recipe.evaluate.latency:
-            record["latency"] = _runtime_latency(model, data, recipe)
         entry.metrics["test"] = record["test"]
-        if "latency" in record:
-            entry.metrics["latency"] = record["latency"]
         results[entry.name] = record
+    if recipe.evaluate.latency:
+        for name, latency in _runtime_latency(loaded, data, recipe).items():
+            results[name]["latency"] = manifest.model(name).metrics["latency"] = latency
     write_manifest(artifact, manifest)
     return results
 
@@ -692,20 +694,27 @@ def _cycle_call(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], 
     return lambda: fn(next(it))
 
 
-def _runtime_latency(model: Any, data: Any, recipe: Recipe) -> dict[str, Any]:
-    from edgellm.bench import time_calls
+def _runtime_latency(models: dict[str, Any], data: Any, recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Batch-1 p50 of every runtime model (name -> loaded model) at `evaluate.latency_length` tokens and on real test
+    sentences, all of them timed in the same alternating rounds (`edgellm.bench.time_interleaved`), so that their
+    ratios hold on a machine whose speed drifts."""
+    from edgellm.bench import time_interleaved
 
-    length = min(recipe.evaluate.latency_length, model.manifest.max_length)
-    padded, real = _latency_texts(model.encoder.tokenizer, data, length)
-    call = model.scores if hasattr(model, "scores") else model.embed
+    out: dict[str, dict[str, Any]] = {}
+    padded_calls, real_calls = {}, {}
+    for name, model in models.items():
+        length = min(recipe.evaluate.latency_length, model.manifest.max_length)
+        padded, real = _latency_texts(model.encoder.tokenizer, data, length)
+        call = model.scores if hasattr(model, "scores") else model.embed
+        padded_calls[name] = _cycle_call(lambda t, call=call: call([t]), padded)
+        real_calls[name] = _cycle_call(lambda t, call=call: call([t]), real)
+        out[name] = {"tokens": length, "batch": 1, "threads": recipe.evaluate.threads,
+                     "timing": f"{len(models)} models in alternating rounds"}
     repeat = recipe.evaluate.repeat
-    return {
-        "tokens": length,
-        "batch": 1,
-        "threads": recipe.evaluate.threads,
-        f"p50_ms_{length}": time_calls(_cycle_call(lambda t: call([t]), padded), warmup=10, repeat=repeat)["p50_ms"],
-        "p50_ms_real": time_calls(_cycle_call(lambda t: call([t]), real), warmup=10, repeat=repeat)["p50_ms"],
-    }
+    for key, calls in (("p50_ms_{tokens}", padded_calls), ("p50_ms_real", real_calls)):
+        for name, stats in time_interleaved(calls, warmup=10, repeat=repeat).items():
+            out[name][key.format(tokens=out[name]["tokens"])] = stats["p50_ms"]
+    return out
 
 
 def _torch_metrics(recipe: Recipe, data: Any, folder: Path, *, teacher: Any = None) -> dict[str, Any]:

@@ -254,7 +254,7 @@ class ExportConfig:
 
 @dataclass
 class EvaluateConfig:
-    latency: bool = True  # measure p50 latency per stage (batch 1)
+    latency: bool = True  # measure p50 latency per stage (batch 1); the artifact's models all in the same alternating rounds
     latency_length: int = 128  # tokens for the padded latency measurement
     repeat: int = 100  # timed calls per latency measurement (after 10 warm-up calls)
     threads: int | None = 2  # inference threads for every measurement (torch, ONNX Runtime, OpenVINO)

@@ -112,7 +112,7 @@ def test_time_interleaved_keeps_ratios_on_a_drifting_machine(monkeypatch: pytest
         return run
 
     fns = {"a": call(0.001), "b": call(0.002)}
-    rounds = time_interleaved(fns, warmup=0, repeat=40, rounds=10, pause_s=0)
+    rounds = time_interleaved(fns, warmup=0, repeat=40, rounds=10, settle=0, pause_s=0)
     assert rounds["b"]["p50_ms"] / rounds["a"]["p50_ms"] == pytest.approx(2.0, rel=0.05)
     apart = {name: time_calls(fn, warmup=0, repeat=40) for name, fn in fns.items()}
     assert apart["b"]["p50_ms"] / apart["a"]["p50_ms"] > 4  # drift more than doubled the ratio

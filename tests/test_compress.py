@@ -52,7 +52,8 @@ def test_smoke_recipe_runs_every_stage(smoke_run: dict) -> None:
         test = entry.metrics["test"]
         assert test["examples"] == 20 and 0.0 <= test["accuracy"] <= 100.0
         assert entry.metrics["latency"]["tokens"] == 64 and entry.metrics["latency"]["p50_ms_64"] > 0
-        assert entry.metrics["latency"]["threads"] == 1
+        assert entry.metrics["latency"]["threads"] == 1 and entry.metrics["latency"]["p50_ms_real"] > 0
+        assert entry.metrics["latency"]["timing"] == "4 models in alternating rounds"
     summary = (smoke_run["out"] / "summary.md").read_text()
     assert summary.count("\n| ") == 1 + 4 + 4  # header + 4 torch stages + 4 artifact models
     assert "| student (distilled) | PyTorch FP32 |" in summary and "onnx-int8 (onnxruntime int8)" in summary

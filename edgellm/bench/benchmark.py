@@ -29,7 +29,7 @@ from edgellm.bench.inputs import (
 from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
-from edgellm.bench.stats import SWITCH_PAUSE_S, time_calls, time_interleaved
+from edgellm.bench.stats import SETTLE_CALLS, SWITCH_PAUSE_S, time_calls, time_interleaved
 from edgellm.bench.subjects import (
     PIPELINE_STAGES,
     Subject,
@@ -56,7 +56,6 @@ UNITS = {
     "tokens_per_s": "tokens per second",
     "*_pct": "percent (0-100)",
 }
-SETTLE_CALLS = 2  # interleaved timing: untimed calls at the start of each model's turn in a round
 
 
 @dataclass
@@ -181,7 +180,7 @@ def interleaved_speed(subjects: Sequence[Subject], runners: dict[str, Any], sett
     for n in settings.lengths:
         calls = {s.name: _one_at_a_time(runners[s.name], padded[s.name][n]) for s in subjects}
         for name, stats in time_interleaved(calls, warmup=settings.warmup, repeat=settings.repeat,
-                                            rounds=settings.rounds, settle=SETTLE_CALLS).items():
+                                            rounds=settings.rounds).items():
             latency[name][str(n)] = stats
     return latency
 

@@ -7,13 +7,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "SWITCH_PAUSE_S"]
+__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "SETTLE_CALLS", "SWITCH_PAUSE_S"]
 
 # Alternating between models: the pause before each model's turn. ONNX Runtime's idle worker threads keep spinning
 # for tens of milliseconds after a call; on a 2-core machine the previous model's spinning threads held the next
 # one's first calls to 2-3x their latency, and after 2, 5, 10 or 20 ms of pause still 1.5-2.5x; after 50 ms they
 # ran at their steady speed (ONNX Runtime 1.32, AMD EPYC, two MiniLM graphs, 32 tokens).
 SWITCH_PAUSE_S = 0.1
+SETTLE_CALLS = 2  # then untimed calls at the start of each turn: the model's own threads woken, its weights cached
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -50,7 +51,7 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50,
-                     rounds: int = 5, settle: int = 0, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
+                     rounds: int = 5, settle: int = SETTLE_CALLS, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
     """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
     `repeat` timed calls each in all, so that a machine getting busier or quieter during the run touches them alike;
     ms statistics per name. Each callable's turn starts with a `pause_s` sleep (the previous one's threads stop
