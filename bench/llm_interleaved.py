@@ -19,16 +19,19 @@ import numpy as np
 from bench import record
 from edgellm.bench.generation import measure_generation
 from edgellm.bench.machine import machine_info
+from edgellm.bench.stats import SWITCH_PAUSE_S
 
 
 def interleave(streams: dict[str, Callable[..., Any]], *, rounds: int, prompt_tokens: int,
                new_tokens: int) -> dict[str, list[float]]:
     """Decode tokens/s of each stream (ids, max_new_tokens) -> tokens, every stream once per round (a warm-up
-    generation before its first), on the same random prompt ids: {name: [tok/s of each round]}."""
+    generation before its first; a SWITCH_PAUSE_S pause before each, so the previous engine's threads stop
+    spinning), on the same random prompt ids: {name: [tok/s of each round]}."""
     prompt = [int(i) for i in np.random.default_rng(0).integers(100, 40000, prompt_tokens)]
     out: dict[str, list[float]] = {k: [] for k in streams}
     for r in range(rounds):
         for name, stream in streams.items():
+            time.sleep(SWITCH_PAUSE_S)
             stats = measure_generation(stream, prompt, max_new_tokens=new_tokens, warmup=int(r == 0), repeat=1)
             out[name].append(stats["decode_tokens_per_s"])
     return out
