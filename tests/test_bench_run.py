@@ -43,6 +43,7 @@ def test_every_variant_of_the_bundled_suites_applies_to_its_recipe() -> None:
     embed = builds["minilm-embed-students"]
     assert {r.task for r in embed.values()} == {"feature-extraction"}
     assert [r.distill.num_layers for r in embed.values()] == [3, 2]
+    assert all(r.quantize.mode == "dynamic" and r.quantize.backends == ["onnxruntime"] for r in embed.values())
     suite = load_suite("minilm-int8")
     assert suite.paths()[:2] == [ROOT / "artifacts" / "minilm-int8" / "dynamic",
                                  ROOT / "artifacts" / "minilm-int8" / "unfused"]
