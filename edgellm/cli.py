@@ -513,8 +513,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--output-dir", default="bench/results", show_default=True, type=click.Path(),
               help="Where NAME.json, NAME.md and NAME.png go.")
 def bench_cmd(artifact: str, compare: tuple[str, ...], models: tuple[str, ...], teacher: str | None,
-              no_baselines: bool, no_interleave: bool, threads: int | None, lengths: list[int] | None, batch_sizes: list[int] | None,
-              repeat: int | None, cold_runs: int | None, max_examples: int | None, prompt_tokens: int | None,
+              no_baselines: bool, no_interleave: bool, threads: int | None, lengths: list[int] | None,
+              batch_sizes: list[int] | None, repeat: int | None, cold_runs: int | None, max_examples: int | None, prompt_tokens: int | None,
               new_tokens: int | None, peers: tuple[str, ...], name: str | None, output_dir: str) -> None:
     """Measure every model of ARTIFACT side by side with the teacher (and Optimum INT8): latency, throughput, cold
     start, peak memory, size, accuracy; for generators first-token time, tokens/s and perplexity."""

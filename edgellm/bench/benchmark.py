@@ -172,7 +172,8 @@ def interleaved_speed(subjects: Sequence[Subject], runners: dict[str, Any], sett
     if subjects[0].task == "text-generation":  # a run's subjects share one task
         prompts = {s.name: generation_inputs(runners[s.name].tokenizer, settings, data, s.max_length)[0]
                    for s in subjects}
-        streams = {name: (lambda _ids, n, r=runners[name], p=prompt: r.stream(p, n)) for name, prompt in prompts.items()}
+        streams = {name: (lambda _ids, n, r=runners[name], p=prompt: r.stream(p, n))  # each its own prompt ids
+                   for name, prompt in prompts.items()}
         return measure_generation_interleaved(streams, next(iter(prompts.values())), max_new_tokens=settings.new_tokens,
                                               warmup=settings.generation_warmup, repeat=settings.generation_repeat)
     padded = {s.name: _padded(runners[s.name], settings, data) for s in subjects}
@@ -375,7 +376,8 @@ def run_benchmark(
                 rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
                              **cold_fields(runs), "contention": monitor.result})
         finally:
-            for runner, _load_s in reversed(list(opened.values())):  # reversed: torch's thread count restored last-in first-out
+            # in reverse: each torch runner restores the thread count it found when opened
+            for runner, _load_s in reversed(list(opened.values())):
                 runner.close()
             opened.clear()
             gc.collect()

@@ -50,8 +50,8 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
     return summarize_ms(durations)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50,
-                     rounds: int = 5, settle: int = SETTLE_CALLS, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50, rounds: int = 5,
+                     settle: int = SETTLE_CALLS, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
     """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
     `repeat` timed calls each in all, so that a machine getting busier or quieter during the run touches them alike;
     ms statistics per name. Each callable's turn starts with a `pause_s` sleep (the previous one's threads stop
