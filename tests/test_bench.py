@@ -5,6 +5,7 @@ bench/run.py. Speed itself is never asserted."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -379,6 +380,19 @@ def test_interleave_off_times_one_model_after_another(classifier_artifact: Path,
     md = Path(result["paths"]["md"]).read_text()
     assert "timed one model after another (interleave off, or a single model)" in md
     assert "alternating rounds" not in md
+
+
+def test_too_little_memory_for_every_model_at_once_times_them_one_after_another(
+        classifier_artifact: Path, split: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edgellm.bench.benchmark.available_memory_bytes", lambda: 1000)
+    result = run_benchmark(classifier_artifact, settings={**QUICK, "real_sample": 0, "batch_sizes": []},
+                           name="low-memory", output_dir=tmp_path, data=split)
+    timing = result["timing"]
+    assert timing["mode"] == "sequential"
+    assert re.fullmatch(r"all 2 models loaded at once would take about [0-9.]+ GB \(2x their files\), 0\.0 GB "
+                        r"available", timing["reason"])
+    assert all(row["latency"]["32"]["repeat"] == 3 for row in result["subjects"])
+    assert f"timed one model after another ({timing['reason']})" in Path(result["paths"]["md"]).read_text()
 
 
 def _png_chunks(data: bytes) -> dict[bytes, bytes]:

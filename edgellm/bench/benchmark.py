@@ -26,7 +26,7 @@ from edgellm.bench.inputs import (
     texts_of_length,
     token_stats,
 )
-from edgellm.bench.machine import CpuMonitor, machine_info, physical_cores
+from edgellm.bench.machine import CpuMonitor, available_memory_bytes, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
 from edgellm.bench.stats import SETTLE_CALLS, SWITCH_PAUSE_S, time_calls, time_interleaved
@@ -353,8 +353,8 @@ def run_benchmark(
         opened: dict[str, tuple[Any, float]] = {}
         try:
             speed: dict[str, Any] = {}
-            timing: dict[str, Any] = {"mode": "sequential"}
-            if settings.interleave and len(subjects) > 1:
+            timing = _sequential_reason(subjects, settings)
+            if timing is None:
                 for subject in subjects:
                     log.info("loading %s (%s, %s)", subject.name, subject.engine, subject.precision)
                     opened[subject.name] = _open(subject, settings)
@@ -407,6 +407,24 @@ def run_benchmark(
     if output_dir is not None:
         result["paths"] = write_results(result, output_dir, result["name"])
     return result
+
+
+LOADED_PER_FILE_BYTE = 2  # memory a loaded model takes per byte of its files (weights + the engine's working copies)
+
+
+def _sequential_reason(subjects: Sequence[Subject], settings: BenchSettings) -> dict[str, Any] | None:
+    """None when every subject can be loaded at once for the alternating rounds; otherwise the `timing` record of
+    a run that times one model after another, with the reason when it is not the settings' choice."""
+    if not settings.interleave or len(subjects) < 2:
+        return {"mode": "sequential"}
+    need = LOADED_PER_FILE_BYTE * sum(s.size_bytes for s in subjects)
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        reason = (f"all {len(subjects)} models loaded at once would take about {need / 1e9:.1f} GB "
+                  f"({LOADED_PER_FILE_BYTE}x their files), {free / 1e9:.1f} GB available")
+        log.warning("timing one model after another: %s", reason)
+        return {"mode": "sequential", "reason": reason}
+    return None
 
 
 def _model_identity(subject: Subject) -> tuple[Any, ...]:

@@ -61,6 +61,16 @@ def _memory_bytes() -> int | None:
         return None
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the system can give new allocations without swapping (psutil's `available`), or None."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
 def package_version(name: str) -> str:
     """The installed version of a distribution, or "?"."""
     from importlib.metadata import PackageNotFoundError, version

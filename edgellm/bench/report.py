@@ -79,8 +79,9 @@ def _timing_line(result: dict[str, Any], what: str) -> str:
                 "(each round every model in turn, the order reversed every other round, each turn opened by a "
                 f"{timing.get('pause_s', 0):g} s pause{settle}), so the ratios hold on a machine whose speed drifts; "
                 "the other columns are timed one model after another.")
-    return (f"{what} timed one model after another (interleave off, or a single model): a machine whose speed "
-            "drifts during the run moves the ratios.")
+    why = timing.get("reason") or "interleave off, or a single model"
+    return (f"{what} timed one model after another ({why}): a machine whose speed drifts during the run moves the "
+            "ratios.")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
