@@ -503,11 +503,10 @@ def _repeat(recipe: Recipe) -> int:
 
 def _model_call(model: Any, data: Any, tokens: int) -> Callable[[], Any]:
     """One runtime model at batch 1, cycling through validation texts of exactly `tokens` tokens."""
-    from edgellm.pipeline import _cycle_call, _latency_texts
+    from edgellm.pipeline import _latency_texts, batch1_call
 
     padded, _ = _latency_texts(model.encoder.tokenizer, data, tokens, split="validation")
-    call = model.scores if hasattr(model, "scores") else model.embed
-    return _cycle_call(lambda t: call([t]), padded)
+    return batch1_call(model, padded)
 
 
 class _TeacherClock:
@@ -528,7 +527,8 @@ class _TeacherClock:
         if self._call is None:
             import torch
 
-            from edgellm.pipeline import _cycle_call, _latency_texts
+            from edgellm.bench.stats import cycling
+            from edgellm.pipeline import _latency_texts
             from edgellm.runtime.text import plain_tokenizer
             from edgellm.train import load_model
 
@@ -541,7 +541,7 @@ class _TeacherClock:
                 with torch.inference_mode():
                     return net(**batch)
 
-            self._call = _cycle_call(run, feeds)
+            self._call = cycling(run, feeds)
         return self._call
 
     def time(self, calls: dict[str, Callable[[], Any]], *, repeat: int | None = None,

@@ -26,7 +26,6 @@ own stages (teacher, baseline, corpus, distill, prune, export, quantize, evaluat
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -689,9 +688,12 @@ def _latency_texts(tokenizer: Any, data: Any, length: int, split: str = "test") 
     return padded, real
 
 
-def _cycle_call(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], Any]:
-    it = itertools.cycle(items)
-    return lambda: fn(next(it))
+def batch1_call(model: Any, texts: Sequence[str]) -> Callable[[], Any]:
+    """One runtime model (classifier or embedder) at batch 1, cycling through `texts`."""
+    from edgellm.bench.stats import cycling
+
+    call = model.scores if hasattr(model, "scores") else model.embed
+    return cycling(lambda text: call([text]), texts)
 
 
 def _runtime_latency(models: dict[str, Any], data: Any, recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -705,9 +707,7 @@ def _runtime_latency(models: dict[str, Any], data: Any, recipe: Recipe) -> dict[
     for name, model in models.items():
         length = min(recipe.evaluate.latency_length, model.manifest.max_length)
         padded, real = _latency_texts(model.encoder.tokenizer, data, length)
-        call = model.scores if hasattr(model, "scores") else model.embed
-        padded_calls[name] = _cycle_call(lambda t, call=call: call([t]), padded)
-        real_calls[name] = _cycle_call(lambda t, call=call: call([t]), real)
+        padded_calls[name], real_calls[name] = batch1_call(model, padded), batch1_call(model, real)
         out[name] = {"tokens": length, "batch": 1, "threads": recipe.evaluate.threads,
                      "timing": f"{len(models)} models in alternating rounds"}
     repeat = recipe.evaluate.repeat
@@ -742,6 +742,7 @@ def _torch_latency(tm: Any, data: Any, recipe: Recipe, split: str = "test") -> d
 
     from edgellm.bench import time_calls
     from edgellm.bench.inputs import plain_tokenizer
+    from edgellm.bench.stats import cycling
 
     threads = recipe.evaluate.threads
     previous = torch.get_num_threads()
@@ -771,8 +772,8 @@ def _torch_latency(tm: Any, data: Any, recipe: Recipe, split: str = "test") -> d
             "batch": 1,
             "threads": threads,
             "engine": f"PyTorch {torch.__version__} FP32",
-            f"p50_ms_{length}": time_calls(_cycle_call(run, padded_feeds), warmup=10, repeat=repeat)["p50_ms"],
-            "p50_ms_real": time_calls(_cycle_call(run, real_feeds), warmup=10, repeat=repeat)["p50_ms"],
+            f"p50_ms_{length}": time_calls(cycling(run, padded_feeds), warmup=10, repeat=repeat)["p50_ms"],
+            "p50_ms_real": time_calls(cycling(run, real_feeds), warmup=10, repeat=repeat)["p50_ms"],
         }
     finally:
         torch.set_num_threads(previous)

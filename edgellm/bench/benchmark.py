@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import itertools
 import logging
 import os
 import tempfile
@@ -29,7 +28,7 @@ from edgellm.bench.inputs import (
 from edgellm.bench.machine import CpuMonitor, available_memory_bytes, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
-from edgellm.bench.stats import SETTLE_CALLS, SWITCH_PAUSE_S, time_calls, time_interleaved
+from edgellm.bench.stats import ROUNDS, SETTLE_CALLS, SWITCH_PAUSE_S, cycling, time_calls, time_interleaved
 from edgellm.bench.subjects import (
     PIPELINE_STAGES,
     Subject,
@@ -72,7 +71,7 @@ class BenchSettings:
     cold_runs: int = 3  # fresh processes per engine for cold start and peak memory (0: skip)
     max_examples: int | None = None  # cap on test examples for accuracy (None: the whole test split)
     interleave: bool = True  # time batch-1 latency per length (generators: first token and decode) of every model in alternating rounds, all loaded at once, so a machine whose speed drifts cannot bias their ratios; false: one model after another (less memory)
-    rounds: int = 5  # interleave: rounds the timed calls are split into (generators: generation_repeat rounds)
+    rounds: int = ROUNDS  # interleave: rounds the timed calls are split into (generators: generation_repeat rounds)
     baselines: bool = True  # also measure the teacher in FP32 PyTorch (and, for encoders, Optimum INT8)
     stages: bool = True  # also measure the pipeline's student / pruned / trimmed models (its work folder), PyTorch
     timeout_s: float = 600.0  # per cold-start process
@@ -159,8 +158,7 @@ def _padded(runner: Any, settings: BenchSettings, data: dict[str, Any]) -> dict[
 
 def _one_at_a_time(runner: Any, texts: Sequence[str]) -> Callable[[], Any]:
     """A batch-1 call that takes the next of `texts` each time (cycling)."""
-    cycle = itertools.cycle(texts)
-    return lambda: runner.predict([next(cycle)])
+    return cycling(lambda text: runner.predict([text]), texts)
 
 
 def interleaved_speed(subjects: Sequence[Subject], runners: dict[str, Any], settings: BenchSettings,

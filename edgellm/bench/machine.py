@@ -52,23 +52,23 @@ def physical_cores() -> int | None:
         return None
 
 
-def _memory_bytes() -> int | None:
+def _virtual_memory(field: str) -> int | None:
+    """A field of psutil's `virtual_memory()` in bytes ("total", "available"), or None without psutil."""
     try:
         import psutil
 
-        return int(psutil.virtual_memory().total)
+        return int(getattr(psutil.virtual_memory(), field))
     except ImportError:
         return None
+
+
+def _memory_bytes() -> int | None:
+    return _virtual_memory("total")
 
 
 def available_memory_bytes() -> int | None:
     """Memory the system can give new allocations without swapping (psutil's `available`), or None."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return None
+    return _virtual_memory("available")
 
 
 def package_version(name: str) -> str:

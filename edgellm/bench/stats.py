@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "SETTLE_CALLS", "SWITCH_PAUSE_S"]
+__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "cycling", "ROUNDS", "SETTLE_CALLS",
+           "SWITCH_PAUSE_S"]
 
 # Alternating between models: the pause before each model's turn. ONNX Runtime's idle worker threads keep spinning
 # for tens of milliseconds after a call; on a 2-core machine the previous model's spinning threads held the next
@@ -15,6 +17,13 @@ __all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "SETT
 # ran at their steady speed (ONNX Runtime 1.32, AMD EPYC, two MiniLM graphs, 32 tokens).
 SWITCH_PAUSE_S = 0.1
 SETTLE_CALLS = 2  # then untimed calls at the start of each turn: the model's own threads woken, its weights cached
+ROUNDS = 5  # alternating rounds the timed calls are split into
+
+
+def cycling(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], Any]:
+    """A call of `fn` on the next of `items` each time (cycling): what a latency series times."""
+    it = itertools.cycle(items)
+    return lambda: fn(next(it))
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -50,7 +59,7 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
     return summarize_ms(durations)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50, rounds: int = 5,
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50, rounds: int = ROUNDS,
                      settle: int = SETTLE_CALLS, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
     """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
     `repeat` timed calls each in all, so that a machine getting busier or quieter during the run touches them alike;
