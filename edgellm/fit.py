@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 from edgellm._pause import TrainingPaused
 from edgellm.artifact import atomic_folder, atomic_write_text, check_output, read_manifest
 from edgellm.bench.latency_model import EncoderShape, LatencyModel
+from edgellm.bench.stats import ROUNDS
 from edgellm.config import jsonable, to_dict
 from edgellm.errors import ConfigError, UnsupportedTargetError
 from edgellm.pipeline import EncoderStages, StageCache, default_work_dir, load_encoder_data, stage_key
@@ -545,7 +546,7 @@ class _TeacherClock:
         return self._call
 
     def time(self, calls: dict[str, Callable[[], Any]], *, repeat: int | None = None,
-             rounds: int = 5) -> tuple[float, dict[str, float]]:
+             rounds: int = ROUNDS) -> tuple[float, dict[str, float]]:
         """(teacher p50 ms, {name: p50 ms}) from one interleaved timing; the first one sets the reference."""
         import torch
 

@@ -101,8 +101,9 @@ def fingerprint_path(path: str | os.PathLike[str]) -> str:
 # Bumped when a stage's code changes what it writes for the same inputs, so that reruns do not reuse stale output
 # (1 adds nothing to the key, which keeps work folders made before revisions existed valid).
 # export 2: a BERT classifier's last layer at [CLS] only; quantize 2: bias folded into the INT8 MatMuls;
-# evaluate 2: the artifact's models timed in alternating rounds, a pause before each turn.
-STAGE_REVISIONS = {"export": 2, "quantize": 2, "evaluate": 2}
+# evaluate 2: the artifact's models timed in alternating rounds, a pause before each turn; 3: a decoder artifact's
+# default model chosen by its measured decode speed.
+STAGE_REVISIONS = {"export": 2, "quantize": 2, "evaluate": 3}
 
 
 def stage_key(material: dict[str, Any]) -> str:

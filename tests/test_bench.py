@@ -781,6 +781,58 @@ def test_generation_benchmark_teacher_and_artifact(llama_artifact: Path, tiny_ll
     assert Path(result["paths"]["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class _CountingPeer:
+    """A peer engine for the benchmark's plumbing: the tiny Llama in PyTorch, counting its generations."""
+
+    def __init__(self, folder: Path, log: list[str]) -> None:
+        from edgellm.bench import TorchGenerator
+
+        self._gen, self._log = TorchGenerator(folder, threads=1), log
+        self.name, self.format, self.size_bytes, self.info = "fake-engine", "F32", 1234, {"engine": "fake"}
+
+    def stream(self, prompt_ids: Any, max_new_tokens: int) -> Any:
+        self._log.append("stream")
+        return self._gen.stream(prompt_ids, max_new_tokens)
+
+    def score(self, ids: Any) -> Any:
+        return self._gen.score(ids)
+
+    def close(self) -> None:
+        self._log.append("close")
+        self._gen.close()
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_generation_benchmark_times_peers_in_the_rounds(llama_artifact: Path, tiny_llama_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, interleave: bool) -> None:
+    """With alternating rounds, an opened peer takes its turns beside edgellm's models (its row's first token and
+    decode are those rounds' record, not a second timing), and is closed after; without, it is opened, timed and
+    closed on its own after them. A peer that could not be built stays a row with its reason either way."""
+    from edgellm.bench import peers as peer_module
+
+    log: list[str] = []
+    spec = peer_module.PeerSpec(peer_module.LLAMA_CPP, str(tiny_llama_dir), "F32")
+    monkeypatch.setattr(peer_module, "prepare_peers", lambda teacher, **kw: [
+        spec, peer_module.Missing("onnxruntime-genai", "int4", "build failed: test")])
+    monkeypatch.setattr(peer_module, "open_peer", lambda item, **kw: _CountingPeer(Path(item.path), log))
+    settings = {"threads": 1, "prompt_tokens": 8, "new_tokens": 4, "generation_warmup": 1, "generation_repeat": 3,
+                "perplexity_texts": 4, "cold_runs": 0, "baselines": False, "peers": ["llama.cpp"],
+                "interleave": interleave}
+    result = run_benchmark(llama_artifact, models=["onnx-fp32", "onnx-int8"], teacher=str(tiny_llama_dir),
+                           settings=settings, name="lm-peers", output_dir=tmp_path)
+    rows = {r["name"]: r for r in result["subjects"]}
+    peer = rows["fake-engine F32"]
+    assert not peer["missing"] and peer["generation"]["repeat"] == 3 and peer["perplexity"] > 1
+    assert rows["onnxruntime-genai int4"]["reason"] == "build failed: test"
+    # 1 warm-up + 3 timed runs either way; in the rounds, one more untimed run gives the row its tokens
+    assert log == ["stream"] * (5 if interleave else 4) + ["close"]
+    timing = result["timing"]
+    assert timing["mode"] == ("interleaved" if interleave else "sequential")
+    if interleave:
+        assert timing["peers"] == 1 and timing["models"] == 3
+        assert "3 models (1 of them peers, each in its own process) timed" in Path(result["paths"]["md"]).read_text()
+
+
 def test_generation_benchmark_reports_a_peer_it_cannot_run(llama_artifact: Path, tiny_llama_dir: Path,
                                                             tmp_path: Path) -> None:
     """A peer that cannot run (llama.cpp needs a GGUF teacher; or llama-cpp-python is not installed) is a row that

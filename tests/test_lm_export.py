@@ -74,6 +74,36 @@ def fp32_size(manifest: Any) -> int:
     return manifest.model("onnx-fp32").metrics["size_bytes"]
 
 
+def _entries(**specs: tuple[float, float | None]) -> list[Any]:
+    """ModelEntry per name: (validation perplexity, measured decode tokens/s or None)."""
+    from edgellm.artifact import ModelEntry
+
+    return [ModelEntry(name=name.replace("_", "-"), path=f"{name}.onnx", backend="onnxruntime", precision="x",
+                       metrics={"validation": {"perplexity": ppl}, "generation": {"decode_tokens_per_s": tps}})
+            for name, (ppl, tps) in specs.items()]
+
+
+@pytest.mark.parametrize("specs, expected, says", [
+    # measured: int8 decodes faster than int4 on this machine, both within 1%: int8, by the numbers
+    ({"onnx_fp32": (100.0, 50.0), "onnx_int4": (100.5, 70.0), "onnx_int8": (100.2, 90.0)}, "onnx-int8", "measured"),
+    # measured: FP32 fastest of those within the tolerance (int4 over it, passed over and named)
+    ({"onnx_fp32": (100.0, 95.0), "onnx_int4": (104.0, 140.0), "onnx_int8": (100.2, 90.0)}, "onnx-fp32",
+     "passed over: onnx-int4 (ratio 1.0400)"),
+    # a speed missing: the assumed order int4 < int8 < fp32, and the reason says it was assumed
+    ({"onnx_fp32": (100.0, 50.0), "onnx_int4": (100.5, None), "onnx_int8": (100.2, 90.0)}, "onnx-int4", "assumed"),
+    # nothing quantized within the tolerance: FP32, whatever the speeds
+    ({"onnx_fp32": (100.0, 50.0), "onnx_int4": (103.0, 140.0), "onnx_int8": (102.0, 90.0)}, "onnx-fp32",
+     "no quantized model within 1.0%"),
+])
+def test_default_model_is_the_fastest_measured_within_tolerance(specs: dict, expected: str, says: str) -> None:
+    from edgellm.quantize.decoder import choose_default
+
+    name, reason = choose_default(_entries(**specs), 0.01, what="validation ",
+                                  perplexity=lambda e: e.metrics["validation"]["perplexity"],
+                                  speed=lambda e: e.metrics["generation"]["decode_tokens_per_s"])
+    assert name == expected and says in reason, reason
+
+
 def test_onnx_graph_has_kv_inputs_and_dynamic_axes(lm_artifact: Path) -> None:
     import onnx
 

@@ -28,7 +28,8 @@ from edgellm.bench.inputs import (
 from edgellm.bench.machine import CpuMonitor, available_memory_bytes, machine_info, physical_cores
 from edgellm.bench.process import cold_fields, cold_start
 from edgellm.bench.report import check_result_name, write_results
-from edgellm.bench.stats import ROUNDS, SETTLE_CALLS, SWITCH_PAUSE_S, cycling, time_calls, time_interleaved
+from edgellm.bench.stats import (ROUNDS, SETTLE_CALLS, SWITCH_PAUSE_S, cycling, rounds_for, time_calls,
+                                 time_interleaved)
 from edgellm.bench.subjects import (
     PIPELINE_STAGES,
     Subject,
@@ -162,16 +163,20 @@ def _one_at_a_time(runner: Any, texts: Sequence[str]) -> Callable[[], Any]:
 
 
 def interleaved_speed(subjects: Sequence[Subject], runners: dict[str, Any], settings: BenchSettings,
-                      data: dict[str, Any]) -> dict[str, Any]:
+                      data: dict[str, Any], *, peers: dict[str, Any] | None = None,
+                      peer_prompt: Sequence[int] = ()) -> dict[str, Any]:
     """The timings whose ratios the report quotes, taken for every subject in the same alternating rounds
     (`time_interleaved`, `measure_generation_interleaved`; the order reversed every other round): encoders'
     batch-1 latency per length (name -> {"32": stats, ...}), generators' first-token and decode record
-    (name -> record). `runners` holds every subject loaded (name -> runner)."""
+    (name -> record). `runners` holds every subject loaded (name -> runner); `peers`, opened peer engines (label ->
+    peer), take their turns in the generators' rounds on `peer_prompt`."""
     if subjects[0].task == "text-generation":  # a run's subjects share one task
         prompts = {s.name: generation_inputs(runners[s.name].tokenizer, settings, data, s.max_length)[0]
                    for s in subjects}
         streams = {name: (lambda _ids, n, r=runners[name], p=prompt: r.stream(p, n))  # each its own prompt ids
                    for name, prompt in prompts.items()}
+        streams.update({label: (lambda _ids, n, r=peer: r.stream(list(peer_prompt), n))
+                        for label, peer in (peers or {}).items()})
         return measure_generation_interleaved(streams, next(iter(prompts.values())), max_new_tokens=settings.new_tokens,
                                               warmup=settings.generation_warmup, repeat=settings.generation_repeat)
     padded = {s.name: _padded(runners[s.name], settings, data) for s in subjects}
@@ -342,6 +347,10 @@ def run_benchmark(
                 else load_test_split(manifest, max_examples=settings.max_examples))
     threads = settings.resolved_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    peer_items: list[Any] = []
+    if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
+        peer_items = _prepare_peers(folder, teacher or _given_teacher(manifest)
+                                    or _default_teacher(manifest, stage_models), settings)
     with tempfile.TemporaryDirectory(prefix="edgellm-bench-") as work:
         subjects = [*stage_subjects, *subjects]
         if base is not None:
@@ -349,18 +358,24 @@ def run_benchmark(
         rows = []
         outputs: dict[str, Any] = {}
         opened: dict[str, tuple[Any, float]] = {}
+        speed: dict[str, Any] = {}
         try:
-            speed: dict[str, Any] = {}
-            timing = _sequential_reason(subjects, settings)
+            timing = _sequential_reason(subjects, settings, peers=peer_items)
             if timing is None:
                 for subject in subjects:
                     log.info("loading %s (%s, %s)", subject.name, subject.engine, subject.precision)
                     opened[subject.name] = _open(subject, settings)
-                log.info("timing %d models in alternating rounds", len(subjects))
+                peer_items = _open_peers(peer_items, threads)
+                ready = _ready_peers(peer_items)
+                log.info("timing %d models in alternating rounds", len(subjects) + len(ready))
                 with CpuMonitor() as monitor:
-                    speed = interleaved_speed(subjects, {k: r for k, (r, _) in opened.items()}, settings, data)
-                timing = {"mode": "interleaved", "models": len(subjects), "contention": monitor.result,
-                          "rounds": settings.generation_repeat if generating else min(settings.rounds, settings.repeat),
+                    speed = interleaved_speed(subjects, {k: r for k, (r, _) in opened.items()}, settings, data,
+                                              peers=ready, peer_prompt=_peer_inputs(folder, manifest, settings,
+                                                                                    data)[0] if ready else ())
+                timing = {"mode": "interleaved", "models": len(subjects) + len(ready), "peers": len(ready),
+                          "contention": monitor.result,
+                          "rounds": settings.generation_repeat if generating else rounds_for(settings.rounds,
+                                                                                             settings.repeat),
                           "pause_s": SWITCH_PAUSE_S, "settle_calls": 0 if generating else SETTLE_CALLS}
             for subject in subjects:
                 log.info("measuring %s (%s, %s)", subject.name, subject.engine, subject.precision)
@@ -373,15 +388,13 @@ def run_benchmark(
                             for _ in range(settings.cold_runs)]
                 rows.append({**dataclasses.asdict(subject), "size_mb": subject.size_bytes / 1e6, **fields,
                              **cold_fields(runs), "contention": monitor.result})
+            _close_runners(opened)  # before the peers' own measurements: their memory back
+            if peer_items:
+                rows.extend(_measure_peers(folder, manifest, peer_items, settings, data, timed=speed))
         finally:
-            # in reverse: each torch runner restores the thread count it found when opened
-            for runner, _load_s in reversed(list(opened.values())):
-                runner.close()
-            opened.clear()
-            gc.collect()
-    if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
-        rows.extend(_measure_peers(folder, manifest, teacher or _given_teacher(manifest)
-                                   or _default_teacher(manifest, stage_models), settings, data))
+            _close_runners(opened)
+            for peer in _ready_peers(peer_items).values():
+                peer.close()
     if manifest.task == "feature-extraction":
         _add_agreement(rows, outputs)
     if generating:
@@ -407,18 +420,29 @@ def run_benchmark(
     return result
 
 
+def _close_runners(opened: dict[str, tuple[Any, float]]) -> None:
+    """Close every opened runner, in reverse (each torch runner restores the thread count it found when opened)."""
+    for runner, _load_s in reversed(list(opened.values())):
+        runner.close()
+    opened.clear()
+    gc.collect()
+
+
 LOADED_PER_FILE_BYTE = 2  # memory a loaded model takes per byte of its files (weights + the engine's working copies)
 
 
-def _sequential_reason(subjects: Sequence[Subject], settings: BenchSettings) -> dict[str, Any] | None:
-    """None when every subject can be loaded at once for the alternating rounds; otherwise the `timing` record of
-    a run that times one model after another, with the reason when it is not the settings' choice."""
-    if not settings.interleave or len(subjects) < 2:
+def _sequential_reason(subjects: Sequence[Subject], settings: BenchSettings, *,
+                       peers: Sequence[Any] = ()) -> dict[str, Any] | None:
+    """None when every subject (and every peer of `peers` that has files: `PeerSpec`s) can be loaded at once for
+    the alternating rounds; otherwise the `timing` record of a run that times one model after another, with the
+    reason when it is not the settings' choice."""
+    files = [s.size_bytes for s in subjects] + [p.size_bytes for p in peers if hasattr(p, "size_bytes")]
+    if not settings.interleave or len(files) < 2:
         return {"mode": "sequential"}
-    need = LOADED_PER_FILE_BYTE * sum(s.size_bytes for s in subjects)
+    need = LOADED_PER_FILE_BYTE * sum(files)
     free = available_memory_bytes()
     if free is not None and need > free:
-        reason = (f"all {len(subjects)} models loaded at once would take about {need / 1e9:.1f} GB "
+        reason = (f"all {len(files)} models loaded at once would take about {need / 1e9:.1f} GB "
                   f"({LOADED_PER_FILE_BYTE}x their files), {free / 1e9:.1f} GB available")
         log.warning("timing one model after another: %s", reason)
         return {"mode": "sequential", "reason": reason}
@@ -464,22 +488,50 @@ def generation_inputs(tokenizer: Any, settings: BenchSettings, data: dict[str, A
     return list(prompt_ids), held_out
 
 
-def _measure_peers(folder: Path, manifest: Any, teacher: str | None, settings: BenchSettings,
-                   data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for the peer engines (`settings.peers`) on the teacher, built and measured here, in this run."""
-    from tokenizers import Tokenizer
-
-    from edgellm.bench.peers import measure_peers, prepare_peers
+def _prepare_peers(folder: Path, teacher: str | None, settings: BenchSettings) -> list[Any]:
+    """The peer engines' files (`settings.peers`) made from the teacher, or found made: a `PeerSpec` each, or a
+    `Missing` naming why there is none."""
+    from edgellm.bench.peers import prepare_peers
 
     if not teacher:
         raise ModelError(f"{folder}'s manifest names no teacher for the peers; pass --teacher PATH")
+    return prepare_peers(teacher, engines=settings.peers, threads=settings.resolved_threads())
+
+
+def _open_peers(items: Sequence[Any], threads: int) -> list[Any]:
+    from edgellm.bench.peers import open_peers
+
+    return open_peers(items, threads=threads)
+
+
+def _ready_peers(items: Sequence[Any]) -> dict[str, Any]:
+    """The opened peers of `items` (neither a `PeerSpec` nor a `Missing`), by label."""
+    from edgellm.bench.peers import Missing, PeerSpec, peer_label
+
+    return {peer_label(p): p for p in items if not isinstance(p, (Missing, PeerSpec))}
+
+
+def _peer_inputs(folder: Path, manifest: Any, settings: BenchSettings,
+                 data: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
+    """The prompt ids and held-out sequences every peer gets: those of the artifact's tokenizer."""
+    from tokenizers import Tokenizer
+
+    return generation_inputs(Tokenizer.from_file(str(folder / manifest.tokenizer)), settings, data,
+                             manifest.max_length)
+
+
+def _measure_peers(folder: Path, manifest: Any, items: Sequence[Any], settings: BenchSettings,
+                   data: dict[str, Any], *, timed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows for the peer engines (`items`: specs, opened peers, missing ones), measured here, in this run; `timed`
+    holds the generation records of the peers timed in the alternating rounds."""
+    from edgellm.bench.peers import measure_peers
+
     threads = settings.resolved_threads()
-    prompt_ids, held_out = generation_inputs(Tokenizer.from_file(str(folder / manifest.tokenizer)), settings, data,
-                                             manifest.max_length)
-    specs = prepare_peers(teacher, engines=settings.peers, threads=threads)
+    prompt_ids, held_out = _peer_inputs(folder, manifest, settings, data)
     rows = []
-    for r in measure_peers(specs, threads=threads, prompt_ids=prompt_ids, max_new_tokens=settings.new_tokens,
-                           heldout=held_out, warmup=settings.generation_warmup, repeat=settings.generation_repeat):
+    for r in measure_peers(items, threads=threads, prompt_ids=prompt_ids, max_new_tokens=settings.new_tokens,
+                           heldout=held_out, warmup=settings.generation_warmup, repeat=settings.generation_repeat,
+                           timed=timed):
         rss = r.get("peak_rss_bytes")
         rows.append({
             "name": f"{r['name']} {r['format']}", "kind": "peer", "stage": "peer", "engine": r["name"],

@@ -60,8 +60,10 @@ __all__ = [
     "ortgenai_build",
     "openvino_export",
     "prepare_peers",
+    "open_peers",
     "available_peers",
     "measure_peers",
+    "peer_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,14 @@ class PeerSpec:
     @property
     def label(self) -> str:
         return f"{self.engine} {self.format}"
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of its file, or of every file in its folder."""
+        path = Path(self.path)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
 @dataclass(frozen=True)
@@ -917,33 +927,45 @@ def _prepare_gguf(gguf: str, folder: Path, fmt: str, *, rebuild: bool) -> PeerSp
     return PeerSpec(LLAMA_CPP, str(target), fmt)
 
 
+PeerItem = Union[PeerSpec, Missing, Any]
+
+
+def open_peers(items: Sequence[PeerItem], *, threads: int, isolate: bool = True) -> list[Any]:
+    """Each `PeerSpec` of `items` opened (`open_peer`), or a `Missing` naming why it could not be; other items as
+    they are. Every opened peer holds its model in memory until `close()`."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, PeerSpec):
+            try:
+                item = open_peer(item, threads=threads, isolate=isolate)
+            except EdgeLLMError as exc:
+                item = Missing(item.engine, item.format, str(exc))
+        out.append(item)
+    return out
+
+
 def available_peers(teacher: str = "embedded:SmolLM2-135M-Instruct", *, threads: int, isolate: bool = True,
                     **prepare: Any) -> list[Any]:
-    """`prepare_peers`, then open each: a ready peer object, or a `Missing` naming what failed. Every opened peer
-    holds its model in memory until `close()`; `measure_peers` on `prepare_peers`'s list opens one at a time."""
-    items: list[Any] = []
-    for item in prepare_peers(teacher, threads=threads, **prepare):
-        if isinstance(item, Missing):
-            items.append(item)
-            continue
-        try:
-            items.append(open_peer(item, threads=threads, isolate=isolate))
-        except EdgeLLMError as exc:
-            items.append(Missing(item.engine, item.format, str(exc)))
-    return items
+    """`prepare_peers`, then `open_peers`: a ready peer object, or a `Missing` naming what failed.
+    `measure_peers` on `prepare_peers`'s list opens one at a time instead."""
+    return open_peers(prepare_peers(teacher, threads=threads, **prepare), threads=threads, isolate=isolate)
 
 
-PeerItem = Union[PeerSpec, Missing, Any]
+def peer_label(peer: Any) -> str:
+    """"ENGINE FORMAT" of an opened peer: its row's name in a benchmark, its key in `measure_peers`' `timed`."""
+    return f"{peer.name} {peer.format}"
 
 
 def measure_peers(items: Sequence[PeerItem], *, threads: int, prompt_ids: Sequence[int], max_new_tokens: int,
                   heldout: Sequence[Sequence[int]] = (), warmup: int = 1, repeat: int = 3,
-                  isolate: bool = True) -> list[dict[str, Any]]:
+                  isolate: bool = True, timed: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per peer: decode tokens/s and time to first token (`measure_generation`, the same prompt ids),
     perplexity on `heldout` token sequences (`perplexity`; None with `perplexity_error` when the engine cannot
     score), file size, peak resident memory after loading and generating (peers in their own process), and the
     greedy tokens of the last run. `PeerSpec`s are opened one at a time and closed after; `Missing` entries and
-    peers that fail to open or to generate become rows with `missing: True` and the reason."""
+    peers that fail to open or to generate become rows with `missing: True` and the reason. `timed`: generation
+    records already taken for opened peers (`peer_label` -> record, e.g. in a benchmark's alternating rounds),
+    used instead of timing them again (one untimed generation gives their tokens)."""
     from edgellm.bench.generation import measure_generation, perplexity
 
     rows: list[dict[str, Any]] = []
@@ -958,14 +980,26 @@ def measure_peers(items: Sequence[PeerItem], *, threads: int, prompt_ids: Sequen
             rows.append(Missing(item.engine, item.format, str(exc)).to_dict())
             continue
         try:
+            record = (timed or {}).get(peer_label(peer))
+            measure = measure_generation if record is None else _reuse(record)
             rows.append(_measure_one(peer, prompt_ids=prompt_ids, max_new_tokens=max_new_tokens, heldout=heldout,
-                                     warmup=warmup, repeat=repeat, measure=measure_generation, score=perplexity))
+                                     warmup=warmup, repeat=repeat, measure=measure, score=perplexity))
         except EdgeLLMError as exc:
             rows.append(Missing(peer.name, peer.format, str(exc)).to_dict())
         finally:
             if owned:
                 peer.close()
     return rows
+
+
+def _reuse(record: dict[str, Any]) -> Any:
+    """A `measure_generation` stand-in that runs the stream once, untimed (the row's tokens), and gives `record`."""
+    def measure(stream: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, **_: Any) -> dict[str, Any]:
+        for _token in stream(prompt_ids, max_new_tokens):
+            pass
+        return record
+
+    return measure
 
 
 def _measure_one(peer: Any, *, prompt_ids: Sequence[int], max_new_tokens: int, heldout: Sequence[Sequence[int]],

@@ -75,7 +75,8 @@ def _timing_line(result: dict[str, Any], what: str) -> str:
     timing = result.get("timing") or {}
     if timing.get("mode") == "interleaved":
         settle = f" and {timing['settle_calls']} untimed calls" if timing.get("settle_calls") else ""
-        return (f"{what} of all {timing['models']} models timed in the same {timing['rounds']} alternating rounds "
+        peers = f" ({timing['peers']} of them peers, each in its own process)" if timing.get("peers") else ""
+        return (f"{what} of all {timing['models']} models{peers} timed in the same {timing['rounds']} alternating rounds "
                 "(each round every model in turn, the order reversed every other round, each turn opened by a "
                 f"{timing.get('pause_s', 0):g} s pause{settle}), so the ratios hold on a machine whose speed drifts; "
                 "the other columns are timed one model after another.")
@@ -187,7 +188,9 @@ def _render_generation(result: dict[str, Any]) -> str:
     if any(r.get("stage") == "peer" for r in rows):
         lines += ["", "Peers (stage `peer`) run the same teacher in the same run, on the same prompt token ids, "
                       "held-out texts and thread count, each in its own process (peak RSS of that process after "
-                      "loading and generating; no cold start)."]
+                      "loading and generating; no cold start). With alternating rounds their first token and decode "
+                      "are timed in the rounds beside edgellm's models; otherwise one peer after another, after "
+                      "them."]
     if missing:
         lines += ["", "Not measured:", *missing]
     return "\n".join(lines + _footer(result)) + "\n"

@@ -8,8 +8,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "cycling", "ROUNDS", "SETTLE_CALLS",
-           "SWITCH_PAUSE_S"]
+__all__ = ["percentile", "summarize_ms", "time_calls", "time_interleaved", "rounds_for", "cycling", "ROUNDS",
+           "SETTLE_CALLS", "SWITCH_PAUSE_S"]
 
 # Alternating between models: the pause before each model's turn. ONNX Runtime's idle worker threads keep spinning
 # for tens of milliseconds after a call; on a 2-core machine the previous model's spinning threads held the next
@@ -59,6 +59,11 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 10, repeat: int = 50) -> 
     return summarize_ms(durations)
 
 
+def rounds_for(rounds: int, repeat: int) -> int:
+    """The rounds `time_interleaved` splits `repeat` timed calls into: `rounds`, at least 1, at most one call each."""
+    return max(1, min(rounds, repeat))
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, repeat: int = 50, rounds: int = ROUNDS,
                      settle: int = SETTLE_CALLS, pause_s: float = SWITCH_PAUSE_S) -> dict[str, dict[str, float]]:
     """Time several callables in alternating rounds (a, b, b, a, a, b, ...: the order reversed every other round),
@@ -68,7 +73,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, rep
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    rounds = max(1, min(rounds, repeat))
+    rounds = rounds_for(rounds, repeat)
     names = list(fns)
     durations: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):

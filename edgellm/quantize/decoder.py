@@ -140,11 +140,15 @@ class WeightFormats:
 
 
 def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
-                   perplexity: Callable[[ModelEntry], float | None] | None = None, what: str = "") -> tuple[str, str]:
-    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's, in the order int4 < int8 <
-    fp32; returns (name, reason). `perplexity` reads a model's number (default: its held-out `perplexity` metric;
-    where it or FP32's is missing, the check prompts' ratio to torch); `what` names it in the reason ("validation
-    "). Lossy models are never the default: a model over the tolerance is passed over, and the reason says so."""
+                   perplexity: Callable[[ModelEntry], float | None] | None = None,
+                   speed: Callable[[ModelEntry], float | None] | None = None, what: str = "") -> tuple[str, str]:
+    """The fastest ONNX Runtime model whose perplexity is within `tolerance` of FP32's; returns (name, reason).
+
+    Fastest by `speed` (a model's measured decode tokens/s, timed in the same rounds) when it reads a number for
+    every candidate; else in the assumed order int4 < int8 < fp32, and the reason says which. `perplexity` reads a
+    model's number (default: its held-out `perplexity` metric; where it or FP32's is missing, the check prompts'
+    ratio to torch); `what` names it in the reason ("validation "). Lossy models are never the default: a model over
+    the tolerance is passed over, and the reason says so."""
     def read(entry: ModelEntry) -> float | None:
         return perplexity(entry) if perplexity is not None else entry.metrics.get("perplexity")
 
@@ -157,14 +161,20 @@ def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
             return float(got) / float(base)
         return float(entry.metrics.get("vs_torch", {}).get("perplexity_ratio", float("inf")))
 
-    passed = []
-    for name in ("onnx-int4", "onnx-int8"):
-        if name in by_name:
-            r = ratio(by_name[name])
-            if r <= 1.0 + tolerance:
-                return name, f"fastest model within {tolerance:.1%} of FP32 {what}perplexity (ratio {r:.4f})" + \
-                    (f"; passed over: {', '.join(passed)}" if passed else "")
-            passed.append(f"{name} (ratio {r:.4f})")
+    ratios = {name: ratio(by_name[name]) for name in ("onnx-int4", "onnx-int8") if name in by_name}
+    within = [name for name, r in ratios.items() if r <= 1.0 + tolerance]
+    passed = [f"{name} (ratio {r:.4f})" for name, r in ratios.items() if name not in within]
+    over = f"; passed over: {', '.join(passed)}" if passed else ""
+    candidates = [*within, *(["onnx-fp32"] if fp32 is not None else [])]
+    speeds = {name: speed(by_name[name]) for name in candidates} if speed is not None else {}
+    if len(candidates) > 1 and speeds and all(v is not None for v in speeds.values()):
+        name = max(candidates, key=lambda n: float(speeds[n]))  # type: ignore[arg-type]
+        timed = ", ".join(f"{n} {float(v):.1f}" for n, v in speeds.items())  # type: ignore[arg-type]
+        return name, (f"fastest measured decode ({timed} tokens/s) of the models within {tolerance:.1%} of FP32 "
+                      f"{what}perplexity" + (f" (ratio {ratios[name]:.4f})" if name in ratios else "") + over)
+    if within:
+        return within[0], (f"fastest model (assumed order int4 < int8 < fp32) within {tolerance:.1%} of FP32 "
+                           f"{what}perplexity (ratio {ratios[within[0]]:.4f})" + over)
     name = "onnx-fp32" if fp32 is not None else entries[0].name
     return name, "no quantized model within " + f"{tolerance:.1%} of FP32 {what}perplexity" + \
         (f" ({', '.join(passed)})" if passed else " (none made)")
@@ -348,8 +358,9 @@ def export_causal_lm(
     The FP32 ONNX decoder is checked against torch on real text (logits within `atol`, identical greedy tokens
     for 32 cached steps) before anything is published; quantized models record their agreement with torch (see
     `write_decoder_models` for `graph`, `quantize_decoder_models` for `weights` and `quantize`; GPTQ calibrates on `calibration_texts`, by default
-    `texts`). The default model is the fastest whose perplexity is within `default_tolerance` of FP32's
-    (`choose_default`). `eval_texts` (held-out text, cut to
+    `texts`). The default model is the first of int4, int8, fp32 whose perplexity is within `default_tolerance`
+    of FP32's (`choose_default`; nothing is timed here: the compress pipeline's evaluate stage chooses again by
+    measured speed). `eval_texts` (held-out text, cut to
     `eval_max_length` tokens): each model's perplexity on them, through the runtime, goes into its metrics. `metrics` (e.g. distillation), `data` (the
     split record) and `recipe` go into the manifest. Written atomically: on error nothing appears at `output`.
     """
