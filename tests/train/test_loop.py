@@ -215,8 +215,11 @@ def test_time_budget_shortens_a_schedule_whose_steps_are_slower_than_estimated(t
     result = _linear_run(tmp_path, sleep_s=0.04, epochs=25, eval_every=4, time_budget_s=0.4,
                          seconds_per_step=0.001)
     assert 4 <= result.steps <= 10
-    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] == result.steps
+    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] <= 10
     assert result.replans[0]["seconds_per_step"] >= 0.04
+    # on a loaded machine the steps slow down further, and a later re-plan (step 8) shortens the run again: the
+    # run ends where the last re-plan put it
+    assert result.replans[-1]["total"] == result.steps
 
 
 def test_a_resumed_time_budget_run_keeps_its_replanned_schedule(tmp_path: Path) -> None:
