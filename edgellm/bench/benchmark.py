@@ -348,9 +348,11 @@ def run_benchmark(
     threads = settings.resolved_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     peer_items: list[Any] = []
+    peer_inputs: tuple[list[int], list[list[int]]] = ([], [])
     if generating and settings.peers:  # the peers convert the teacher as given (llama.cpp needs its GGUF file)
         peer_items = _prepare_peers(folder, teacher or _given_teacher(manifest)
                                     or _default_teacher(manifest, stage_models), settings)
+        peer_inputs = _peer_inputs(folder, manifest, settings, data)
     with tempfile.TemporaryDirectory(prefix="edgellm-bench-") as work:
         subjects = [*stage_subjects, *subjects]
         if base is not None:
@@ -365,13 +367,14 @@ def run_benchmark(
                 for subject in subjects:
                     log.info("loading %s (%s, %s)", subject.name, subject.engine, subject.precision)
                     opened[subject.name] = _open(subject, settings)
-                peer_items = _open_peers(peer_items, threads)
+                from edgellm.bench.peers import open_peers
+
+                peer_items = open_peers(peer_items, threads=threads)
                 ready = _ready_peers(peer_items)
                 log.info("timing %d models in alternating rounds", len(subjects) + len(ready))
                 with CpuMonitor() as monitor:
                     speed = interleaved_speed(subjects, {k: r for k, (r, _) in opened.items()}, settings, data,
-                                              peers=ready, peer_prompt=_peer_inputs(folder, manifest, settings,
-                                                                                    data)[0] if ready else ())
+                                              peers=ready, peer_prompt=peer_inputs[0])
                 timing = {"mode": "interleaved", "models": len(subjects) + len(ready), "peers": len(ready),
                           "contention": monitor.result,
                           "rounds": settings.generation_repeat if generating else rounds_for(settings.rounds,
@@ -390,7 +393,7 @@ def run_benchmark(
                              **cold_fields(runs), "contention": monitor.result})
             _close_runners(opened)  # before the peers' own measurements: their memory back
             if peer_items:
-                rows.extend(_measure_peers(folder, manifest, peer_items, settings, data, timed=speed))
+                rows.extend(_measure_peers(peer_items, settings, peer_inputs, timed=speed))
         finally:
             _close_runners(opened)
             for peer in _ready_peers(peer_items).values():
@@ -498,12 +501,6 @@ def _prepare_peers(folder: Path, teacher: str | None, settings: BenchSettings) -
     return prepare_peers(teacher, engines=settings.peers, threads=settings.resolved_threads())
 
 
-def _open_peers(items: Sequence[Any], threads: int) -> list[Any]:
-    from edgellm.bench.peers import open_peers
-
-    return open_peers(items, threads=threads)
-
-
 def _ready_peers(items: Sequence[Any]) -> dict[str, Any]:
     """The opened peers of `items` (neither a `PeerSpec` nor a `Missing`), by label."""
     from edgellm.bench.peers import Missing, PeerSpec, peer_label
@@ -520,14 +517,15 @@ def _peer_inputs(folder: Path, manifest: Any, settings: BenchSettings,
                              manifest.max_length)
 
 
-def _measure_peers(folder: Path, manifest: Any, items: Sequence[Any], settings: BenchSettings,
-                   data: dict[str, Any], *, timed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Rows for the peer engines (`items`: specs, opened peers, missing ones), measured here, in this run; `timed`
-    holds the generation records of the peers timed in the alternating rounds."""
+def _measure_peers(items: Sequence[Any], settings: BenchSettings, inputs: tuple[list[int], list[list[int]]], *,
+                   timed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows for the peer engines (`items`: specs, opened peers, missing ones) on `inputs` (`_peer_inputs`: prompt
+    ids, held-out sequences), measured here, in this run; `timed` holds the generation records of the peers timed
+    in the alternating rounds."""
     from edgellm.bench.peers import measure_peers
 
     threads = settings.resolved_threads()
-    prompt_ids, held_out = _peer_inputs(folder, manifest, settings, data)
+    prompt_ids, held_out = inputs
     rows = []
     for r in measure_peers(items, threads=threads, prompt_ids=prompt_ids, max_new_tokens=settings.new_tokens,
                            heldout=held_out, warmup=settings.generation_warmup, repeat=settings.generation_repeat,

@@ -118,9 +118,7 @@ class PeerSpec:
     def size_bytes(self) -> int:
         """Bytes of its file, or of every file in its folder."""
         path = Path(self.path)
-        if path.is_file():
-            return path.stat().st_size
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+        return path.stat().st_size if path.is_file() else _folder_bytes(path, ("**/*",))
 
 
 @dataclass(frozen=True)
