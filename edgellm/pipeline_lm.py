@@ -212,7 +212,8 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                     # its 8-bit runtime model (baseline's reference, corpus's writer) is made with these
                     "weights_8bit": _teacher_weights(lm).eight_bit_settings()},
         lambda folder: _teacher_stage(recipe, lm, data, ood, folder))
-    scoring = {k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")}
+    scoring = {**{k: getattr(lm, k) for k in ("eval_texts", "agreement_texts", "sentiment_examples")},
+               "sentiment_rows": "label-balanced"}  # `balanced_rows`: was the split's first rows
     stages["baseline"] = baseline = cache.run(
         "baseline", {**base, "input": teacher.key, "threads": recipe.evaluate.threads, "causal_lm": scoring,
                      "decode": [recipe.evaluate.latency_length, lm.decode_tokens]},
@@ -574,7 +575,8 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str
 
 def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
     """Up to `count` movie reviews of this recipe's own held-out test split with their binary label (reviews of a
-    neutral score have none): text the model never trained on, in the order of the split."""
+    neutral score have none), text the model never trained on: as many of each label as the split allows, up to half
+    of `count` each (`balanced_rows`), in the order of the split."""
     if count == 0:
         return [], []
     from edgellm.data import load_task_data
@@ -587,8 +589,27 @@ def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
     label_of = {t: names[y] for split in (labelled.train, labelled.validation, labelled.test)
                 for t, y in zip(split.texts, split.labels)}
     train = set(data.train.texts)
-    rows = [(t, label_of[t]) for t in data.test.texts if t in label_of and t not in train][:count]
-    return [t for t, _ in rows], [SENTIMENT_LABELS.index(n) for _, n in rows]
+    rows = [(t, SENTIMENT_LABELS.index(label_of[t])) for t in data.test.texts if t in label_of and t not in train]
+    rows = balanced_rows(rows, count)
+    return [t for t, _ in rows], [y for _, y in rows]
+
+
+def balanced_rows(rows: Sequence[tuple[str, int]], count: int) -> list[tuple[str, int]]:
+    """`count` of `rows` (text, label), in their order, with the labels as even as the rows allow: each label gets
+    an equal share, a label short of its share gives the rest to the others. The first rows of a split are often one
+    label (movie-reviews' test split starts with 198 positive reviews in its first 200)."""
+    by_label: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(rows):
+        by_label.setdefault(label, []).append(i)
+    share = dict.fromkeys(by_label, 0)
+    left = min(count, len(rows))
+    while left:
+        for label, members in sorted(by_label.items()):
+            if left and share[label] < len(members):
+                share[label] += 1
+                left -= 1
+    keep = {i for label, members in by_label.items() for i in members[: share[label]]}
+    return [row for i, row in enumerate(rows) if i in keep]
 
 
 def _decode_prompt(tok: Any, data: Any, length: int) -> list[int]:

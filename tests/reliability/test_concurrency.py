@@ -92,3 +92,60 @@ def test_openvino_keeps_one_infer_request_per_thread(classifier_artifact: Path) 
 
     run_threads(call)
     assert len(requests) == THREADS
+
+
+GEN_THREADS = 4
+GEN_CALLS = 10  # per thread
+PROMPTS = ["The movie was", "Once upon a time", "我很喜欢这部电影", "a b c d e f g h i j k", "!"]
+
+
+def gen_call(gen: Any, k: int) -> Any:
+    """Call k: a prompt, a length, greedy or seeded sampling, whole text, pieces or chat, by k."""
+    opts: dict[str, Any] = {"max_new_tokens": 2 + k % 6, "ignore_eos": True}
+    if k % 2:
+        opts.update(temperature=0.9, top_k=20, top_p=0.95, seed=k)
+    prompt = PROMPTS[k % len(PROMPTS)]
+    if k % 5 == 4:
+        return gen.chat([{"role": "user", "content": prompt}], **opts)
+    if k % 3 == 0:
+        return list(gen.stream(prompt, **opts))
+    return gen.generate(prompt, **opts)
+
+
+@pytest.mark.parametrize("model", ["onnx-fp32", "onnx-int8-dynamic", "openvino-fp32"])
+def test_generator_from_4_threads_equals_sequential(model: str, lm_artifact: Path) -> None:
+    """Every call decodes in a KV cache of its own (a bound buffer, a copied past or an infer request), so
+    generations may run at once; a cache shared by mistake would give some call another call's tokens."""
+    gen = load(lm_artifact, model=model, threads=1)
+    total = GEN_THREADS * GEN_CALLS
+    sequential = {k: gen_call(gen, k) for k in range(total)}
+    barrier = threading.Barrier(GEN_THREADS)
+
+    def worker(t: int) -> dict[int, Any]:
+        barrier.wait()
+        return {t * GEN_CALLS + c: gen_call(gen, t * GEN_CALLS + c) for c in range(GEN_CALLS)}
+
+    threaded: dict[int, Any] = {}
+    with ThreadPoolExecutor(GEN_THREADS) as pool:
+        for part in pool.map(worker, range(GEN_THREADS)):
+            threaded.update(part)
+    assert threaded == sequential
+    assert len({str(v) for v in sequential.values()}) >= total // 2  # the calls really differ
+
+
+@pytest.mark.parametrize("model", ["onnx-fp32", "openvino-fp32"])
+def test_interleaved_streams_of_one_generator_keep_their_own_cache(model: str, lm_artifact: Path) -> None:
+    gen = load(lm_artifact, model=model, threads=1)
+    opts = {"max_new_tokens": 12, "ignore_eos": True}
+    alone = [gen.generate(p, **opts) for p in PROMPTS[:3]]
+    streams = {i: gen.stream(p, **opts) for i, p in enumerate(PROMPTS[:3])}
+    pieces: dict[int, list[str]] = {i: [] for i in streams}
+    while streams:  # one piece of each open stream in turn
+        for i, stream in list(streams.items()):
+            piece = next(stream, None)
+            if piece is None:
+                del streams[i]
+            else:
+                pieces[i].append(piece)
+    assert ["".join(pieces[i]) for i in range(3)] == alone
+    assert max(len(p) for p in pieces.values()) > 1  # the streams really took turns

@@ -177,18 +177,38 @@ def test_any_module_trains_with_fixed_batches(tmp_path: Path) -> None:
     assert [h["step"] for h in result.history] == [160]
 
 
-def _linear_run(work: Path, *, sleep_s: float = 0.0, stop_at: int | None = None, **options):
-    """A 3 -> 1 linear model on 4 fixed batches; each step sleeps `sleep_s` (a floor on its time, whatever the
-    machine); raises _Stop after step `stop_at`."""
-    import time
+FAST = 2.0 ** -10  # about 1 ms; step times that are powers of two add up exactly, so the re-plans are exact
 
+
+class _StepClock:
+    """Stands in for `time` in edgellm.train.loop: the clock moves only when a step calls `tick`, by `step_s`, so
+    the time budget sees the same step times on any machine, however loaded."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now, self.step_s = 0.0, step_s
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += self.step_s
+
+
+def _linear_run(work: Path, monkeypatch: pytest.MonkeyPatch, *, step_s: float = 0.0, stop_at: int | None = None,
+                **options):
+    """A 3 -> 1 linear model on 4 fixed batches; each step takes `step_s` on the loop's clock; raises _Stop after
+    step `stop_at`."""
+    from edgellm.train import loop
+
+    clock = _StepClock(step_s)
+    monkeypatch.setattr(loop, "time", clock)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     x = torch.randn(32, 3)
     batches = FixedBatches([{"x": x[i:i + 8]} for i in range(0, 32, 8)])
 
     def loss_fn(m, b):
-        time.sleep(sleep_s)
+        clock.tick()
         return (m(b["x"]) ** 2).mean()
 
     def on_step(step: int, logs: dict) -> None:
@@ -199,34 +219,36 @@ def _linear_run(work: Path, *, sleep_s: float = 0.0, stop_at: int | None = None,
                       options=LoopOptions(learning_rate=0.01, precision="fp32", **options))
 
 
-def test_time_budget_lengthens_a_schedule_whose_steps_are_faster_than_estimated(tmp_path: Path) -> None:
-    # estimated 1 s a step for 5 s: 5 steps; the steps take milliseconds, so at the first re-plan (step 4, an
+def test_time_budget_lengthens_a_schedule_whose_steps_are_faster_than_estimated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # estimated 1 s a step for 5 s: 5 steps; the steps take about 1 ms, so at the first re-plan (step 4, an
     # evaluation point) the schedule grows to every step `epochs` allows (15 x 4 = 60)
-    result = _linear_run(tmp_path, epochs=15, eval_every=4, time_budget_s=5.0, seconds_per_step=1.0)
+    result = _linear_run(tmp_path, monkeypatch, step_s=FAST, epochs=15, eval_every=4, time_budget_s=5.0,
+                         seconds_per_step=1.0)
     assert result.steps == 60
-    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] == 60
+    assert result.replans[0] == {"step": 4, "seconds_per_step": 0.001, "total": 60}
     # the decay ends at step 60: warm-up was 1 step (6% of the first 5), so the last step's factor is 1 / 59
     assert result.history[-1]["lr"] == pytest.approx(0.01 / 59)
+    assert result.wall_s == round(60 * FAST, 3)  # the loop's own clock: 60 steps
 
 
-def test_time_budget_shortens_a_schedule_whose_steps_are_slower_than_estimated(tmp_path: Path) -> None:
-    # estimated 1 ms a step for 0.4 s: 400 steps (capped at 25 x 4 = 100); each step sleeps 40 ms, so at the
-    # re-plan of step 4 at most (0.4 - 4 x 0.04) / 0.04 = 6 more steps fit
-    result = _linear_run(tmp_path, sleep_s=0.04, epochs=25, eval_every=4, time_budget_s=0.4,
+def test_time_budget_shortens_a_schedule_whose_steps_are_slower_than_estimated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # estimated 1 ms a step for 0.625 s: 625 steps (capped at 25 x 4 = 100); each step takes 62.5 ms, so at the
+    # re-plan of step 4, (0.625 - 4 x 0.0625) / 0.0625 = 6 more steps fit, and at step 8 the 2 left still do
+    result = _linear_run(tmp_path, monkeypatch, step_s=0.0625, epochs=25, eval_every=4, time_budget_s=0.625,
                          seconds_per_step=0.001)
-    assert 4 <= result.steps <= 10
-    assert result.replans[0]["step"] == 4 and result.replans[0]["total"] <= 10
-    assert result.replans[0]["seconds_per_step"] >= 0.04
-    # on a loaded machine the steps slow down further, and a later re-plan (step 8) shortens the run again: the
-    # run ends where the last re-plan put it
-    assert result.replans[-1]["total"] == result.steps
+    assert result.replans == [{"step": 4, "seconds_per_step": 0.0625, "total": 10},
+                              {"step": 8, "seconds_per_step": 0.0625, "total": 10}]
+    assert result.steps == 10
 
 
-def test_a_resumed_time_budget_run_keeps_its_replanned_schedule(tmp_path: Path) -> None:
-    options = {"epochs": 15, "eval_every": 4, "time_budget_s": 5.0, "seconds_per_step": 1.0}
+def test_a_resumed_time_budget_run_keeps_its_replanned_schedule(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"step_s": FAST, "epochs": 15, "eval_every": 4, "time_budget_s": 5.0, "seconds_per_step": 1.0}
     with pytest.raises(_Stop):
-        _linear_run(tmp_path, stop_at=6, **options)  # re-planned to 60 steps at step 4, checkpointed there
-    result = _linear_run(tmp_path, **options)
+        _linear_run(tmp_path, monkeypatch, stop_at=6, **options)  # re-planned to 60 steps at step 4, checkpointed
+    result = _linear_run(tmp_path, monkeypatch, **options)
     # the checkpoint's 60 steps, not the 5 that the options alone give
     assert result.resumed_from == 4 and result.steps == 60
 
