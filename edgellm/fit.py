@@ -585,9 +585,11 @@ class _Scorer:
     def __call__(self, plan: Plan, stages: EncoderStages) -> dict[str, Any]:
         source = stages.stages["quantize" if "quantize" in stages.stages else "export"]
         artifact = source.folder / "artifact"
+        from edgellm.runtime.tasks import BATCHING
+
         material = {"input": source.key, "model": plan.model_name, "tokens": self.tokens, "split": "validation",
                     "threads": self.recipe.evaluate.threads, "repeat": _repeat(self.recipe),
-                    "machine": self.machine, "teacher": self.teacher_key}
+                    "machine": self.machine, "teacher": self.teacher_key, "batching": BATCHING}
         record = self.cache.run("fit-score", material, lambda folder: self._score(plan, artifact))
         numbers = dict(record.metrics)
         numbers["p50_timed_ms"] = numbers["p50_ms"]  # as timed; p50_ms: at the run's reference teacher p50

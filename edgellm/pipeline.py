@@ -385,6 +385,7 @@ class EncoderStages:
         to the share of its training to run now (TrainingPaused is raised there). Returns the stage records."""
         from edgellm.config import to_dict
         from edgellm.models import resolve_model
+        from edgellm.runtime.tasks import BATCHING  # scores taken through the runtime depend on its batching
 
         if until is not None and until not in ENCODER_STAGES:
             raise ValueError(f"until = {until!r} is not one of {ENCODER_STAGES}")
@@ -432,11 +433,11 @@ class EncoderStages:
         if recipe.quantize is not None and recipe.quantize.mode != "none" and current is not None:
             source = current.folder / "artifact"
             current = step("quantize", {"input": current.key, "quantize": to_dict(recipe.quantize),
-                                        "threads": recipe.evaluate.threads},
+                                        "threads": recipe.evaluate.threads, "batching": BATCHING},
                            lambda folder: _quantize_stage(recipe, data, source, folder))
         if current is not None:
             source = current.folder / "artifact"
-            step("evaluate", {"input": current.key, "evaluate": evaluate},
+            step("evaluate", {"input": current.key, "evaluate": evaluate, "batching": BATCHING},
                  lambda folder: _evaluate_stage(recipe, data, source, folder, teacher_folder))
         return self.stages
 

@@ -24,6 +24,7 @@ from edgellm.artifact import read_manifest, verify_artifact, write_manifest
 from edgellm.errors import (
     ConfigError,
     DataError,
+    InputError,
     OutputExistsError,
     QuantizationError,
     UnsupportedTargetError,
@@ -491,6 +492,32 @@ def test_accuracy_aware_meets_its_tolerance(sharp_artifact: Path, sharp_data: Qu
     assert set(kept) == set(control["fell_back"])
     assert set(kept.values()) <= {"MatMul", "Attention", "EmbedLayerNormalization"}  # still float ops
     assert entry.quantization["excluded_nodes"] == control["fell_back"]
+
+
+def test_dynamic_int8_results_do_not_depend_on_the_batch(sharp_artifact: Path, sharp_data: QuantData,
+                                                         tmp_path: Path) -> None:
+    """Dynamic INT8 computes one activation scale per tensor per call, so a batch's texts share it: the runtime
+    runs such a model one text per call unless asked otherwise, and the quantize stage scores it that way."""
+    from edgellm.evaluate import evaluate_classifier
+    from edgellm.runtime import load
+
+    config = QuantizeConfig(backends=["onnxruntime"], preset="avx512-vnni")
+    manifest = quantize(sharp_artifact, tmp_path / "out", config=config, data=sharp_data)
+    texts = sharp_data.validation
+    clf = load(tmp_path / "out", model="onnx-int8")
+    assert clf.describe()["batch_size"] == 1 and clf.describe()["batch_invariant"] is True
+    alone = np.concatenate([clf.scores([t]) for t in texts])
+    np.testing.assert_array_equal(clf.scores(texts), alone)
+    np.testing.assert_array_equal(clf.scores(texts[::-1]), alone[::-1])  # other batch mates, same rows
+    batched = clf.scores(texts, batch_size=32)  # asked for: faster, and each text's row depends on its batch
+    assert np.abs(batched - alone).max() > 1e-4
+    assert load(tmp_path / "out", model="onnx-int8", batch_size=32).describe()["batch_invariant"] is False
+    fp32 = load(tmp_path / "out", model="onnx-fp32")
+    assert fp32.describe()["batch_size"] == 32 and fp32.describe()["batch_invariant"] is True
+    recorded = manifest.model("onnx-int8").metrics["validation"]["accuracy"]
+    assert recorded == evaluate_classifier(clf, texts, sharp_data.labels)["accuracy"]
+    with pytest.raises(InputError, match="batch_size must be a positive int"):
+        clf.scores(texts, batch_size=0)
 
 
 def test_accuracy_aware_says_when_it_cannot(sharp_artifact: Path, sharp_data: QuantData, tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def _measure_encoder(runner: Any, subject: Subject, settings: BenchSettings, dat
         throughput[str(b)] = {}
         for n in settings.lengths:
             batch = padded[n][:b]
-            stats = time_calls(lambda: runner.predict(batch), warmup=min(settings.warmup, 3),
+            stats = time_calls(lambda: runner.predict(batch, batch_size=b), warmup=min(settings.warmup, 3),
                                repeat=settings.throughput_repeat)
             throughput[str(b)][str(n)] = {"texts_per_s": b / (stats["p50_ms"] / 1e3), **stats}
     start = time.perf_counter()

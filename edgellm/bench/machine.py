@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores", "parse_proc_stat", "live_descendants_cpu_s",
-           "CpuMonitor"]
+__all__ = ["machine_info", "parse_cpuinfo", "package_version", "physical_cores", "parse_proc_stat",
+           "live_descendants_cpu_s", "CpuMonitor"]
 
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp")
 _VERSIONS = ("numpy", "onnxruntime", "openvino", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",

@@ -61,7 +61,7 @@ def _child_main() -> None:
         for _ in tokens:
             pass
     elif work.get("batch"):
-        runner.predict(list(work["batch"]))
+        runner.predict(list(work["batch"]), batch_size=len(work["batch"]))  # one inference call
     sys.stdout.write(json.dumps({"peak_rss_bytes": peak_rss_bytes()}) + "\n")
     sys.stdout.flush()
 

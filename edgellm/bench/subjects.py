@@ -220,13 +220,15 @@ def _optimum_class(task: str) -> Any:
 
 
 class Runner:
-    """A loaded subject. Encoders: `predict(texts)` -> class probabilities (N, K) or embeddings (N, D).
+    """A loaded subject. Encoders: `predict(texts, batch_size=None)` -> class probabilities (N, K) or embeddings
+    (N, D), `batch_size` texts per inference call (None: the engine's default; edgellm's runtime runs one text per
+    call where batching would change a text's result).
     Generators: `stream(prompt_ids, max_new_tokens)` -> token ids, `score(ids)` -> next-token log-probabilities."""
 
     tokenizer: Any  # tokenizers.Tokenizer used by the engine (the runtime's own, or transformers' backend one)
     info: dict[str, Any]
 
-    def predict(self, texts: list[str]) -> np.ndarray:
+    def predict(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -262,8 +264,8 @@ class _EdgeRunner(Runner):
         self.info = self.model.describe()
         self._fn = self.model.scores if subject.task == "text-classification" else self.model.embed
 
-    def predict(self, texts: list[str]) -> np.ndarray:
-        return self._fn(texts)
+    def predict(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        return self._fn(texts, batch_size=batch_size)
 
     def close(self) -> None:
         del self.model, self._fn
@@ -327,11 +329,12 @@ class _HFRunner(Runner):
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
 
-    def predict(self, texts: list[str]) -> np.ndarray:
+    def predict(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[Any] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        step = batch_size or self.batch_size
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
             for i, row in zip(idx, self._batch([texts[i] for i in idx])):
                 rows[i] = row
         return np.stack(rows)

@@ -263,7 +263,7 @@ class Generator(EdgeModel):
     task = "text-generation"
 
     def __init__(self, folder: Path, manifest: Manifest, entry: ModelEntry, backend: Backend, *,
-                 batch_size: int = 32, defaults: GenerationOptions | None = None) -> None:
+                 batch_size: int | None = None, defaults: GenerationOptions | None = None) -> None:
         super().__init__(folder, manifest, entry, backend, batch_size=batch_size)
         info = manifest.generation or {}
         if not info:

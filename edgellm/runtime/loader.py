@@ -70,7 +70,7 @@ def load(
     target: str | None = None,
     strict: bool = False,
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     verify: bool = True,
 ) -> EdgeModel:
     """Load an artifact folder.
@@ -86,7 +86,9 @@ def load(
             the target whose first device this machine has (accelerators first), else the default model.
         strict: with device="auto", raise instead of falling back past the chain's first device.
         threads: intra-op threads (None: the target profile's, else the engine's default, all cores).
-        batch_size: texts per inference call.
+        batch_size: texts per inference call. None: one where the model quantizes activations with scales computed
+            per call (ONNX Runtime dynamic INT8), so that a text's result never depends on the texts batched with
+            it; otherwise 32. `describe()["batch_invariant"]` says which holds.
         verify: check every file's sha256 against the manifest first (IntegrityError on mismatch). ONNX
             external-data references are checked either way: one that leaves the folder, or names a file without
             a sha256 in the manifest, raises IntegrityError.

@@ -13,9 +13,23 @@ from edgellm.errors import InputError
 from edgellm.runtime.base import Backend
 from edgellm.runtime.text import TextEncoder, as_texts
 
-__all__ = ["EdgeModel", "Classifier", "Embedder", "pool"]
+__all__ = ["EdgeModel", "Classifier", "Embedder", "pool", "per_call_scales", "DEFAULT_BATCH", "BATCHING"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 32  # texts per inference call, for models whose result for a text does not depend on its batch
+BATCHING = "one text per call where activation scales are per call"  # the rule above, in stages' cache keys
+
+
+def per_call_scales(entry: ModelEntry) -> bool:
+    """Whether the model quantizes its activations with scales computed per inference call (ONNX Runtime dynamic
+    INT8: one scale per tensor, the whole batch's): a text's result then depends on the texts batched with it."""
+    return entry.backend == "onnxruntime" and (entry.quantization or {}).get("mode") == "dynamic"
+
+
+def _check_batch(batch_size: Any) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int or None, not {batch_size!r}")
 
 
 class EdgeModel:
@@ -30,15 +44,15 @@ class EdgeModel:
         entry: ModelEntry,
         backend: Backend,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int, not {batch_size!r}")
+        _check_batch(batch_size)
         self.folder = folder
         self.manifest = manifest
         self.entry = entry
         self.backend = backend
-        self.batch_size = batch_size
+        # None: one text per call where batching would change results (per-call activation scales), else DEFAULT_BATCH
+        self.batch_size = batch_size or (1 if per_call_scales(entry) else DEFAULT_BATCH)
         self.encoder = TextEncoder(folder / manifest.tokenizer, max_length=manifest.max_length)
         self._input_names = [spec.name for spec in backend.inputs]
         self._static_len = self._static_length()
@@ -71,13 +85,17 @@ class EdgeModel:
             "task": self.task,
             "model": self.entry.name,
             "precision": self.entry.precision,
+            "batch_size": self.batch_size,
+            "batch_invariant": self.batch_size == 1 or not per_call_scales(self.entry),
             **self.backend.describe(),
         }
 
-    def _forward(self, texts: list[str], output: str) -> list[np.ndarray]:
-        """Run `texts` in length-sorted batches; return per-text rows of `output` and the attention masks."""
+    def _forward(self, texts: list[str], output: str, batch_size: int | None = None) -> list[np.ndarray]:
+        """Run `texts` in length-sorted batches of `batch_size` (None: the model's); return per-text rows of
+        `output` and the attention masks."""
+        _check_batch(batch_size)
         static_batch = self._static_rows
-        step = static_batch or self.batch_size
+        step = static_batch or batch_size or self.batch_size
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[Any] = [None] * len(texts)
         for start in range(0, len(order), step):
@@ -106,8 +124,9 @@ class EdgeModel:
 class Classifier(EdgeModel):
     task = "text-classification"
 
-    def classify(self, texts: str | Sequence[str], *, top_k: int = 1) -> list[Any]:
-        """Label each text: `[{"label", "score"}]`, or with top_k > 1 a list of the top_k per text."""
+    def classify(self, texts: str | Sequence[str], *, top_k: int = 1, batch_size: int | None = None) -> list[Any]:
+        """Label each text: `[{"label", "score"}]`, or with top_k > 1 a list of the top_k per text; `batch_size`
+        texts per inference call (None: the model's)."""
         items = as_texts(texts)
         labels = self.manifest.labels or []
         if not isinstance(top_k, int) or not 1 <= top_k <= len(labels):
@@ -115,19 +134,19 @@ class Classifier(EdgeModel):
         if not items:
             return []
         results: list[Any] = []
-        for logits, _ in self._forward(items, self._logits_name()):
+        for logits, _ in self._forward(items, self._logits_name(), batch_size):
             probs = _softmax(logits.astype(np.float64))
             best = np.argsort(-probs, kind="stable")[:top_k]
             ranked = [{"label": labels[k], "score": float(probs[k])} for k in best]
             results.append(ranked[0] if top_k == 1 else ranked)
         return results
 
-    def scores(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Class probabilities, shape (N, num_labels)."""
+    def scores(self, texts: str | Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, shape (N, num_labels); `batch_size` texts per inference call (None: the model's)."""
         items = as_texts(texts)
         if not items:
             return np.zeros((0, len(self.manifest.labels or [])), dtype=np.float32)
-        logits = np.stack([r for r, _ in self._forward(items, self._logits_name())]).astype(np.float64)
+        logits = np.stack([r for r, _ in self._forward(items, self._logits_name(), batch_size)]).astype(np.float64)
         return _softmax(logits).astype(np.float32)
 
     def _logits_name(self) -> str:
@@ -146,14 +165,16 @@ class Embedder(EdgeModel):
         last = shape[-1] if shape else None
         return int(last) if last else int(self.manifest.source.get("hidden_size", 0))
 
-    def embed(self, texts: str | Sequence[str], *, normalize: bool | None = None) -> np.ndarray:
-        """Sentence embeddings, shape (N, dim), float32: pooled as the manifest says, L2-normalised if it says so."""
+    def embed(self, texts: str | Sequence[str], *, normalize: bool | None = None,
+              batch_size: int | None = None) -> np.ndarray:
+        """Sentence embeddings, shape (N, dim), float32: pooled as the manifest says, L2-normalised if it says so;
+        `batch_size` texts per inference call (None: the model's)."""
         items = as_texts(texts)
         norm = self.manifest.normalize if normalize is None else bool(normalize)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         pooled = []
-        for hidden, mask in self._forward(items, self._hidden_name()):
+        for hidden, mask in self._forward(items, self._hidden_name(), batch_size):
             pooled.append(pool(hidden.astype(np.float32), mask, self.manifest.pooling or "mean"))
         out = np.stack(pooled)
         if norm:

@@ -67,10 +67,12 @@ def test_bad_input_is_a_clear_input_error(clf: Any, embedder_artifact: Path, val
         load(embedder_artifact).embed(value)
 
 
-@pytest.mark.parametrize("size", [0, -1, 1.5, "8", None])
+@pytest.mark.parametrize("size", [0, -1, 1.5, "8", True])
 def test_bad_batch_size_is_an_input_error(classifier_artifact: Path, size: Any) -> None:
-    with pytest.raises(InputError, match=f"batch_size must be a positive int, not {size!r}"):
+    with pytest.raises(InputError, match=f"batch_size must be a positive int or None, not {size!r}"):
         load(classifier_artifact, batch_size=size)
+    with pytest.raises(InputError, match=f"batch_size must be a positive int or None, not {size!r}"):
+        load(classifier_artifact).scores(["a text"], batch_size=size)
 
 
 def _rss_mib() -> float:
