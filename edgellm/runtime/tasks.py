@@ -93,7 +93,6 @@ class EdgeModel:
     def _forward(self, texts: list[str], output: str, batch_size: int | None = None) -> list[np.ndarray]:
         """Run `texts` in length-sorted batches of `batch_size` (None: the model's); return per-text rows of
         `output` and the attention masks."""
-        _check_batch(batch_size)
         static_batch = self._static_rows
         step = static_batch or batch_size or self.batch_size
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -127,6 +126,7 @@ class Classifier(EdgeModel):
     def classify(self, texts: str | Sequence[str], *, top_k: int = 1, batch_size: int | None = None) -> list[Any]:
         """Label each text: `[{"label", "score"}]`, or with top_k > 1 a list of the top_k per text; `batch_size`
         texts per inference call (None: the model's)."""
+        _check_batch(batch_size)
         items = as_texts(texts)
         labels = self.manifest.labels or []
         if not isinstance(top_k, int) or not 1 <= top_k <= len(labels):
@@ -143,6 +143,7 @@ class Classifier(EdgeModel):
 
     def scores(self, texts: str | Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities, shape (N, num_labels); `batch_size` texts per inference call (None: the model's)."""
+        _check_batch(batch_size)
         items = as_texts(texts)
         if not items:
             return np.zeros((0, len(self.manifest.labels or [])), dtype=np.float32)
@@ -169,6 +170,7 @@ class Embedder(EdgeModel):
               batch_size: int | None = None) -> np.ndarray:
         """Sentence embeddings, shape (N, dim), float32: pooled as the manifest says, L2-normalised if it says so;
         `batch_size` texts per inference call (None: the model's)."""
+        _check_batch(batch_size)
         items = as_texts(texts)
         norm = self.manifest.normalize if normalize is None else bool(normalize)
         if not items:

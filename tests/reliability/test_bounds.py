@@ -73,6 +73,8 @@ def test_bad_batch_size_is_an_input_error(classifier_artifact: Path, size: Any) 
         load(classifier_artifact, batch_size=size)
     with pytest.raises(InputError, match=f"batch_size must be a positive int or None, not {size!r}"):
         load(classifier_artifact).scores(["a text"], batch_size=size)
+    with pytest.raises(InputError, match=f"batch_size must be a positive int or None, not {size!r}"):
+        load(classifier_artifact).classify([], batch_size=size)  # checked before an empty call returns
 
 
 def _rss_mib() -> float:
