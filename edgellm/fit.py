@@ -583,10 +583,10 @@ class _Scorer:
         self._reference: Any = None
 
     def __call__(self, plan: Plan, stages: EncoderStages) -> dict[str, Any]:
+        from edgellm.runtime.tasks import BATCHING  # scores taken through the runtime depend on its batching
+
         source = stages.stages["quantize" if "quantize" in stages.stages else "export"]
         artifact = source.folder / "artifact"
-        from edgellm.runtime.tasks import BATCHING
-
         material = {"input": source.key, "model": plan.model_name, "tokens": self.tokens, "split": "validation",
                     "threads": self.recipe.evaluate.threads, "repeat": _repeat(self.recipe),
                     "machine": self.machine, "teacher": self.teacher_key, "batching": BATCHING}

@@ -35,20 +35,22 @@ def call_texts(k: int) -> list[str]:
 
 
 def run_threads(fn: Callable[[list[str]], Any]) -> dict[int, Any]:
-    """THREADS threads, each making CALLS calls, started together; {call number: result}."""
-    barrier = threading.Barrier(THREADS)
+    """THREADS threads, each making CALLS calls of `fn` on `call_texts`, started together; {call number: result}."""
+    return run_calls(lambda k: fn(call_texts(k)), threads=THREADS, calls=CALLS)
+
+
+def run_calls(call: Callable[[int], Any], *, threads: int, calls: int) -> dict[int, Any]:
+    """`threads` threads, each making `calls` calls `call(k)` (k: the call's number), started together;
+    {k: result}."""
+    barrier = threading.Barrier(threads)
 
     def worker(t: int) -> dict[int, Any]:
         barrier.wait()
-        out = {}
-        for c in range(CALLS):
-            k = t * CALLS + c
-            out[k] = fn(call_texts(k))
-        return out
+        return {t * calls + c: call(t * calls + c) for c in range(calls)}
 
     results: dict[int, Any] = {}
-    with ThreadPoolExecutor(THREADS) as pool:
-        for part in pool.map(worker, range(THREADS)):
+    with ThreadPoolExecutor(threads) as pool:
+        for part in pool.map(worker, range(threads)):
             results.update(part)
     return results
 
@@ -119,16 +121,7 @@ def test_generator_from_4_threads_equals_sequential(model: str, lm_artifact: Pat
     gen = load(lm_artifact, model=model, threads=1)
     total = GEN_THREADS * GEN_CALLS
     sequential = {k: gen_call(gen, k) for k in range(total)}
-    barrier = threading.Barrier(GEN_THREADS)
-
-    def worker(t: int) -> dict[int, Any]:
-        barrier.wait()
-        return {t * GEN_CALLS + c: gen_call(gen, t * GEN_CALLS + c) for c in range(GEN_CALLS)}
-
-    threaded: dict[int, Any] = {}
-    with ThreadPoolExecutor(GEN_THREADS) as pool:
-        for part in pool.map(worker, range(GEN_THREADS)):
-            threaded.update(part)
+    threaded = run_calls(lambda k: gen_call(gen, k), threads=GEN_THREADS, calls=GEN_CALLS)
     assert threaded == sequential
     assert len({str(v) for v in sequential.values()}) >= total // 2  # the calls really differ
 
