@@ -34,7 +34,7 @@ import numpy as np
 
 from edgellm.errors import ConfigError, QuantizationError
 
-__all__ = ["NBITS_METHODS", "NBitsResult", "quantize_nbits", "quantize_blocks", "pack_matmul_nbits", "gptq_blocks"]
+__all__ = ["NBITS_METHODS", "NBitsQuantizer", "NBitsResult", "quantize_nbits", "quantize_blocks", "pack_matmul_nbits", "gptq_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -239,148 +239,196 @@ def quantize_nbits(
     instead. `lm_head_bits`: bits of the MatMul named "lm_head" (None: keep it FP32); `lm_head_rows`: when
     `lm_head_bits` differs from `bits`, only the output rows of token ids below it keep `lm_head_bits` and the
     others take `bits` (None: every row keeps `lm_head_bits`; 0: none). `exclude`: node names kept in FP32.
-    `calibration`: token-id sequences, needed by method "gptq". The model keeps its inputs and outputs."""
-    import onnx
-    from onnx import helper, numpy_helper
+    `calibration`: token-id sequences, needed by method "gptq". `fallback_fraction`: the share of the 4-bit
+    weights, largest output error first, kept at 8 bits. The model keeps its inputs and outputs."""
+    _check_fraction(fallback_fraction)
+    return NBitsQuantizer(src, bits=bits, block_size=block_size, block_size_8bit=block_size_8bit,
+                          block_size_8bit_by_name=block_size_8bit_by_name, method=method, symmetric=symmetric,
+                          lm_head_bits=lm_head_bits, lm_head_rows=lm_head_rows, embedding=embedding,
+                          accuracy_level=accuracy_level, calibration=calibration, exclude=exclude,
+                          act_order=act_order, threads=threads).write(dst, fallback_fraction)
 
-    if bits not in (4, 8):
-        raise ConfigError(f"bits must be 4 or 8, not {bits!r}")
-    if lm_head_bits not in (None, 4, 8):
-        raise ConfigError(f"lm_head_bits must be 4, 8 or null (FP32), not {lm_head_bits!r}")
-    if lm_head_rows is not None and (isinstance(lm_head_rows, bool) or not isinstance(lm_head_rows, int)
-                                     or lm_head_rows < 0):
-        raise ConfigError(f"lm_head_rows must be an int >= 0 or null (every row), not {lm_head_rows!r}")
-    if method not in NBITS_METHODS:
-        raise ConfigError(f"unknown weight quantization method {method!r}; choose from {list(NBITS_METHODS)}")
-    for label, size in (("block_size", block_size), ("block_size_8bit", block_size_8bit)):
-        if (size is not None or label == "block_size") and (not isinstance(size, int) or size < 16 or size & (size - 1)):
-            raise ConfigError(f"{label} must be a power of two >= 16, not {size!r}")
-    block_8 = block_size_8bit or block_size
-    by_name = dict(block_size_8bit_by_name or {})
-    for suffix, size in by_name.items():
-        if not isinstance(suffix, str) or not suffix or not isinstance(size, int) or size < 16 or size & (size - 1):
-            raise ConfigError(f"block_size_8bit_by_name maps a node-name suffix to a power of two >= 16, not "
-                              f"{suffix!r}: {size!r}")
 
-    def block_of(name: str, node_bits: int) -> int:
-        if node_bits != 8:
-            return block_size
-        return next((size for suffix, size in by_name.items() if name.endswith(suffix)), block_8)
+class NBitsQuantizer:
+    """`quantize_nbits` in two steps: every weight rounded once (GPTQ's Hessians included) when made, then `write`
+    any number of models from those roundings, each with its own 8-bit fallback share (a weight's 8-bit rounding is
+    made once, the first time a share needs it). Arguments as `quantize_nbits`'s."""
 
-    if embedding not in EMBEDDING_FORMATS:
-        raise ConfigError(f"embedding must be one of {list(EMBEDDING_FORMATS)}, not {embedding!r}")
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise ConfigError(f"accuracy_level must be 0-4, not {accuracy_level!r}")
-    if not 0.0 <= fallback_fraction < 1.0:
-        raise ConfigError(f"fallback_fraction must be in [0, 1), not {fallback_fraction!r}")
-    if method == "gptq" and not calibration:
-        raise ConfigError("method 'gptq' needs calibration token sequences (the layer inputs it corrects for)")
-    try:
-        model = onnx.load(str(src))
-    except Exception as exc:
-        raise QuantizationError(f"cannot read {src}: {exc}") from exc
-    weights = {t.name: t for t in model.graph.initializer}
-    # name -> (node, bits, output columns): one MatMulNBits each; a split lm_head is two parts, "lm_head" (its
-    # first lm_head_rows token ids, at lm_head_bits) then "lm_head/rest" (at `bits`), their outputs concatenated
-    # in this order
-    targets: dict[str, tuple[Any, int, tuple[int, int] | None]] = {}
-    split_rows = 0
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.name in exclude or node.input[1] not in weights:
-            continue
-        tensor = weights[node.input[1]]
-        if len(tensor.dims) != 2 or tensor.data_type != onnx.TensorProto.FLOAT:
-            continue
-        node_bits = (lm_head_bits if node.name == "lm_head" else bits)
-        if node_bits is None:
-            continue
-        vocab = int(tensor.dims[1])
-        if node.name == "lm_head" and lm_head_rows is not None and node_bits != bits and lm_head_rows < vocab:
-            if lm_head_rows == 0:
-                node_bits = bits
-            else:
-                split_rows = lm_head_rows
-                targets[node.name] = (node, node_bits, (0, lm_head_rows))
-                targets["lm_head/rest"] = (node, bits, (lm_head_rows, vocab))
+    def __init__(self, src: Path, *, bits: int = 4, block_size: int = 32, block_size_8bit: int | None = None,
+                 block_size_8bit_by_name: Mapping[str, int] | None = None, method: str = "rtn",
+                 symmetric: bool = False, lm_head_bits: int | None = 8, lm_head_rows: int | None = None,
+                 embedding: str = "fp16", accuracy_level: int = 4, calibration: Sequence[Sequence[int]] = (),
+                 exclude: Sequence[str] = (), act_order: bool = True, threads: int | None = None) -> None:
+        import onnx
+
+        if bits not in (4, 8):
+            raise ConfigError(f"bits must be 4 or 8, not {bits!r}")
+        if lm_head_bits not in (None, 4, 8):
+            raise ConfigError(f"lm_head_bits must be 4, 8 or null (FP32), not {lm_head_bits!r}")
+        if lm_head_rows is not None and (isinstance(lm_head_rows, bool) or not isinstance(lm_head_rows, int)
+                                         or lm_head_rows < 0):
+            raise ConfigError(f"lm_head_rows must be an int >= 0 or null (every row), not {lm_head_rows!r}")
+        if method not in NBITS_METHODS:
+            raise ConfigError(f"unknown weight quantization method {method!r}; choose from {list(NBITS_METHODS)}")
+        for label, size in (("block_size", block_size), ("block_size_8bit", block_size_8bit)):
+            if (size is not None or label == "block_size") and (not isinstance(size, int) or size < 16
+                                                                 or size & (size - 1)):
+                raise ConfigError(f"{label} must be a power of two >= 16, not {size!r}")
+        by_name = dict(block_size_8bit_by_name or {})
+        for suffix, size in by_name.items():
+            if not isinstance(suffix, str) or not suffix or not isinstance(size, int) or size < 16 \
+                    or size & (size - 1):
+                raise ConfigError(f"block_size_8bit_by_name maps a node-name suffix to a power of two >= 16, not "
+                                  f"{suffix!r}: {size!r}")
+        if embedding not in EMBEDDING_FORMATS:
+            raise ConfigError(f"embedding must be one of {list(EMBEDDING_FORMATS)}, not {embedding!r}")
+        if accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"accuracy_level must be 0-4, not {accuracy_level!r}")
+        if method == "gptq" and not calibration:
+            raise ConfigError("method 'gptq' needs calibration token sequences (the layer inputs it corrects for)")
+        self.src, self.bits, self.block_size, self.block_8 = src, bits, block_size, block_size_8bit or block_size
+        self.by_name, self.method, self.symmetric, self.act_order = by_name, method, symmetric, act_order
+        self.lm_head_bits, self.embedding, self.accuracy_level = lm_head_bits, embedding, accuracy_level
+        self.calibration_count = len(calibration) if method == "gptq" else 0
+        self.exclude = sorted(exclude)
+        model = self._load()
+        self.weights = {t.name: t for t in model.graph.initializer}
+        # name -> (node name, weight name, bits, output columns): one MatMulNBits each; a split lm_head is two
+        # parts, "lm_head" (its first lm_head_rows token ids, at lm_head_bits) then "lm_head/rest" (at `bits`),
+        # their outputs concatenated in this order
+        self.targets: dict[str, tuple[str, str, int, tuple[int, int] | None]] = {}
+        self.split_rows = 0
+        inputs: dict[str, str] = {}
+        for node in model.graph.node:
+            if node.op_type != "MatMul" or node.name in exclude or node.input[1] not in self.weights:
                 continue
-        targets[node.name] = (node, node_bits, None)
-    if not targets:
-        raise QuantizationError(f"{src.name} has no MatMul with a float weight to quantize")
-    hessians = (_hessians(model, list(targets), {n: t[0].input[0] for n, t in targets.items()}, calibration, threads)
-                if method == "gptq" else {})
-    results = {name: _quantize_one(weights[node.input[1]], node_bits, block_of(node.name, node_bits), symmetric,
-                                   hessians.get(name), act_order, columns)
-               for name, (node, node_bits, columns) in targets.items()}
-    fallback = _fallback({n: r for n, r in results.items() if n != "lm_head/rest"}, fallback_fraction)
-    for name in fallback:
-        node, _, columns = targets[name]
-        results[name] = _quantize_one(weights[node.input[1]], 8, block_of(name, 8), symmetric, hessians.get(name),
-                                      act_order, columns)
-    parts: dict[str, list[str]] = {}
-    for name, (node, _, _) in targets.items():
-        parts.setdefault(node.name, []).append(name)
-    nodes = []
-    consumed: set[str] = set()
-    counts: dict[str, int] = {"MatMulNBits": 0}
-    for node in model.graph.node:
-        if node.name not in parts:
-            nodes.append(node)
-            continue
-        names = parts[node.name]  # in column order
-        outputs = list(node.output) if len(names) == 1 else [f"{node.output[0]}/{i}" for i in range(len(names))]
-        base = node.input[1]
-        consumed.add(base)
-        k = int(weights[base].dims[0])
-        for name, output in zip(names, outputs):
-            q, scale, zero, node_bits, _ = results[name]
-            packed, scales, zeros = pack_matmul_nbits(q, scale, zero, bits=node_bits, symmetric=symmetric)
-            prefix = base if name == node.name else f"{base}_{name.rpartition('/')[2]}"
-            extra = [numpy_helper.from_array(packed, f"{prefix}_Q{node_bits}"),
-                     numpy_helper.from_array(scales, f"{prefix}_scales")]
-            if zeros is not None:
-                extra.append(numpy_helper.from_array(zeros, f"{prefix}_zero_points"))
-            model.graph.initializer.extend(extra)
-            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *[t.name for t in extra]], [output],
-                                          name=name, domain="com.microsoft", K=k, N=int(q.shape[0]), bits=node_bits,
-                                          block_size=int(q.shape[-1]), accuracy_level=accuracy_level))
-            counts["MatMulNBits"] += 1
-            counts[f"MatMulNBits_{node_bits}bit"] = counts.get(f"MatMulNBits_{node_bits}bit", 0) + 1
-        if len(names) > 1:
-            nodes.append(helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}/concat", axis=-1))
-    if embedding == "fp16":
-        nodes = _fp16_embedding(model, nodes, weights)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    keep = [t for t in model.graph.initializer if t.name not in consumed]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(dst))
-    settings = {
-        "format": "MatMulNBits",
-        "bits": bits,
-        "block_size": block_size if bits == 4 else block_8,  # of the `bits`-bit weights
-        "block_size_8bit": block_8,  # of every 8-bit weight (lm_head and fallback included) ...
-        "block_size_8bit_by_name": by_name,  # ... but those whose node name ends with a key here
-        "method": method,
-        "symmetric": symmetric,
-        "lm_head_bits": lm_head_bits,
-        "lm_head_rows": split_rows or None,  # token ids 0 .. n-1 at lm_head_bits, the rest at `bits` (None: one format)
-        "embedding": embedding,
-        "accuracy_level": accuracy_level,
-        "compute": "int8 dot products per block" if accuracy_level == 4 else "float",
-        "calibration_sequences": len(calibration) if method == "gptq" else 0,
-        "act_order": act_order if method == "gptq" else None,
-        "excluded": sorted(exclude),
-        "fallback_fraction": fallback_fraction,
-        "fallback_8bit": sorted(fallback),
-        "relative_error": {name: round(r[4], 6) for name, r in sorted(results.items())},
-    }
-    log.info("%s: %d MatMuls -> MatMulNBits (%d-bit, block %d, %s, %d kept at 8 bits)", dst.name,
-             counts["MatMulNBits"], bits, settings["block_size"], settings["method"], len(settings.get("fallback_8bit") or []))
-    return NBitsResult(dst, settings, counts)
+            tensor = self.weights[node.input[1]]
+            if len(tensor.dims) != 2 or tensor.data_type != onnx.TensorProto.FLOAT:
+                continue
+            node_bits = (lm_head_bits if node.name == "lm_head" else bits)
+            if node_bits is None:
+                continue
+            vocab = int(tensor.dims[1])
+            inputs[node.name] = node.input[0]
+            if node.name == "lm_head" and lm_head_rows is not None and node_bits != bits and lm_head_rows < vocab:
+                if lm_head_rows == 0:
+                    node_bits = bits
+                else:
+                    self.split_rows = lm_head_rows
+                    self.targets[node.name] = (node.name, node.input[1], node_bits, (0, lm_head_rows))
+                    self.targets["lm_head/rest"] = (node.name, node.input[1], bits, (lm_head_rows, vocab))
+                    inputs["lm_head/rest"] = node.input[0]
+                    continue
+            self.targets[node.name] = (node.name, node.input[1], node_bits, None)
+        if not self.targets:
+            raise QuantizationError(f"{src.name} has no MatMul with a float weight to quantize")
+        self.hessians = (_hessians(model, list(self.targets), inputs, calibration, threads)
+                         if method == "gptq" else {})
+        self.results = {name: self._round(name, node_bits) for name, (_, _, node_bits, _) in self.targets.items()}
+        self._eight: dict[str, Any] = {}
+
+    def _load(self) -> Any:
+        import onnx
+
+        try:
+            return onnx.load(str(self.src))
+        except Exception as exc:
+            raise QuantizationError(f"cannot read {self.src}: {exc}") from exc
+
+    def _block(self, name: str, node_bits: int) -> int:
+        if node_bits != 8:
+            return self.block_size
+        return next((size for suffix, size in self.by_name.items() if name.endswith(suffix)), self.block_8)
+
+    def _round(self, name: str, node_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+        _, weight, _, columns = self.targets[name]
+        return _quantize_one(self.weights[weight], node_bits, self._block(name, node_bits), self.symmetric,
+                             self.hessians.get(name), self.act_order, columns)
+
+    def fallback(self, fraction: float) -> list[str]:
+        """The weights kept at 8 bits for a fallback share `fraction` (largest output error first)."""
+        _check_fraction(fraction)
+        return _fallback({n: r for n, r in self.results.items() if n != "lm_head/rest"}, fraction)
+
+    def write(self, dst: Path, fallback_fraction: float = 0.0) -> NBitsResult:
+        """The quantized model at `dst` (overwritten), with `fallback_fraction` of the 4-bit weights at 8 bits."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        fallback = self.fallback(fallback_fraction)
+        for name in fallback:
+            if name not in self._eight:
+                self._eight[name] = self._round(name, 8)
+        results = {**self.results, **{name: self._eight[name] for name in fallback}}
+        model = self._load()  # a fresh graph each time: writing rewrites it
+        weights = {t.name: t for t in model.graph.initializer}
+        parts: dict[str, list[str]] = {}
+        for name, (node_name, _, _, _) in self.targets.items():
+            parts.setdefault(node_name, []).append(name)
+        nodes = []
+        consumed: set[str] = set()
+        counts: dict[str, int] = {"MatMulNBits": 0}
+        for node in model.graph.node:
+            if node.name not in parts:
+                nodes.append(node)
+                continue
+            names = parts[node.name]  # in column order
+            outputs = list(node.output) if len(names) == 1 else [f"{node.output[0]}/{i}" for i in range(len(names))]
+            base = node.input[1]
+            consumed.add(base)
+            k = int(weights[base].dims[0])
+            for name, output in zip(names, outputs):
+                q, scale, zero, node_bits, _ = results[name]
+                packed, scales, zeros = pack_matmul_nbits(q, scale, zero, bits=node_bits, symmetric=self.symmetric)
+                prefix = base if name == node.name else f"{base}_{name.rpartition('/')[2]}"
+                extra = [numpy_helper.from_array(packed, f"{prefix}_Q{node_bits}"),
+                         numpy_helper.from_array(scales, f"{prefix}_scales")]
+                if zeros is not None:
+                    extra.append(numpy_helper.from_array(zeros, f"{prefix}_zero_points"))
+                model.graph.initializer.extend(extra)
+                nodes.append(helper.make_node("MatMulNBits", [node.input[0], *[t.name for t in extra]], [output],
+                                              name=name, domain="com.microsoft", K=k, N=int(q.shape[0]),
+                                              bits=node_bits, block_size=int(q.shape[-1]),
+                                              accuracy_level=self.accuracy_level))
+                counts["MatMulNBits"] += 1
+                counts[f"MatMulNBits_{node_bits}bit"] = counts.get(f"MatMulNBits_{node_bits}bit", 0) + 1
+            if len(names) > 1:
+                nodes.append(helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}/concat",
+                                              axis=-1))
+        if self.embedding == "fp16":
+            nodes = _fp16_embedding(model, nodes, weights)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        keep = [t for t in model.graph.initializer if t.name not in consumed]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(dst))
+        settings = {
+            "format": "MatMulNBits",
+            "bits": self.bits,
+            "block_size": self.block_size if self.bits == 4 else self.block_8,  # of the `bits`-bit weights
+            "block_size_8bit": self.block_8,  # of every 8-bit weight (lm_head and fallback included) ...
+            "block_size_8bit_by_name": self.by_name,  # ... but those whose node name ends with a key here
+            "method": self.method,
+            "symmetric": self.symmetric,
+            "lm_head_bits": self.lm_head_bits,
+            "lm_head_rows": self.split_rows or None,  # token ids 0 .. n-1 at lm_head_bits, the rest at `bits`
+            "embedding": self.embedding,
+            "accuracy_level": self.accuracy_level,
+            "compute": "int8 dot products per block" if self.accuracy_level == 4 else "float",
+            "calibration_sequences": self.calibration_count,
+            "act_order": self.act_order if self.method == "gptq" else None,
+            "excluded": self.exclude,
+            "fallback_fraction": fallback_fraction,
+            "fallback_8bit": sorted(fallback),
+            "relative_error": {name: round(r[4], 6) for name, r in sorted(results.items())},
+        }
+        log.info("%s: %d MatMuls -> MatMulNBits (%d-bit, block %d, %s, %d kept at 8 bits)", dst.name,
+                 counts["MatMulNBits"], self.bits, settings["block_size"], self.method, len(fallback))
+        return NBitsResult(dst, settings, counts)
 
 
 def _quantize_one(tensor: Any, bits: int, block_size: int, symmetric: bool, hessian: np.ndarray | None,
@@ -410,6 +458,11 @@ def _quantize_one(tensor: Any, bits: int, block_size: int, symmetric: bool, hess
     else:
         rel = float(((hessian @ err) * err).sum() / max(float(((hessian @ weight) * weight).sum()), 1e-30))
     return q, scale, zero, bits, rel
+
+
+def _check_fraction(fraction: Any) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"fallback_fraction must be in [0, 1), not {fraction!r}")
 
 
 def _fallback(results: dict[str, Any], fraction: float) -> list[str]:
