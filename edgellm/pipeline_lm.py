@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from edgellm.artifact import read_manifest, write_manifest
 from edgellm.config import to_dict
 from edgellm.errors import ConfigError, DataError
+from edgellm.evaluate import SENTIMENT_LABELS
 from edgellm.pipeline import (
     CompressResult,
     StageCache,
@@ -45,7 +46,7 @@ from edgellm.pipeline import (
     fingerprint_path,
     fmt,
 )
-from edgellm.recipe import CausalLMConfig, Recipe
+from edgellm.recipe import INT4_FALLBACK_LADDER, CausalLMConfig, Recipe
 
 __all__ = ["compress_causal_lm", "TRAINING_FIELDS", "lm_texts", "load_out_of_domain", "pack_sequences", "scoring_sets",
            "ood_passages", "ood_sets", "pooled_perplexity", "check_lm_targets", "measure_lm", "plan_recipe_time",
@@ -60,7 +61,6 @@ TRAINING_FIELDS = ("layer_selection", "width_selection", "corpora", "corpus_rows
                    "sample_tokens", "pack_tokens", "corpus_chat")
 CORPUS_FILE = "corpus.jsonl"
 OOD_LENGTH = 256  # tokens per out-of-domain passage (consecutive texts packed back to back; the context at most)
-SENTIMENT_LABELS = ("negative", "positive")
 OOD_SET = "out_of_domain"  # scoring_sets names one set per out-of-domain source "out_of_domain:SOURCE"
 
 
@@ -132,16 +132,18 @@ def scoring_sets(tokenizer: Any, data: Any, ood: dict[str, list[str]], *, count:
     among the sources, one set "out_of_domain:SOURCE" each (`ood_passages`; `measure_lm` pools them).
     `tokenizer`: a `tokenizers.Tokenizer` whose encoding adds the model's special tokens."""
     length = int(data.max_length or 128)
-
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return [ids[:length] for ids in (e.ids for e in tokenizer.encode_batch(list(texts))) if len(ids) > 1]
-
     return {
-        "validation": encode(data.validation.texts[:count]),
-        "in_domain": encode(data.test.texts[:count]),
+        "validation": encode_rows(tokenizer, data.validation.texts[:count], length),
+        "in_domain": encode_rows(tokenizer, data.test.texts[:count], length),
         **{f"{OOD_SET}:{name}": passages for name, passages in
            ood_passages(tokenizer, ood, length=min(OOD_LENGTH, context), count=count).items()},
     }
+
+
+def encode_rows(tokenizer: Any, texts: Sequence[str], length: int) -> list[list[int]]:
+    """Each text's token ids (a `tokenizers.Tokenizer` adding the model's special tokens), cut to `length`; texts of
+    fewer than 2 tokens (nothing to predict) left out."""
+    return [ids[:length] for ids in (e.ids for e in tokenizer.encode_batch(list(texts))) if len(ids) > 1]
 
 
 def pack_sequences(tokenizer: Any, texts: Sequence[str], *, length: int, count: int) -> list[list[int]]:
@@ -250,7 +252,11 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                          "causal_lm": {k: getattr(lm, k) for k in ("weight_bits", "block_size", "block_size_8bit",
                                                                     "block_size_8bit_by_name", "int4_method",
                                                                     "int4_fallback", "lm_head_bits", "lm_head_rows",
-                                                                    "calibration_sequences", "calibration_tokens")}},
+                                                                    "calibration_sequences", "calibration_tokens")},
+                         **({"int4_search": {"ladder": list(INT4_FALLBACK_LADDER),
+                                             **{k: getattr(lm, k) for k in ("int4_tolerance", "int4_sentiment_drop",
+                                                                            "eval_texts", "sentiment_examples")}}}
+                            if lm.int4_fallback == "auto" else {})},
             lambda folder: _quantize_stage(recipe, lm, data, model_folder, source, folder))
     source = current.folder / "artifact"
     stages["evaluate"] = current = cache.run(
@@ -435,12 +441,16 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
                     folder: Path) -> dict[str, Any]:
     from edgellm.exporting.decoder import check_prompts, torch_references
     from edgellm.quantize.decoder import (
+        Int4Check,
         WeightFormats,
         calibration_sequences,
         decoder_quantize_modes,
         quantize_decoder_models,
         quantize_target_decoder,
     )
+    from tokenizers import Tokenizer
+
+    from edgellm.runtime.text import plain_tokenizer
     from edgellm.train.causal import load_teacher_lm
 
     artifact = _copy_artifact(source / "artifact", folder / "artifact")
@@ -456,9 +466,16 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
     calibration = calibration_sequences(tm.tokenizer, data.train.texts, count=lm.calibration_sequences,
                                         length=min(manifest.max_length, lm.calibration_tokens)) \
         if 4 in weights.bits and weights.int4_method == "gptq" else []
+    check = None
+    if 4 in weights.bits and weights.int4_fallback == "auto":  # judged on validation rows, as the default model is
+        tok = plain_tokenizer(Tokenizer.from_file(str(artifact / manifest.tokenizer)))
+        check = Int4Check(encode_rows(tok, data.validation.texts[: lm.eval_texts], int(data.max_length or 128)),
+                          _sentiment_rows(data, lm.sentiment_examples, split="validation"),
+                          tolerance=lm.int4_tolerance, sentiment_drop=lm.int4_sentiment_drop)
     plain = source / "plain" / "model.onnx"
     added = quantize_decoder_models(artifact, manifest, references, plain=plain if plain.is_file() else None,
-                                    modes=modes, weights=weights, calibration=calibration, openvino=openvino)
+                                    modes=modes, weights=weights, calibration=calibration, openvino=openvino,
+                                    int4_check=check)
     for entry in [e for e in manifest.models if e.target]:
         added.append(quantize_target_decoder(artifact, manifest, entry, references,
                                                weights=weights))
@@ -573,10 +590,10 @@ def _evaluate_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, ood: dict[str
             "decode_prompt_tokens": len(prompt)}
 
 
-def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
-    """Up to `count` movie reviews of this recipe's own held-out test split with their binary label (reviews of a
-    neutral score have none), text the model never trained on: as many of each label as the split allows, up to half
-    of `count` each (`balanced_rows`), in the order of the split."""
+def _sentiment_rows(data: Any, count: int, *, split: str = "test") -> tuple[list[str], list[int]]:
+    """Up to `count` movie reviews of this recipe's own held-out `split` ("test"; "validation" for choices) with their
+    binary label (reviews of a neutral score have none), text the model never trained on: as many of each label as
+    the split allows, up to half of `count` each (`balanced_rows`), in the order of the split."""
     if count == 0:
         return [], []
     from edgellm.data import load_task_data
@@ -589,7 +606,8 @@ def _sentiment_rows(data: Any, count: int) -> tuple[list[str], list[int]]:
     label_of = {t: names[y] for split in (labelled.train, labelled.validation, labelled.test)
                 for t, y in zip(split.texts, split.labels)}
     train = set(data.train.texts)
-    rows = [(t, SENTIMENT_LABELS.index(label_of[t])) for t in data.test.texts if t in label_of and t not in train]
+    rows = [(t, SENTIMENT_LABELS.index(label_of[t])) for t in getattr(data, split).texts
+            if t in label_of and t not in train]
     rows = balanced_rows(rows, count)
     return [t for t, _ in rows], [y for _, y in rows]
 
@@ -791,13 +809,16 @@ def lm_summary_rows(stages: dict[str, StageRecord], manifest: Any) -> list[dict[
     sizes = {e.name: sum(manifest.files.get(f, {}).get("bytes", 0) for f in e.files) for e in manifest.models}
     layers = manifest.source.get("num_hidden_layers")
     teacher_layers = stages["teacher"].metrics.get("layers")
+    searched = {e.name: e.quantization["fallback_search"] for e in manifest.models
+                if "fallback_search" in (e.quantization or {})}
     for name, m in evaluated.items():
         is_teacher = bool(m.get("teacher"))
         gen = m.get("generation") or {}
         rows.append({
             "stage": "teacher (runtime)" if is_teacher else
             ("quantize" if name not in ("onnx-fp32", "openvino-fp32") else "export"),
-            "model": name + (" (default)" if name == manifest.default_model else ""),
+            "model": name + (f" (8-bit share {searched[name]['chosen']:g}, auto)" if name in searched else "")
+            + (" (default)" if name == manifest.default_model else ""),
             "parameters": stages["teacher"].metrics.get("parameters") if is_teacher else
             manifest.source.get("parameters"),
             "layers": teacher_layers if is_teacher else layers,

@@ -260,6 +260,11 @@ class EvaluateConfig:
     threads: int | None = 2  # inference threads for every measurement (torch, ONNX Runtime, OpenVINO)
 
 
+# causal_lm.int4_fallback: auto tries these 8-bit shares of the 4-bit weights in turn (the teacher's 4-bit model
+# lost 22.5 points of zero-shot sentiment at 1.05x perplexity with none; 0.25 won most of them back: limitations.md)
+INT4_FALLBACK_LADDER = (0.0, 0.1, 0.25, 0.5)
+
+
 @dataclass
 class CausalLMConfig:
     """text-generation extras (edgellm.train.causal, edgellm.exporting.decoder). The student's layers, KD
@@ -296,7 +301,9 @@ class CausalLMConfig:
     block_size_8bit: int = 64  # quantize: the same for every 8-bit weight (onnx-int8, lm_head, 4-bit fallback): 1.24x the decode speed of 32; 128 was 1.012x FP32 perplexity
     block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: {"down_proj": 32, "lm_head": 32})  # quantize: 8-bit weights of MatMuls whose name ends with a key use its block size: down_proj's input carries the FFN's outliers (SmolLM2, held-out prose: 1.0036x FP32 perplexity against 1.0066x all at 64, at 0.92x the speed), lm_head's the final norm's (the 18-layer student, validation: 1.0050x against 1.0101x with the head at 64; the head's product 1.35 against 1.24 ms a token)
     int4_method: Literal["gptq", "rtn"] = "gptq"  # quantize: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
-    int4_fallback: float = 0.0  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits: 0.1 cost SmolLM2 4% of its decode speed, and more calibration text and the split LM head won more perplexity back (bench/results/int4-gap.md)
+    int4_fallback: float | Literal["auto"] = 0.0  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits: 0.1 cost SmolLM2 4% of its decode speed, and more calibration text and the split LM head won more perplexity back (bench/results/int4-gap.md); auto: the first share of INT4_FALLBACK_LADDER whose 4-bit model keeps int4_tolerance and int4_sentiment_drop against the FP32 model on validation text
+    int4_tolerance: float = 0.05  # quantize, int4_fallback auto: a 4-bit model's validation perplexity at most this fraction over the FP32 model's
+    int4_sentiment_drop: float = 3.0  # quantize, int4_fallback auto: and its calibrated zero-shot sentiment accuracy on the validation split's movie reviews (sentiment_examples of them, half of each label) at most this many points under the FP32 model's
     lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
     lm_head_rows: int | None = 16384  # quantize: in the 4-bit format only the output rows of token ids below this keep lm_head_bits, the rest take 4 bits (a BPE vocabulary lists its frequent tokens first: SmolLM2's first 16,384 ids are about 90% of the tokens of English text here); 0: the whole head at 4 bits; null: every row at lm_head_bits
     calibration_sequences: int = 128  # quantize: training sequences whose layer inputs GPTQ corrects for (SmolLM2 at 4 bits, no fallback, 4-bit LM head, out-of-domain perplexity over FP32: 1.116x with 32, 1.100x with 128)
@@ -342,7 +349,10 @@ class CausalLMConfig:
         for name, size in sizes:
             if not isinstance(size, int) or size < 16 or size & (size - 1):
                 raise ConfigError(f"{where}.{name} = {size!r}: a power of two >= 16 (16, 32, 64, 128)")
-        check_range(f"{where}.int4_fallback", self.int4_fallback, low=0.0, high=1.0, high_open=True)
+        if self.int4_fallback != "auto":
+            check_range(f"{where}.int4_fallback", self.int4_fallback, low=0.0, high=1.0, high_open=True)
+        check_range(f"{where}.int4_tolerance", self.int4_tolerance, low=0.0)
+        check_range(f"{where}.int4_sentiment_drop", self.int4_sentiment_drop, low=0.0)
         if self.lm_head_bits not in (None, 4, 8):
             raise ConfigError(f"{where}.lm_head_bits = {self.lm_head_bits!r}: 4, 8 or null (FP32)")
         check_range(f"{where}.lm_head_rows", self.lm_head_rows, low=0)

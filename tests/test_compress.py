@@ -145,6 +145,12 @@ BAD_RECIPES = [
     ({"quantize": {"mode": "int4"}}, "recipe.quantize.mode = 'int4' is not one of"),
     ({"task": "text-generation", "prune": {"recovery_alpha_hidden": 1.0}},
      "prune.recovery_alpha_hidden is for encoders"),
+    ({"task": "text-generation", "causal_lm": {"int4_fallback": "best"}},
+     "recipe.causal_lm.int4_fallback must be float | 'auto', not str 'best'"),
+    ({"task": "text-generation", "causal_lm": {"int4_tolerance": -0.1}},
+     "recipe.causal_lm.int4_tolerance = -0.1 is outside [0.0, inf]"),
+    ({"task": "text-generation", "causal_lm": {"int4_sentiment_drop": -1}},
+     "recipe.causal_lm.int4_sentiment_drop = -1.0 is outside [0.0, inf]"),
 ]
 
 

@@ -155,6 +155,36 @@ def test_lm_recipe_runs_every_stage_through_the_cache(tiny_llama_factory: Any, l
     assert {b for n, b in blocks.items() if n.endswith("down_proj")} == {16} and blocks["lm_head"] == 64
 
 
+def test_auto_int4_fallback_is_chosen_on_validation_text_and_recorded(tiny_llama_dir: Path, lm_texts: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """int4_fallback: auto judges each 4-bit candidate on the validation rows the evaluate stage scores, against the
+    artifact's own FP32 model; the search goes into the manifest and the summary, and its budget into the quantize
+    stage's key (a new budget quantizes again, reusing what came before)."""
+    recipe = _recipe(tiny_llama_dir, lm_texts, distill=None, **{
+        "causal_lm.weight_bits": [8, 4], "causal_lm.int4_fallback": "auto", "causal_lm.int4_method": "rtn",
+        "causal_lm.sentiment_examples": 10, "evaluate.latency": False})
+    result = _compress(recipe, tmp_path / "art")
+    assert list(result.stages) == ["teacher", "baseline", "export", "quantize", "evaluate"]
+    q4 = result.manifest.model("onnx-int4").quantization
+    search = q4["fallback_search"]
+    evaluated = result.stages["evaluate"].metrics["models"]
+    validation = result.stages["evaluate"].metrics["texts"]["validation"]
+    # no movie reviews in this recipe's text: perplexity alone judges
+    assert search["budget"] == {"perplexity_ratio": 1.05, "rows": {"validation_texts": validation,
+                                                                   "sentiment_reviews": 0}}
+    assert search["fp32"]["perplexity"] == pytest.approx(evaluated["onnx-fp32"]["perplexity_validation"], rel=1e-4)
+    kept = search["trials"][-1]
+    assert kept["fallback_fraction"] == search["chosen"] == q4["fallback_fraction"]
+    assert kept["perplexity"] == pytest.approx(evaluated["onnx-int4"]["perplexity_validation"], rel=1e-4)
+    assert search["within_budget"] == (kept["perplexity_ratio"] <= 1.05) == (not kept["misses"])
+    assert all(t["misses"] for t in search["trials"][:-1])
+    assert f"onnx-int4 (8-bit share {search['chosen']:g}, auto)" in result.summary_markdown
+    tighter = _compress({**recipe, "causal_lm": {**recipe["causal_lm"], "int4_tolerance": 0.0}}, tmp_path / "art2",
+                        work_dir=result.work_dir)
+    assert [n for n, r in tighter.stages.items() if r.cached] == ["teacher", "baseline", "export"]
+    assert tighter.manifest.model("onnx-int4").quantization["fallback_search"]["budget"]["perplexity_ratio"] == 1.0
+
+
 def test_fields_that_do_not_apply_are_refused(tiny_llama_dir: Path, lm_texts: dict[str, Path]) -> None:
     from edgellm.errors import ConfigError
     from edgellm.recipe import recipe_from_dict
@@ -237,6 +267,11 @@ def test_sentiment_rows_are_labelled_reviews_of_the_held_out_test_split() -> Non
     assert sorted(labels) == [0] * 75 + [1] * 75  # half of each label (the split's first 150 are nearly all positive)
     everything = _sentiment_rows(data, 10_000)
     assert texts == [t for t in everything[0] if t in set(texts)] and 0 < sum(everything[1]) < len(everything[1])
+    # int4_fallback: auto chooses on the validation split's reviews, never the test split's
+    chosen_on, chosen_labels = _sentiment_rows(data, 150, split="validation")
+    validation = set(data.validation.texts)
+    assert len(chosen_on) == 150 and all(t in validation and t not in test for t in chosen_on)
+    assert sorted(chosen_labels) == [0] * 75 + [1] * 75
 
 
 def test_balanced_rows_split_evenly_as_far_as_the_rows_allow() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgellm.errors import ConfigError
+
 
 def _matmul_model(weight: np.ndarray, *, name: str = "proj") -> object:
     from onnx import TensorProto, helper, numpy_helper
@@ -316,3 +318,93 @@ def test_eight_bit_settings_name_what_the_8bit_model_is_made_with(tmp_path: Path
     for i, (settings, data) in enumerate(variants):
         for other_settings, other_data in [base, *variants[:i]]:
             assert settings != other_settings and data != other_data
+
+
+def _three_matmuls(tmp_path: Path) -> Path:
+    """x -> attn.o_proj -> mlp.down_proj -> lm_head: three float MatMuls of 128 inputs (seeded)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "o.weight"], ["a"], name="attn.o_proj"),
+             helper.make_node("MatMul", ["a", "down.weight"], ["h"], name="mlp.down_proj"),
+             helper.make_node("MatMul", ["h", "head.weight"], ["y"], name="lm_head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 96])],
+                              [numpy_helper.from_array(rng.normal(size=(128, 128)).astype(np.float32), "o.weight"),
+                               numpy_helper.from_array(rng.standard_t(2, size=(128, 128)).astype(np.float32),
+                                                       "down.weight"),
+                               numpy_helper.from_array(rng.normal(size=(128, 96)).astype(np.float32), "head.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "src.onnx"
+    src.write_bytes(model.SerializeToString())
+    return src
+
+
+def test_one_rounding_writes_each_fallback_share_as_a_fresh_quantization_would(tmp_path: Path) -> None:
+    """NBitsQuantizer: the weights rounded once, then shares written in any order, give the bytes and settings of
+    quantize_nbits run afresh for each share."""
+    from edgellm.quantize.nbits import NBitsQuantizer, quantize_nbits
+
+    src = _three_matmuls(tmp_path)
+    quantizer = NBitsQuantizer(src, bits=4, block_size=16, lm_head_bits=8, lm_head_rows=32)
+    for share in (0.5, 0.0, 0.5):
+        written = quantizer.write(tmp_path / "shared.onnx", share)
+        fresh = quantize_nbits(src, tmp_path / "fresh.onnx", bits=4, block_size=16, lm_head_bits=8, lm_head_rows=32,
+                               fallback_fraction=share)
+        assert (tmp_path / "shared.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
+        assert written.settings == fresh.settings and written.ops == fresh.ops
+    assert written.settings["fallback_8bit"] == ["mlp.down_proj"]  # heavy-tailed weights: the largest 4-bit error
+    with pytest.raises(ConfigError, match=r"fallback_fraction must be in \[0, 1\), not 1.0"):
+        quantizer.write(tmp_path / "bad.onnx", 1.0)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.parametrize("passes_from,chosen,within", [(0.0, 0.0, True), (0.25, 0.25, True), (None, 0.5, False)])
+def test_auto_fallback_keeps_the_first_share_its_judge_passes(tmp_path: Path, passes_from: float | None,
+                                                               chosen: float, within: bool) -> None:
+    """int4_fallback: auto writes each share of INT4_FALLBACK_LADDER until the judge names no miss (all miss: the
+    last stays); the model left at dst is that share's, and every trial is recorded."""
+    from edgellm.quantize.decoder import WeightFormats, quantize_decoder_nbits
+    from edgellm.quantize.nbits import quantize_nbits
+    from edgellm.recipe import INT4_FALLBACK_LADDER
+
+    src = _three_matmuls(tmp_path)
+    weights = WeightFormats(block_size=16, int4_method="rtn", int4_fallback="auto", lm_head_rows=32)
+    judged: list[bytes] = []
+
+    def judge() -> dict:
+        judged.append((tmp_path / "q4.onnx").read_bytes())
+        share = INT4_FALLBACK_LADDER[len(judged) - 1]
+        ok = passes_from is not None and share >= passes_from
+        return {"perplexity_ratio": 1.0 if ok else 1.2, "misses": [] if ok else ["perplexity 1.2000x FP32's"]}
+
+    info = quantize_decoder_nbits(src, tmp_path / "q4.onnx", bits=4, weights=weights, judge=judge)
+    search = info["fallback_search"]
+    tried = list(INT4_FALLBACK_LADDER[: INT4_FALLBACK_LADDER.index(chosen) + 1])
+    assert [t["fallback_fraction"] for t in search["trials"]] == tried and len(judged) == len(tried)
+    assert (search["chosen"], search["within_budget"], info["fallback_fraction"]) == (chosen, within, chosen)
+    assert all(t["size_bytes"] > 0 for t in search["trials"])
+    quantize_nbits(src, tmp_path / "direct.onnx", bits=4, block_size=16, block_size_8bit=weights.block_size_8bit,
+                   block_size_8bit_by_name=weights.block_size_8bit_by_name, lm_head_rows=32, fallback_fraction=chosen)
+    assert (tmp_path / "q4.onnx").read_bytes() == judged[-1] == (tmp_path / "direct.onnx").read_bytes()
+    with pytest.raises(ConfigError, match="int4_fallback: auto needs validation text"):
+        quantize_decoder_nbits(src, tmp_path / "none.onnx", bits=4, weights=weights)
+
+
+def test_int4_check_names_each_budget_it_misses() -> None:
+    """Int4Check.judge: perplexity over FP32's beyond the tolerance, sentiment points under FP32's beyond the drop."""
+    from edgellm.quantize.decoder import Int4Check
+
+    check = Int4Check([[1, 2]], (["a review"], [1]), tolerance=0.05, sentiment_drop=3.0)
+    fp32 = {"perplexity": 100.0, "sentiment": 80.0}
+    assert check.judge({"perplexity": 105.0, "sentiment": 77.0}, fp32)["misses"] == []
+    over = check.judge({"perplexity": 106.0, "sentiment": 76.5}, fp32)
+    assert over["misses"] == ["perplexity 1.0600x FP32's", "sentiment 3.5 points under FP32's"]
+    assert (over["perplexity_ratio"], over["sentiment_drop"]) == (1.06, 3.5)
+    better = check.judge({"perplexity": 99.0, "sentiment": 90.0}, fp32)
+    assert better["misses"] == [] and better["sentiment_drop"] == -10.0
+    plain = Int4Check([[1, 2]], tolerance=0.05)  # no reviews: perplexity alone
+    assert plain.judge({"perplexity": 104.0}, {"perplexity": 100.0}) == {"perplexity": 104.0,
+                                                                         "perplexity_ratio": 1.04, "misses": []}
+    assert "sentiment_drop" not in plain.budget() and plain.budget()["rows"]["sentiment_reviews"] == 0

@@ -41,6 +41,8 @@ __all__ = [
     "export_decoder_onnx",
     "check_decoder",
     "check_entry",
+    "entry_generator",
+    "runtime_perplexity",
     "check_prompts",
     "torch_references",
     "TorchReference",
@@ -421,7 +423,7 @@ def context_length_for(model: Any, context_length: int | None) -> int:
     return context_length
 
 
-def _perplexity(generator: Any, sequences: Sequence[Sequence[int]]) -> dict[str, float]:
+def runtime_perplexity(generator: Any, sequences: Sequence[Sequence[int]]) -> dict[str, float]:
     """exp(mean NLL) over every predicted token of `sequences`, each scored on its own through the runtime."""
     total, count = 0.0, 0
     for ids in sequences:
@@ -438,7 +440,7 @@ def _size(folder: Path, files: Sequence[str]) -> int:
     return sum((folder / f).stat().st_size for f in files)
 
 
-def _generator(folder: Path, entry: ModelEntry, generation: dict[str, Any], inputs: list[str]) -> Any:
+def entry_generator(folder: Path, entry: ModelEntry, generation: dict[str, Any], inputs: list[str]) -> Any:
     """The runtime's Generator over one model file of a staging folder (tokenizer.json already written)."""
     from edgellm.runtime.generate import Generator
 
@@ -466,11 +468,11 @@ def check_entry(folder: Path, entry: ModelEntry, generation: dict[str, Any], inp
                 eval_sequences: Sequence[Sequence[int]] = ()) -> ModelEntry:
     """`entry` (a model file in `folder`) against torch's `references` (`check_decoder`), its size, and with
     `eval_sequences` its perplexity on them through the runtime; the numbers go into `entry.metrics`."""
-    stats = check_decoder(references, _generator(folder, entry, generation, inputs), atol=atol, label=label,
+    stats = check_decoder(references, entry_generator(folder, entry, generation, inputs), atol=atol, label=label,
                           exact=exact)
     entry.metrics = {"vs_torch": stats, "size_bytes": _size(folder, entry.files), **entry.metrics}
     if eval_sequences:
-        ppl = _perplexity(_generator(folder, entry, generation, inputs), eval_sequences)
+        ppl = runtime_perplexity(entry_generator(folder, entry, generation, inputs), eval_sequences)
         entry.metrics["perplexity"] = ppl["perplexity"]  # held-out text, through the runtime
         entry.metrics["perplexity_tokens"] = ppl["tokens"]
     return entry

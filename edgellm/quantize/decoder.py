@@ -29,14 +29,17 @@ from edgellm.exporting.decoder import (
     check_prompts,
     context_length_for,
     decoder_manifest,
+    entry_generator,
     plain_inputs,
+    runtime_perplexity,
     write_decoder_models,
 )
-from edgellm.recipe import CausalLMConfig, QuantizeConfig
+from edgellm.recipe import INT4_FALLBACK_LADDER, CausalLMConfig, QuantizeConfig
 
 __all__ = [
     "INT8_MODES",
     "WeightFormats",
+    "Int4Check",
     "quantize_decoder",
     "quantize_decoder_nbits",
     "quantize_decoder_openvino",
@@ -120,7 +123,7 @@ class WeightFormats:
     block_size_8bit: int = CausalLMConfig.block_size_8bit
     block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: dict(CausalLMConfig().block_size_8bit_by_name))
     int4_method: str = CausalLMConfig.int4_method
-    int4_fallback: float = CausalLMConfig.int4_fallback
+    int4_fallback: float | str = CausalLMConfig.int4_fallback  # a share, or "auto" (`Int4Check`)
     lm_head_bits: int | None = CausalLMConfig.lm_head_bits
     lm_head_rows: int | None = CausalLMConfig.lm_head_rows
 
@@ -180,25 +183,85 @@ def choose_default(entries: Sequence[ModelEntry], tolerance: float, *,
         (f" ({', '.join(passed)})" if passed else " (none made)")
 
 
+@dataclass
+class Int4Check:
+    """What `int4_fallback: auto` judges each 4-bit model on, against the FP32 model on the same rows: validation
+    perplexity within `tolerance` of FP32's and, given movie reviews, calibrated zero-shot sentiment accuracy at most
+    `sentiment_drop` points under FP32's (perplexity alone missed a 22.5-point loss at 1.05x: limitations.md)."""
+
+    sequences: list[list[int]]  # validation token ids
+    sentiment: tuple[list[str], list[int]] = ([], [])  # validation reviews, labels indexing SENTIMENT_LABELS
+    tolerance: float = CausalLMConfig.int4_tolerance
+    sentiment_drop: float = CausalLMConfig.int4_sentiment_drop
+
+    def score(self, generator: Any) -> dict[str, float]:
+        """A runtime model's validation perplexity and (with reviews) calibrated sentiment accuracy in %."""
+        from edgellm.evaluate import SENTIMENT_LABELS, zero_shot_sentiment
+
+        out = {"perplexity": runtime_perplexity(generator, self.sequences)["perplexity"]}
+        if self.sentiment[0]:
+            out["sentiment"] = zero_shot_sentiment(generator, *self.sentiment, SENTIMENT_LABELS)["accuracy"]
+        return out
+
+    def judge(self, got: dict[str, float], fp32: dict[str, float]) -> dict[str, Any]:
+        """`got` (`score`'s) against FP32's `fp32`: the ratio, the drop, and what misses its budget (empty: none)."""
+        ratio = got["perplexity"] / fp32["perplexity"]
+        out: dict[str, Any] = {**{k: round(v, 4) for k, v in got.items()}, "perplexity_ratio": round(ratio, 4)}
+        misses = [f"perplexity {ratio:.4f}x FP32's"] if ratio > 1.0 + self.tolerance else []
+        if "sentiment" in fp32:
+            drop = out["sentiment_drop"] = round(fp32["sentiment"] - got["sentiment"], 2)
+            if drop > self.sentiment_drop:
+                misses.append(f"sentiment {drop:.1f} points under FP32's")
+        return {**out, "misses": misses}
+
+    def budget(self) -> dict[str, Any]:
+        return {"perplexity_ratio": 1.0 + self.tolerance,
+                **({"sentiment_drop": self.sentiment_drop} if self.sentiment[0] else {}),
+                "rows": {"validation_texts": len(self.sequences), "sentiment_reviews": len(self.sentiment[0])}}
+
+
 def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFormats,
-                           calibration: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+                           calibration: Sequence[Sequence[int]] = (),
+                           judge: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits symmetric round-to-nearest
-    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the settings and op counts."""
-    from edgellm.quantize.nbits import quantize_nbits
+    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the
+    settings and op counts.
+
+    With `int4_fallback: "auto"` (4 bits), the weights are rounded once and the model written with each share of
+    INT4_FALLBACK_LADDER in turn until `judge()` (the model now at `dst` scored against FP32: `Int4Check.judge`)
+    names no miss; when every share misses, the last (most 8-bit weights) stays. The trials go under
+    "fallback_search"."""
+    from edgellm.quantize.nbits import NBitsQuantizer
 
     method = weights.int4_method if bits == 4 else "rtn"
     if method == "gptq" and not calibration:
         raise ConfigError("4-bit GPTQ needs calibration text: give training texts, or int4_method: rtn")
-    result = quantize_nbits(src, dst, bits=bits, block_size=weights.block_size,
-                            block_size_8bit=weights.block_size_8bit,
-                            block_size_8bit_by_name=weights.block_size_8bit_by_name, method=method,
-                            symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
-                            lm_head_bits=weights.lm_head_bits, lm_head_rows=weights.lm_head_rows,
-                            calibration=calibration if method == "gptq" else (),
-                            fallback_fraction=weights.int4_fallback if bits == 4 else 0.0)
-    return {**result.settings, "ops": result.ops}
-
-
+    auto = bits == 4 and weights.int4_fallback == "auto"
+    if auto and judge is None:
+        raise ConfigError("int4_fallback: auto needs validation text to judge each 4-bit model on (the compress "
+                          "pipeline gives it; export_causal_lm: eval_texts)")
+    quantizer = NBitsQuantizer(src, bits=bits, block_size=weights.block_size, block_size_8bit=weights.block_size_8bit,
+                               block_size_8bit_by_name=weights.block_size_8bit_by_name, method=method,
+                               symmetric=bits == 8,  # 8 bits: no zero points (held-out perplexity 1.003x vs 1.008x asymmetric)
+                               lm_head_bits=weights.lm_head_bits, lm_head_rows=weights.lm_head_rows,
+                               calibration=calibration if method == "gptq" else ())
+    if not auto:
+        result = quantizer.write(dst, weights.int4_fallback if bits == 4 else 0.0)  # type: ignore[arg-type]
+        return {**result.settings, "ops": result.ops}
+    trials = []
+    for share in INT4_FALLBACK_LADDER:
+        result = quantizer.write(dst, share)
+        trials.append({"fallback_fraction": share, **judge(), "size_bytes": dst.stat().st_size})  # type: ignore[misc]
+        log.info("int4_fallback %s: %s", share, trials[-1])
+        if not trials[-1]["misses"]:
+            break
+    kept = trials[-1]
+    if kept["misses"]:
+        log.warning("int4_fallback auto: no share of %s keeps the budget (%s at %s); the model keeps %s",
+                    list(INT4_FALLBACK_LADDER), "; ".join(kept["misses"]), share, share)
+    search = {"ladder": list(INT4_FALLBACK_LADDER), "trials": trials, "chosen": share,
+              "within_budget": not kept["misses"]}
+    return {**result.settings, "ops": result.ops, "fallback_search": search}
 
 
 def decoder_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:
@@ -229,6 +292,7 @@ def quantize_decoder_models(
     calibration: Sequence[Sequence[int]] = (),
     openvino: bool = True,
     eval_sequences: Sequence[Sequence[int]] = (),
+    int4_check: Int4Check | None = None,
 ) -> list[ModelEntry]:
     """Add the quantized models of a decoder artifact in `folder` to `manifest.models` (and return them).
 
@@ -236,6 +300,8 @@ def quantize_decoder_models(
     plain graph `plain`: onnx-int8-{mode} for each of `modes`. From openvino-fp32 (with `openvino`): NNCF INT8
     weights, and INT4 when 4 is among the weight bits. Each is compared with torch's `references` (statistics
     recorded, nothing raises) and, with `eval_sequences`, its held-out perplexity is measured through the runtime.
+    `int4_check`: what `int4_fallback: auto` judges the 4-bit candidates on (`quantize_decoder_nbits`), FP32 scored
+    once on the same rows.
     """
     bad = [m for m in modes if m not in INT8_MODES]
     if bad:
@@ -255,11 +321,17 @@ def quantize_decoder_models(
     if fp32 is not None:
         for bits in weights.bits:
             dst = folder / f"model_int{bits}.onnx"
-            info = quantize_decoder_nbits(folder / fp32.path, dst, bits=bits, weights=weights, calibration=calibration)
-            onnx_new.append(checked(
-                ModelEntry(name=f"onnx-int{bits}", path=dst.name, backend="onnxruntime", precision=f"int{bits}",
-                           quantization=info, kv_cache=dict(fp32.kv_cache or {})), f"ONNX {bits}-bit weights decoder",
-                manifest.inputs))
+            entry = ModelEntry(name=f"onnx-int{bits}", path=dst.name, backend="onnxruntime", precision=f"int{bits}",
+                               kv_cache=dict(fp32.kv_cache or {}))
+            auto = bits == 4 and weights.int4_fallback == "auto" and int4_check is not None
+            judge, reference = _int4_judge(folder, entry, fp32, generation, manifest.inputs, int4_check) \
+                if auto else (None, {})
+            entry.quantization = quantize_decoder_nbits(folder / fp32.path, dst, bits=bits, weights=weights,
+                                                        calibration=calibration, judge=judge)
+            if auto:
+                entry.quantization["fallback_search"].update(fp32=reference,
+                                                             budget=int4_check.budget())  # type: ignore[union-attr]
+            onnx_new.append(checked(entry, f"ONNX {bits}-bit weights decoder", manifest.inputs))
     for mode in modes:
         dst = folder / ("model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_weights_plain.onnx")
         info = quantize_decoder(Path(plain), dst, mode=mode)  # type: ignore[arg-type]
@@ -290,6 +362,17 @@ def quantize_decoder_models(
     ov_old = [e for e in generic if e.backend != "onnxruntime"]
     manifest.models = [*onnx_old, *onnx_new, *ov_new, *ov_old, *(e for e in manifest.models if e.target)]
     return [*onnx_new, *ov_new]
+
+
+def _int4_judge(folder: Path, entry: ModelEntry, fp32: ModelEntry, generation: dict[str, Any], inputs: list[str],
+                check: Int4Check) -> tuple[Callable[[], dict[str, Any]], dict[str, float]]:
+    """`quantize_decoder_nbits`'s judge of the 4-bit model `entry` (scored afresh on each call), and FP32's scores."""
+    reference = {k: round(v, 4) for k, v in check.score(entry_generator(folder, fp32, generation, inputs)).items()}
+
+    def judge() -> dict[str, Any]:
+        return check.judge(check.score(entry_generator(folder, entry, generation, inputs)), reference)
+
+    return judge, reference
 
 
 def quantize_target_decoder(folder: Path, manifest: Manifest, entry: ModelEntry,
@@ -400,9 +483,11 @@ def export_causal_lm(
         if "onnx" not in formats:
             weights = replace(weights, bits=())
         ov_quant = openvino_int8 if openvino_int8 is not None else bool(quantize or weights.bits)
+        check = Int4Check(eval_sequences) if weights.int4_fallback == "auto" and eval_sequences else None
         quantize_decoder_models(stage, manifest, export.references, plain=plain,
                                 modes=quantize if "onnx" in formats else (), weights=weights,
-                                calibration=calibration, openvino=ov_quant, eval_sequences=eval_sequences)
+                                calibration=calibration, openvino=ov_quant, eval_sequences=eval_sequences,
+                                int4_check=check)
         if plain is not None:
             import shutil
 
