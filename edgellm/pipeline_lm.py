@@ -439,6 +439,8 @@ def _target_entry(artifact: Path, manifest: Any, profile: Any) -> Any:
 
 def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder: Path, source: Path,
                     folder: Path) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
     from edgellm.exporting.decoder import check_prompts, torch_references
     from edgellm.quantize.decoder import (
         Int4Check,
@@ -448,8 +450,6 @@ def _quantize_stage(recipe: Recipe, lm: CausalLMConfig, data: Any, model_folder:
         quantize_decoder_models,
         quantize_target_decoder,
     )
-    from tokenizers import Tokenizer
-
     from edgellm.runtime.text import plain_tokenizer
     from edgellm.train.causal import load_teacher_lm
 
@@ -603,8 +603,8 @@ def _sentiment_rows(data: Any, count: int, *, split: str = "test") -> tuple[list
     names = list(labelled.labels or [])
     if sorted(names) != sorted(SENTIMENT_LABELS):
         raise DataError(f"movie-reviews labels {names} are not {list(SENTIMENT_LABELS)}")
-    label_of = {t: names[y] for split in (labelled.train, labelled.validation, labelled.test)
-                for t, y in zip(split.texts, split.labels)}
+    label_of = {t: names[y] for part in (labelled.train, labelled.validation, labelled.test)
+                for t, y in zip(part.texts, part.labels)}
     train = set(data.train.texts)
     rows = [(t, SENTIMENT_LABELS.index(label_of[t])) for t in getattr(data, split).texts
             if t in label_of and t not in train]
