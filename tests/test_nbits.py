@@ -283,43 +283,6 @@ def test_calibration_sequences_span_every_source_of_a_corpus_list() -> None:
     assert [len(s) for s in short] == [15]  # the texts ran out: one shorter sequence
 
 
-def test_eight_bit_settings_name_what_the_8bit_model_is_made_with(tmp_path: Path) -> None:
-    """WeightFormats.eight_bit_settings (the teacher stage's cache key): formats that agree on it write the same 8-bit
-    model, whatever their 4-bit settings; each setting it names changes the model."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from edgellm.quantize.decoder import WeightFormats, quantize_decoder_nbits
-
-    rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["x", "o.weight"], ["a"], name="attn.o_proj"),
-             helper.make_node("MatMul", ["a", "down.weight"], ["h"], name="mlp.down_proj"),
-             helper.make_node("MatMul", ["h", "head.weight"], ["y"], name="lm_head")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", 128])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 96])],
-                              [numpy_helper.from_array(rng.normal(size=(128, 128)).astype(np.float32), "o.weight"),
-                               numpy_helper.from_array(rng.normal(size=(128, 128)).astype(np.float32), "down.weight"),
-                               numpy_helper.from_array(rng.normal(size=(128, 96)).astype(np.float32), "head.weight")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    src = tmp_path / "src.onnx"
-    src.write_bytes(model.SerializeToString())
-
-    def made(name: str, **settings: object) -> tuple[dict[str, object], bytes]:
-        weights = WeightFormats(**settings)  # type: ignore[arg-type]
-        quantize_decoder_nbits(src, tmp_path / f"{name}.onnx", bits=8, weights=weights)
-        return weights.eight_bit_settings(), (tmp_path / f"{name}.onnx").read_bytes()
-
-    base = made("base")
-    assert made("other-4bit", block_size=64, int4_method="rtn", int4_fallback=0.25, lm_head_rows=32) == base
-    head4 = made("head4", lm_head_bits=4, lm_head_rows=32)
-    variants = [made("blocks", block_size_8bit=32), made("by-name", block_size_8bit_by_name={"lm_head": 16}), head4,
-                made("head4-rows", lm_head_bits=4, lm_head_rows=64),
-                made("head4-block", lm_head_bits=4, lm_head_rows=32, block_size=64)]
-    for i, (settings, data) in enumerate(variants):
-        for other_settings, other_data in [base, *variants[:i]]:
-            assert settings != other_settings and data != other_data
-
-
 def _three_matmuls(tmp_path: Path) -> Path:
     """x -> attn.o_proj -> mlp.down_proj -> lm_head: three float MatMuls of 128 inputs (seeded)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -339,6 +302,29 @@ def _three_matmuls(tmp_path: Path) -> Path:
     src = tmp_path / "src.onnx"
     src.write_bytes(model.SerializeToString())
     return src
+
+
+def test_eight_bit_settings_name_what_the_8bit_model_is_made_with(tmp_path: Path) -> None:
+    """WeightFormats.eight_bit_settings (the teacher stage's cache key): formats that agree on it write the same 8-bit
+    model, whatever their 4-bit settings; each setting it names changes the model."""
+    from edgellm.quantize.decoder import WeightFormats, quantize_decoder_nbits
+
+    src = _three_matmuls(tmp_path)
+
+    def made(name: str, **settings: object) -> tuple[dict[str, object], bytes]:
+        weights = WeightFormats(**settings)  # type: ignore[arg-type]
+        quantize_decoder_nbits(src, tmp_path / f"{name}.onnx", bits=8, weights=weights)
+        return weights.eight_bit_settings(), (tmp_path / f"{name}.onnx").read_bytes()
+
+    base = made("base")
+    assert made("other-4bit", block_size=64, int4_method="rtn", int4_fallback=0.25, lm_head_rows=32) == base
+    head4 = made("head4", lm_head_bits=4, lm_head_rows=32)
+    variants = [made("blocks", block_size_8bit=32), made("by-name", block_size_8bit_by_name={"lm_head": 16}), head4,
+                made("head4-rows", lm_head_bits=4, lm_head_rows=64),
+                made("head4-block", lm_head_bits=4, lm_head_rows=32, block_size=64)]
+    for i, (settings, data) in enumerate(variants):
+        for other_settings, other_data in [base, *variants[:i]]:
+            assert settings != other_settings and data != other_data
 
 
 def test_one_rounding_writes_each_fallback_share_as_a_fresh_quantization_would(tmp_path: Path) -> None:
