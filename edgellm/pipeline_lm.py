@@ -253,7 +253,8 @@ def compress_causal_lm(recipe: Recipe, out: Path, work: Path, targets: Sequence[
                                                                     "block_size_8bit_by_name", "int4_method",
                                                                     "int4_fallback", "lm_head_bits", "lm_head_rows",
                                                                     "calibration_sequences", "calibration_tokens")},
-                         **({"int4_search": {"ladder": list(INT4_FALLBACK_LADDER),
+                         **({"int4_keep_8bit": lm.int4_keep_8bit} if lm.int4_keep_8bit else {}),
+                         **({"int4_search": {"ladder": [[list(n), f] for n, f in INT4_FALLBACK_LADDER],
                                              **{k: getattr(lm, k) for k in ("int4_tolerance", "int4_sentiment_drop",
                                                                             "eval_texts", "sentiment_examples")}}}
                             if lm.int4_fallback == "auto" else {})},
@@ -817,7 +818,7 @@ def lm_summary_rows(stages: dict[str, StageRecord], manifest: Any) -> list[dict[
         rows.append({
             "stage": "teacher (runtime)" if is_teacher else
             ("quantize" if name not in ("onnx-fp32", "openvino-fp32") else "export"),
-            "model": name + (f" (8-bit share {searched[name]['chosen']:g}, auto)" if name in searched else "")
+            "model": name + (f" (8-bit: {searched[name]['chosen']}; auto)" if name in searched else "")
             + (" (default)" if name == manifest.default_model else ""),
             "parameters": stages["teacher"].metrics.get("parameters") if is_teacher else
             manifest.source.get("parameters"),

@@ -260,9 +260,19 @@ class EvaluateConfig:
     threads: int | None = 2  # inference threads for every measurement (torch, ONNX Runtime, OpenVINO)
 
 
-# causal_lm.int4_fallback: auto tries these 8-bit shares of the 4-bit weights in turn (the teacher's 4-bit model
-# lost 22.5 points of zero-shot sentiment at 1.05x perplexity with none; 0.25 won most of them back: limitations.md)
-INT4_FALLBACK_LADDER = (0.0, 0.1, 0.25, 0.5)
+# causal_lm.int4_fallback: auto tries these steps in turn, each (node-name suffixes whose 4-bit weights keep 8 bits,
+# share of the 4-bit weights kept at 8 bits by largest output error), added to the recipe's int4_keep_8bit. On
+# SmolLM2-135M with none, the 4-bit model lost 23.5 points of zero-shot sentiment on validation reviews at 1.035x
+# perplexity; shares by error alone won back at most 16.5 of them (0.5 of the weights), the attention inputs alone
+# 20 (15.6%), the attention inputs and the FFN's down projection 22.5 (40.6%, as llama.cpp's Q4_K_M mixes keep
+# attn_v and ffn_down in more bits): docs/text-generation.md
+ATTENTION_INPUTS = ("qkv", "q_proj", "k_proj", "v_proj")  # the fused graph's one projection, the plain graph's three
+INT4_FALLBACK_LADDER: tuple[tuple[tuple[str, ...], float], ...] = (
+    ((), 0.0),
+    (ATTENTION_INPUTS, 0.0),
+    ((*ATTENTION_INPUTS, "down_proj"), 0.0),
+    ((*ATTENTION_INPUTS, "down_proj"), 0.5),
+)
 
 
 @dataclass
@@ -301,7 +311,8 @@ class CausalLMConfig:
     block_size_8bit: int = 64  # quantize: the same for every 8-bit weight (onnx-int8, lm_head, 4-bit fallback): 1.24x the decode speed of 32; 128 was 1.012x FP32 perplexity
     block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: {"down_proj": 32, "lm_head": 32})  # quantize: 8-bit weights of MatMuls whose name ends with a key use its block size: down_proj's input carries the FFN's outliers (SmolLM2, held-out prose: 1.0036x FP32 perplexity against 1.0066x all at 64, at 0.92x the speed), lm_head's the final norm's (the 18-layer student, validation: 1.0050x against 1.0101x with the head at 64; the head's product 1.35 against 1.24 ms a token)
     int4_method: Literal["gptq", "rtn"] = "gptq"  # quantize: 4-bit rounding: GPTQ on calibration text, or round-to-nearest with clipping search
-    int4_fallback: float | Literal["auto"] = 0.0  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits: 0.1 cost SmolLM2 4% of its decode speed, and more calibration text and the split LM head won more perplexity back (bench/results/int4-gap.md); auto: the first share of INT4_FALLBACK_LADDER whose 4-bit model keeps int4_tolerance and int4_sentiment_drop against the FP32 model on validation text
+    int4_fallback: float | Literal["auto"] = 0.0  # quantize: share of the 4-bit weights (largest output error first) kept at 8 bits: 0.1 cost SmolLM2 4% of its decode speed, and more calibration text and the split LM head won more perplexity back (bench/results/int4-gap.md); auto: the first step of INT4_FALLBACK_LADDER whose 4-bit model keeps int4_tolerance and int4_sentiment_drop against the FP32 model on validation text
+    int4_keep_8bit: list[str] = field(default_factory=list)  # quantize: 4-bit weights of the MatMuls whose node name ends with one of these stay at 8 bits, besides the int4_fallback share ([qkv, down_proj]: SmolLM2's attention inputs and FFN down projections, what auto found on validation reviews)
     int4_tolerance: float = 0.05  # quantize, int4_fallback auto: a 4-bit model's validation perplexity at most this fraction over the FP32 model's
     int4_sentiment_drop: float = 3.0  # quantize, int4_fallback auto: and its calibrated zero-shot sentiment accuracy on the validation split's movie reviews (sentiment_examples of them, half of each label) at most this many points under the FP32 model's
     lm_head_bits: int | None = 8  # quantize: bits of the output projection in the 4 / 8-bit formats; null keeps it FP32
@@ -351,6 +362,9 @@ class CausalLMConfig:
                 raise ConfigError(f"{where}.{name} = {size!r}: a power of two >= 16 (16, 32, 64, 128)")
         if self.int4_fallback != "auto":
             check_range(f"{where}.int4_fallback", self.int4_fallback, low=0.0, high=1.0, high_open=True)
+        if any(not isinstance(n, str) or not n for n in self.int4_keep_8bit):
+            raise ConfigError(f"{where}.int4_keep_8bit = {self.int4_keep_8bit!r}: node-name suffixes such as qkv, "
+                              "down_proj")
         check_range(f"{where}.int4_tolerance", self.int4_tolerance, low=0.0)
         check_range(f"{where}.int4_sentiment_drop", self.int4_sentiment_drop, low=0.0)
         if self.lm_head_bits not in (None, 4, 8):

@@ -147,6 +147,8 @@ BAD_RECIPES = [
      "prune.recovery_alpha_hidden is for encoders"),
     ({"task": "text-generation", "causal_lm": {"int4_fallback": "best"}},
      "recipe.causal_lm.int4_fallback must be float | 'auto', not str 'best'"),
+    ({"task": "text-generation", "causal_lm": {"int4_keep_8bit": ["qkv", ""]}},
+     "recipe.causal_lm.int4_keep_8bit = ['qkv', '']: node-name suffixes"),
     ({"task": "text-generation", "causal_lm": {"int4_tolerance": -0.1}},
      "recipe.causal_lm.int4_tolerance = -0.1 is outside [0.0, inf]"),
     ({"task": "text-generation", "causal_lm": {"int4_sentiment_drop": -1}},

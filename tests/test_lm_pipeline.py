@@ -174,11 +174,12 @@ def test_auto_int4_fallback_is_chosen_on_validation_text_and_recorded(tiny_llama
                                                                    "sentiment_reviews": 0}}
     assert search["fp32"]["perplexity"] == pytest.approx(evaluated["onnx-fp32"]["perplexity_validation"], rel=1e-4)
     kept = search["trials"][-1]
-    assert kept["fallback_fraction"] == search["chosen"] == q4["fallback_fraction"]
+    assert kept["step"] == search["chosen"] and kept["fallback_fraction"] == q4["fallback_fraction"]
+    assert kept["keep_8bit"] == q4["keep_8bit"]
     assert kept["perplexity"] == pytest.approx(evaluated["onnx-int4"]["perplexity_validation"], rel=1e-4)
     assert search["within_budget"] == (kept["perplexity_ratio"] <= 1.05) == (not kept["misses"])
     assert all(t["misses"] for t in search["trials"][:-1])
-    assert f"onnx-int4 (8-bit share {search['chosen']:g}, auto)" in result.summary_markdown
+    assert f"onnx-int4 (8-bit: {search['chosen']}; auto)" in result.summary_markdown
     tighter = _compress({**recipe, "causal_lm": {**recipe["causal_lm"], "int4_tolerance": 0.0}}, tmp_path / "art2",
                         work_dir=result.work_dir)
     assert [n for n, r in tighter.stages.items() if r.cached] == ["teacher", "baseline", "export"]

@@ -346,36 +346,58 @@ def test_one_rounding_writes_each_fallback_share_as_a_fresh_quantization_would(t
     assert not (tmp_path / "bad.onnx").exists()
 
 
-@pytest.mark.parametrize("passes_from,chosen,within", [(0.0, 0.0, True), (0.25, 0.25, True), (None, 0.5, False)])
-def test_auto_fallback_keeps_the_first_share_its_judge_passes(tmp_path: Path, passes_from: float | None,
-                                                               chosen: float, within: bool) -> None:
-    """int4_fallback: auto writes each share of INT4_FALLBACK_LADDER until the judge names no miss (all miss: the
-    last stays); the model left at dst is that share's, and every trial is recorded."""
-    from edgellm.quantize.decoder import WeightFormats, quantize_decoder_nbits
+@pytest.mark.parametrize("passes_from,chosen,within", [(0, 0, True), (2, 2, True), (None, 3, False)])
+def test_auto_fallback_keeps_the_first_step_its_judge_passes(tmp_path: Path, passes_from: int | None, chosen: int,
+                                                              within: bool) -> None:
+    """int4_fallback: auto writes each step of INT4_FALLBACK_LADDER (its names added to int4_keep_8bit) until the
+    judge names no miss (all miss: the last stays); the model left at dst is that step's, every trial recorded."""
+    from edgellm.quantize.decoder import WeightFormats, fallback_step, quantize_decoder_nbits
     from edgellm.quantize.nbits import quantize_nbits
     from edgellm.recipe import INT4_FALLBACK_LADDER
 
     src = _three_matmuls(tmp_path)
-    weights = WeightFormats(block_size=16, int4_method="rtn", int4_fallback="auto", lm_head_rows=32)
+    weights = WeightFormats(block_size=16, int4_method="rtn", int4_fallback="auto", int4_keep_8bit=("o_proj",),
+                            lm_head_rows=32)
     judged: list[bytes] = []
 
     def judge() -> dict:
         judged.append((tmp_path / "q4.onnx").read_bytes())
-        share = INT4_FALLBACK_LADDER[len(judged) - 1]
-        ok = passes_from is not None and share >= passes_from
+        ok = passes_from is not None and len(judged) - 1 >= passes_from
         return {"perplexity_ratio": 1.0 if ok else 1.2, "misses": [] if ok else ["perplexity 1.2000x FP32's"]}
 
     info = quantize_decoder_nbits(src, tmp_path / "q4.onnx", bits=4, weights=weights, judge=judge)
     search = info["fallback_search"]
-    tried = list(INT4_FALLBACK_LADDER[: INT4_FALLBACK_LADDER.index(chosen) + 1])
-    assert [t["fallback_fraction"] for t in search["trials"]] == tried and len(judged) == len(tried)
-    assert (search["chosen"], search["within_budget"], info["fallback_fraction"]) == (chosen, within, chosen)
+    names, share = INT4_FALLBACK_LADDER[chosen]
+    keep = ("o_proj", *names)
+    assert [t["step"] for t in search["trials"]] == [fallback_step(("o_proj", *n), f)
+                                                    for n, f in INT4_FALLBACK_LADDER[: chosen + 1]]
+    assert len(judged) == chosen + 1 and search["ladder"][0] == "none"
+    assert (search["chosen"], search["within_budget"]) == (fallback_step(keep, share), within)
+    assert (info["fallback_fraction"], info["keep_8bit"]) == (share, list(keep))
+    # the graph's down projection and o_proj are 8-bit from the step that names down_proj on (o_proj from the recipe)
+    assert info["fallback_8bit"] == (["attn.o_proj", "mlp.down_proj"] if chosen >= 2 else ["attn.o_proj"])
     assert all(t["size_bytes"] > 0 for t in search["trials"])
+    assert [t["share_8bit"] for t in search["trials"]] == [0.5, 0.5, 1.0, 1.0][: chosen + 1]  # o_proj: half
     quantize_nbits(src, tmp_path / "direct.onnx", bits=4, block_size=16, block_size_8bit=weights.block_size_8bit,
-                   block_size_8bit_by_name=weights.block_size_8bit_by_name, lm_head_rows=32, fallback_fraction=chosen)
+                   block_size_8bit_by_name=weights.block_size_8bit_by_name, lm_head_rows=32, fallback_fraction=share,
+                   keep_8bit=keep)
     assert (tmp_path / "q4.onnx").read_bytes() == judged[-1] == (tmp_path / "direct.onnx").read_bytes()
     with pytest.raises(ConfigError, match="int4_fallback: auto needs validation text"):
         quantize_decoder_nbits(src, tmp_path / "none.onnx", bits=4, weights=weights)
+
+
+def test_keep_8bit_names_weights_by_suffix_besides_the_share(tmp_path: Path) -> None:
+    """keep_8bit: the 4-bit weights whose node name ends with a suffix stay 8-bit, joined by the share's largest
+    errors; a suffix matching nothing keeps nothing, and the 8-bit head is never counted."""
+    from edgellm.quantize.nbits import NBitsQuantizer
+
+    quantizer = NBitsQuantizer(_three_matmuls(tmp_path), bits=4, block_size=16, lm_head_bits=8)
+    assert quantizer.fallback(0.0) == [] and quantizer.fallback(0.0, ("qkv", "lm_head")) == []
+    assert quantizer.fallback(0.0, ("o_proj",)) == ["attn.o_proj"]
+    assert quantizer.fallback(0.5) == ["mlp.down_proj"]
+    assert quantizer.fallback(0.5, ("o_proj",)) == ["attn.o_proj", "mlp.down_proj"]
+    written = quantizer.write(tmp_path / "q.onnx", 0.0, ("o_proj",))
+    assert written.settings["keep_8bit"] == ["o_proj"] and written.ops["MatMulNBits_8bit"] == 2  # o_proj, lm_head
 
 
 def test_int4_check_names_each_budget_it_misses() -> None:

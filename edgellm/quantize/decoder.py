@@ -34,12 +34,13 @@ from edgellm.exporting.decoder import (
     runtime_perplexity,
     write_decoder_models,
 )
-from edgellm.recipe import INT4_FALLBACK_LADDER, CausalLMConfig, QuantizeConfig
+from edgellm.recipe import ATTENTION_INPUTS, INT4_FALLBACK_LADDER, CausalLMConfig, QuantizeConfig
 
 __all__ = [
     "INT8_MODES",
     "WeightFormats",
     "Int4Check",
+    "fallback_step",
     "quantize_decoder",
     "quantize_decoder_nbits",
     "quantize_decoder_openvino",
@@ -124,13 +125,14 @@ class WeightFormats:
     block_size_8bit_by_name: dict[str, int] = field(default_factory=lambda: dict(CausalLMConfig().block_size_8bit_by_name))
     int4_method: str = CausalLMConfig.int4_method
     int4_fallback: float | str = CausalLMConfig.int4_fallback  # a share, or "auto" (`Int4Check`)
+    int4_keep_8bit: tuple[str, ...] = ()
     lm_head_bits: int | None = CausalLMConfig.lm_head_bits
     lm_head_rows: int | None = CausalLMConfig.lm_head_rows
 
     @classmethod
     def from_config(cls, lm: CausalLMConfig) -> WeightFormats:
         return cls(tuple(lm.weight_bits), lm.block_size, lm.block_size_8bit, dict(lm.block_size_8bit_by_name),
-                   lm.int4_method, lm.int4_fallback, lm.lm_head_bits, lm.lm_head_rows)
+                   lm.int4_method, lm.int4_fallback, tuple(lm.int4_keep_8bit), lm.lm_head_bits, lm.lm_head_rows)
 
     def eight_bit_settings(self) -> dict[str, Any]:
         """The settings `quantize_decoder_nbits(bits=8)` reads (a cache key's part): the 8-bit block sizes and the
@@ -224,13 +226,13 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
                            calibration: Sequence[Sequence[int]] = (),
                            judge: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """A block-quantized copy of a decoder graph (`edgellm.quantize.nbits`): 8 bits symmetric round-to-nearest
-    (lossless in practice), 4 bits asymmetric with `weights.int4_method` and its 8-bit fallback share. Returns the
-    settings and op counts.
+    (lossless in practice), 4 bits asymmetric with `weights.int4_method`, its 8-bit fallback share and the weights
+    `int4_keep_8bit` names at 8 bits. Returns the settings and op counts.
 
-    With `int4_fallback: "auto"` (4 bits), the weights are rounded once and the model written with each share of
-    INT4_FALLBACK_LADDER in turn until `judge()` (the model now at `dst` scored against FP32: `Int4Check.judge`)
-    names no miss; when every share misses, the last (most 8-bit weights) stays. The trials go under
-    "fallback_search"."""
+    With `int4_fallback: "auto"` (4 bits), the weights are rounded once and the model written with each step of
+    INT4_FALLBACK_LADDER in turn (its names added to `int4_keep_8bit`) until `judge()` (the model now at `dst`
+    scored against FP32: `Int4Check.judge`) names no miss; when every step misses, the last (most 8-bit weights)
+    stays. The trials go under "fallback_search"."""
     from edgellm.quantize.nbits import NBitsQuantizer
 
     method = weights.int4_method if bits == 4 else "rtn"
@@ -246,22 +248,41 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
                                lm_head_bits=weights.lm_head_bits, lm_head_rows=weights.lm_head_rows,
                                calibration=calibration if method == "gptq" else ())
     if not auto:
-        result = quantizer.write(dst, weights.int4_fallback if bits == 4 else 0.0)  # type: ignore[arg-type]
+        result = quantizer.write(dst, weights.int4_fallback if bits == 4 else 0.0,  # type: ignore[arg-type]
+                                 weights.int4_keep_8bit if bits == 4 else ())
         return {**result.settings, "ops": result.ops}
     trials = []
-    for share in INT4_FALLBACK_LADDER:
-        result = quantizer.write(dst, share)
-        trials.append({"fallback_fraction": share, **judge(), "size_bytes": dst.stat().st_size})  # type: ignore[misc]
-        log.info("int4_fallback %s: %s", share, trials[-1])
+    for names, share in INT4_FALLBACK_LADDER:
+        keep = tuple(dict.fromkeys((*weights.int4_keep_8bit, *names)))
+        result = quantizer.write(dst, share, keep)
+        trials.append({"step": fallback_step(keep, share), "keep_8bit": list(keep), "fallback_fraction": share,
+                       "share_8bit": _share_8bit(result.settings, quantizer), **judge(),  # type: ignore[misc]
+                       "size_bytes": dst.stat().st_size})
+        log.info("int4_fallback auto, %s: %s", trials[-1]["step"], trials[-1])
         if not trials[-1]["misses"]:
             break
     kept = trials[-1]
     if kept["misses"]:
-        log.warning("int4_fallback auto: no share of %s keeps the budget (%s at %s); the model keeps %s",
-                    list(INT4_FALLBACK_LADDER), "; ".join(kept["misses"]), share, share)
-    search = {"ladder": list(INT4_FALLBACK_LADDER), "trials": trials, "chosen": share,
-              "within_budget": not kept["misses"]}
+        log.warning("int4_fallback auto: no step keeps the budget (%s with %s); the model keeps %s",
+                    "; ".join(kept["misses"]), kept["step"], kept["step"])
+    search = {"ladder": [fallback_step(n, f) for n, f in INT4_FALLBACK_LADDER], "trials": trials,
+              "chosen": kept["step"], "within_budget": not kept["misses"]}
     return {**result.settings, "ops": result.ops, "fallback_search": search}
+
+
+def fallback_step(keep_8bit: Sequence[str], share: float) -> str:
+    """A fallback step in words: "none", "attention inputs, down_proj", "attention inputs, down_proj + 50% by error"."""
+    names = list(keep_8bit)
+    if set(ATTENTION_INPUTS) <= set(names):
+        names = ["attention inputs", *(n for n in names if n not in ATTENTION_INPUTS)]
+    by_error = [f"{share:.0%} by error"] if share else []
+    return " + ".join([", ".join(names)] * bool(names) + by_error) or "none"
+
+
+def _share_8bit(settings: dict[str, Any], quantizer: Any) -> float:
+    """The share of the 4-bit format's quantized weights (the split head's 4-bit rows aside) written at 8 bits."""
+    sizes = {n: r[0].size for n, r in quantizer.results.items() if r[3] == 4 and n != "lm_head/rest"}
+    return round(sum(sizes.get(n, 0) for n in settings["fallback_8bit"]) / max(sum(sizes.values()), 1), 4)
 
 
 def decoder_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:

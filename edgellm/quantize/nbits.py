@@ -229,6 +229,7 @@ def quantize_nbits(
     calibration: Sequence[Sequence[int]] = (),
     exclude: Sequence[str] = (),
     fallback_fraction: float = 0.0,
+    keep_8bit: Sequence[str] = (),
     act_order: bool = True,
     threads: int | None = None,
 ) -> NBitsResult:
@@ -240,13 +241,14 @@ def quantize_nbits(
     `lm_head_bits` differs from `bits`, only the output rows of token ids below it keep `lm_head_bits` and the
     others take `bits` (None: every row keeps `lm_head_bits`; 0: none). `exclude`: node names kept in FP32.
     `calibration`: token-id sequences, needed by method "gptq". `fallback_fraction`: the share of the 4-bit
-    weights, largest output error first, kept at 8 bits. The model keeps its inputs and outputs."""
+    weights, largest output error first, kept at 8 bits; `keep_8bit`: node-name suffixes ("qkv", "down_proj") whose
+    4-bit weights are kept at 8 bits as well. The model keeps its inputs and outputs."""
     _check_fraction(fallback_fraction)
     return NBitsQuantizer(src, bits=bits, block_size=block_size, block_size_8bit=block_size_8bit,
                           block_size_8bit_by_name=block_size_8bit_by_name, method=method, symmetric=symmetric,
                           lm_head_bits=lm_head_bits, lm_head_rows=lm_head_rows, embedding=embedding,
                           accuracy_level=accuracy_level, calibration=calibration, exclude=exclude,
-                          act_order=act_order, threads=threads).write(dst, fallback_fraction)
+                          act_order=act_order, threads=threads).write(dst, fallback_fraction, keep_8bit)
 
 
 class NBitsQuantizer:
@@ -345,17 +347,20 @@ class NBitsQuantizer:
         return _quantize_one(self.weights[weight], node_bits, self._block(name, node_bits), self.symmetric,
                              self.hessians.get(name), self.act_order, columns)
 
-    def fallback(self, fraction: float) -> list[str]:
-        """The weights kept at 8 bits for a fallback share `fraction` (largest output error first)."""
+    def fallback(self, fraction: float, keep_8bit: Sequence[str] = ()) -> list[str]:
+        """The `bits`-bit weights kept at 8 bits: those whose node name ends with one of `keep_8bit`, and the share
+        `fraction` of all of them with the largest output error (the split head's 4-bit rows never)."""
         _check_fraction(fraction)
-        return _fallback({n: r for n, r in self.results.items() if n != "lm_head/rest"}, fraction)
+        candidates = {n: r for n, r in self.results.items() if n != "lm_head/rest"}
+        named = [n for n, r in candidates.items() if r[3] == 4 and n.endswith(tuple(keep_8bit))] if keep_8bit else []
+        return sorted({*named, *_fallback(candidates, fraction)})
 
-    def write(self, dst: Path, fallback_fraction: float = 0.0) -> NBitsResult:
-        """The quantized model at `dst` (overwritten), with `fallback_fraction` of the 4-bit weights at 8 bits."""
+    def write(self, dst: Path, fallback_fraction: float = 0.0, keep_8bit: Sequence[str] = ()) -> NBitsResult:
+        """The quantized model at `dst` (overwritten), with the 4-bit weights `fallback` names at 8 bits."""
         import onnx
         from onnx import helper, numpy_helper
 
-        fallback = self.fallback(fallback_fraction)
+        fallback = self.fallback(fallback_fraction, keep_8bit)
         for name in fallback:
             if name not in self._eight:
                 self._eight[name] = self._round(name, 8)
@@ -423,6 +428,7 @@ class NBitsQuantizer:
             "act_order": self.act_order if self.method == "gptq" else None,
             "excluded": self.exclude,
             "fallback_fraction": fallback_fraction,
+            "keep_8bit": list(keep_8bit),
             "fallback_8bit": sorted(fallback),
             "relative_error": {name: round(r[4], 6) for name, r in sorted(results.items())},
         }
