@@ -34,7 +34,8 @@ import numpy as np
 
 from edgellm.errors import ConfigError, QuantizationError
 
-__all__ = ["NBITS_METHODS", "NBitsQuantizer", "NBitsResult", "quantize_nbits", "quantize_blocks", "pack_matmul_nbits", "gptq_blocks"]
+__all__ = ["NBITS_METHODS", "NBitsQuantizer", "NBitsResult", "quantize_nbits", "quantize_blocks", "pack_matmul_nbits",
+           "gptq_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,9 @@ def quantize_nbits(
 
 class NBitsQuantizer:
     """`quantize_nbits` in two steps: every weight rounded once (GPTQ's Hessians included) when made, then `write`
-    any number of models from those roundings, each with its own 8-bit fallback share (a weight's 8-bit rounding is
-    made once, the first time a share needs it). Arguments as `quantize_nbits`'s."""
+    any number of models from those roundings, each with its own 8-bit fallback (a share by output error and / or
+    weights named by suffix; a weight's 8-bit rounding is made once, the first time one needs it). Arguments as
+    `quantize_nbits`'s."""
 
     def __init__(self, src: Path, *, bits: int = 4, block_size: int = 32, block_size_8bit: int | None = None,
                  block_size_8bit_by_name: Mapping[str, int] | None = None, method: str = "rtn",
