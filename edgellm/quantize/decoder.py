@@ -256,7 +256,8 @@ def quantize_decoder_nbits(src: Path, dst: Path, *, bits: int, weights: WeightFo
         keep = tuple(dict.fromkeys((*weights.int4_keep_8bit, *names)))
         result = quantizer.write(dst, share, keep)
         trials.append({"step": fallback_step(keep, share), "keep_8bit": list(keep), "fallback_fraction": share,
-                       "share_8bit": _share_8bit(result.settings, quantizer), **judge(),  # type: ignore[misc]
+                       "share_8bit": round(quantizer.share_8bit(result.settings["fallback_8bit"]), 4),
+                       **judge(),  # type: ignore[misc]
                        "size_bytes": dst.stat().st_size})
         log.info("int4_fallback auto, %s: %s", trials[-1]["step"], trials[-1])
         if not trials[-1]["misses"]:
@@ -275,14 +276,10 @@ def fallback_step(keep_8bit: Sequence[str], share: float) -> str:
     names = list(keep_8bit)
     if set(ATTENTION_INPUTS) <= set(names):
         names = ["attention inputs", *(n for n in names if n not in ATTENTION_INPUTS)]
-    by_error = [f"{share:.0%} by error"] if share else []
-    return " + ".join([", ".join(names)] * bool(names) + by_error) or "none"
-
-
-def _share_8bit(settings: dict[str, Any], quantizer: Any) -> float:
-    """The share of the 4-bit format's quantized weights (the split head's 4-bit rows aside) written at 8 bits."""
-    sizes = {n: r[0].size for n, r in quantizer.results.items() if r[3] == 4 and n != "lm_head/rest"}
-    return round(sum(sizes.get(n, 0) for n in settings["fallback_8bit"]) / max(sum(sizes.values()), 1), 4)
+    parts = [", ".join(names)] if names else []
+    if share:
+        parts.append(f"{share:.0%} by error")
+    return " + ".join(parts) or "none"
 
 
 def decoder_quantize_modes(config: QuantizeConfig | None) -> tuple[tuple[str, ...], bool]:

@@ -353,9 +353,18 @@ class NBitsQuantizer:
         """The `bits`-bit weights kept at 8 bits: those whose node name ends with one of `keep_8bit`, and the share
         `fraction` of all of them with the largest output error (the split head's 4-bit rows never)."""
         _check_fraction(fraction)
-        candidates = {n: r for n, r in self.results.items() if n != "lm_head/rest"}
+        candidates = self._fallback_candidates()
         named = [n for n, r in candidates.items() if r[3] == 4 and n.endswith(tuple(keep_8bit))] if keep_8bit else []
         return sorted({*named, *_fallback(candidates, fraction)})
+
+    def share_8bit(self, names: Sequence[str]) -> float:
+        """The share of the weights a fallback may take (4-bit ones, the split head's 4-bit rows aside) that
+        `names` (`fallback`'s) hold, by parameter count."""
+        sizes = {n: r[0].size for n, r in self._fallback_candidates().items() if r[3] == 4}
+        return sum(sizes.get(n, 0) for n in names) / max(sum(sizes.values()), 1)
+
+    def _fallback_candidates(self) -> dict[str, Any]:
+        return {n: r for n, r in self.results.items() if n != "lm_head/rest"}
 
     def write(self, dst: Path, fallback_fraction: float = 0.0, keep_8bit: Sequence[str] = ()) -> NBitsResult:
         """The quantized model at `dst` (overwritten), with the 4-bit weights `fallback` names at 8 bits."""
